@@ -1,0 +1,243 @@
+//! Desired vs realized datapath state, and the sync that moves one to the other.
+//!
+//! The sync orders its writes so that no flow both states allow is ever dropped on the way:
+//! entries that allow traffic go in first, then endpoint changes (new isolation), then
+//! deletions, and only then the policy generations of the touched endpoints are bumped —
+//! after the deletions, so a flow re-checked in between cannot be re-approved by an entry
+//! that is about to disappear.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
+
+use ipnet::Ipv4Net;
+use netpol_common::{Endpoint, IpcacheEntry, PolicyValue};
+use serde::{Deserialize, Serialize};
+
+use super::{attach, Datapath, DatapathError, EndpointSpec, IpcacheSpec, PolicyEntry, PolicyMapKey, Result};
+
+/// The datapath's contents in raw map terms (what the compiler produces).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapState {
+    /// ifindex → endpoint (`policy_gen` is the datapath's business and ignored here).
+    pub endpoints: BTreeMap<u32, Endpoint>,
+    pub ipcache: BTreeMap<Ipv4Net, IpcacheEntry>,
+    pub policy: BTreeMap<PolicyMapKey, PolicyValue>,
+}
+
+/// A policy entry with the id of the rule it came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleSpec {
+    #[serde(flatten)]
+    pub entry: PolicyEntry,
+    #[serde(default)]
+    pub rule_id: u32,
+}
+
+/// A whole datapath state in typed form (the `datapath apply -f` file).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DesiredState {
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+    #[serde(default)]
+    pub ipcache: Vec<IpcacheSpec>,
+    #[serde(default)]
+    pub policy: Vec<RuleSpec>,
+}
+
+impl DesiredState {
+    /// Validates and translates to map terms; interface names are resolved here.
+    pub fn compile(&self) -> Result<MapState> {
+        let mut st = MapState::default();
+        let mut ids = BTreeSet::new();
+        for ep in &self.endpoints {
+            if !ids.insert(ep.id) {
+                return Err(DatapathError::InvalidEntry(format!("endpoint id {} used twice", ep.id)));
+            }
+            let index = attach::ifindex(&ep.interface)?;
+            let raw = Endpoint {
+                ep_id: ep.id,
+                ip: u32::from_ne_bytes(ep.ip.octets()),
+                identity: ep.identity,
+                flags: ep.flags(),
+                ..Default::default()
+            };
+            if st.endpoints.insert(index, raw).is_some() {
+                return Err(DatapathError::InvalidEntry(format!("interface {} used twice", ep.interface)));
+            }
+        }
+        for c in &self.ipcache {
+            let e = IpcacheEntry { identity: c.identity, cidr_identity: c.cidr_identity.unwrap_or(c.identity) };
+            st.ipcache.insert(c.cidr.trunc(), e);
+        }
+        for r in &self.policy {
+            for k in r.entry.map_keys()? {
+                st.policy.insert(k, PolicyValue { rule_id: r.rule_id });
+            }
+        }
+        Ok(st)
+    }
+}
+
+/// What a sync changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncReport {
+    pub endpoints_upserted: usize,
+    pub endpoints_removed: usize,
+    pub ipcache_upserted: usize,
+    pub ipcache_removed: usize,
+    pub policy_upserted: usize,
+    pub policy_removed: usize,
+    pub generations_bumped: usize,
+    pub attached: usize,
+    pub detached: usize,
+}
+
+impl SyncReport {
+    pub fn is_noop(&self) -> bool {
+        *self == SyncReport::default()
+    }
+}
+
+impl fmt::Display for SyncReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "endpoints +{}/-{}, ipcache +{}/-{}, policy +{}/-{}, re-checked endpoints {}, attached {}, detached {}",
+            self.endpoints_upserted,
+            self.endpoints_removed,
+            self.ipcache_upserted,
+            self.ipcache_removed,
+            self.policy_upserted,
+            self.policy_removed,
+            self.generations_bumped,
+            self.attached,
+            self.detached
+        )
+    }
+}
+
+fn without_gen(ep: &Endpoint) -> Endpoint {
+    Endpoint { policy_gen: 0, ..*ep }
+}
+
+impl Datapath {
+    /// What the maps hold now.
+    pub fn realized(&self) -> Result<MapState> {
+        Ok(MapState {
+            endpoints: self.endpoints()?.into_iter().collect(),
+            ipcache: self.ipcache()?.into_iter().collect(),
+            policy: self.policy_keys()?.into_iter().collect(),
+        })
+    }
+
+    /// Makes the maps hold `desired`, touching only what differs.
+    pub fn sync(&mut self, desired: &MapState) -> Result<SyncReport> {
+        let cur = self.realized()?;
+        let mut report = SyncReport::default();
+        let mut bump_all = false;
+        let mut bump = BTreeSet::new();
+
+        for (net, e) in &desired.ipcache {
+            if cur.ipcache.get(net) != Some(e) {
+                bump_all |= self.put_ipcache(*net, *e)?;
+                report.ipcache_upserted += 1;
+            }
+        }
+        for (k, v) in &desired.policy {
+            if cur.policy.get(k) != Some(v) {
+                self.put_policy_key(*k, *v)?;
+                report.policy_upserted += 1;
+            }
+        }
+        for (index, ep) in &desired.endpoints {
+            if cur.endpoints.get(index).map(without_gen) != Some(without_gen(ep)) {
+                self.put_endpoint(*index, *ep)?;
+                report.endpoints_upserted += 1;
+            }
+        }
+
+        for k in cur.policy.keys().filter(|k| !desired.policy.contains_key(k)) {
+            self.delete_policy_key(*k)?;
+            bump.insert(match k {
+                PolicyMapKey::Exact(k) => k.ep_id,
+                PolicyMapKey::Range(k, _) => k.ep_id,
+            });
+            report.policy_removed += 1;
+        }
+        for net in cur.ipcache.keys().filter(|n| !desired.ipcache.contains_key(n)) {
+            self.delete_ipcache(*net)?;
+            bump_all = true;
+            report.ipcache_removed += 1;
+        }
+        for index in cur.endpoints.keys().filter(|i| !desired.endpoints.contains_key(i)) {
+            self.remove_endpoint(*index)?;
+            report.endpoints_removed += 1;
+        }
+
+        if bump_all {
+            self.bump_generations(None)?;
+            report.generations_bumped = desired.endpoints.len();
+        } else if !bump.is_empty() {
+            self.bump_generations(Some(&bump))?;
+            report.generations_bumped = bump.len();
+        }
+        Ok(report)
+    }
+
+    /// Syncs the maps to `desired` and attaches its endpoints' interfaces; interfaces of
+    /// endpoints that are gone are detached.
+    pub fn apply(&mut self, desired: &DesiredState) -> Result<SyncReport> {
+        let st = desired.compile()?;
+        let before: BTreeSet<u32> = self.endpoints()?.into_iter().map(|(i, _)| i).collect();
+        let attached_before: BTreeSet<u32> = self.attached()?.into_iter().collect();
+        // Endpoint entries first: an attached program without one drops everything.
+        let mut report = self.sync(&st)?;
+        for ep in &desired.endpoints {
+            let index = attach::ifindex(&ep.interface)?;
+            if !attached_before.contains(&index) {
+                report.attached += 1;
+            }
+            self.attach(&ep.interface)?;
+        }
+        for index in before.iter().filter(|i| !st.endpoints.contains_key(i)) {
+            if let Some(name) = attach::ifname(*index) {
+                self.detach(&name)?;
+                report.detached += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Parses a desired-state file (JSON), naming the field at fault.
+pub fn parse_state(text: &str) -> Result<DesiredState, String> {
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_files_reject_unknown_and_bad_fields() {
+        assert!(parse_state(r#"{"endpoints":[],"polcy":[]}"#).unwrap_err().contains("polcy"));
+        let e = parse_state(r#"{"policy":[{"endpoint":1,"direction":"sideways"}]}"#).unwrap_err();
+        assert!(e.contains("sideways"), "{e}");
+        let e = parse_state(r#"{"policy":[{"endpoint":1,"direction":"ingress","prot":"TCP"}]}"#).unwrap_err();
+        assert!(e.contains("prot"), "{e}");
+        let ok = parse_state(
+            r#"{"ipcache":[{"cidr":"10.0.0.0/8","identity":16777216}],
+                "policy":[{"endpoint":1,"direction":"ingress","peer":256,"protocol":"TCP","port":80,"ruleId":7}]}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.policy[0].rule_id, 7);
+        let st = ok.compile().unwrap();
+        assert_eq!(st.policy.len(), 1);
+        assert_eq!(st.ipcache.len(), 1);
+    }
+}

@@ -1,0 +1,202 @@
+//! netpol-agent: the node agent. Its `datapath` commands program and inspect the eBPF
+//! datapath directly; every command is a fresh process that reopens the pinned state, which
+//! keeps enforcing while no agent runs.
+
+use std::{io::Read, path::PathBuf, process::ExitCode};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use netpol_agent::datapath::{
+    events::{identity_name, EventStream, EventView},
+    proto_name,
+    state::parse_state,
+    AttachMode, Config, Datapath, Direction, PolicyMapKey,
+};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "netpol-agent", version, about = "netpol node agent")]
+struct Cli {
+    /// bpffs mount point (mounted if absent).
+    #[arg(long, global = true, default_value = "/sys/fs/bpf")]
+    bpffs: PathBuf,
+    /// Directory under the bpffs holding this node's datapath.
+    #[arg(long, global = true, default_value = "netpol")]
+    name: String,
+    /// auto (TCX, clsact fallback), tcx or netlink.
+    #[arg(long, global = true, default_value = "auto")]
+    attach: AttachMode,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Program and inspect the eBPF datapath.
+    #[command(subcommand)]
+    Datapath(DpCmd),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum DpCmd {
+    /// Make the datapath hold exactly the state in FILE (JSON; - for stdin): endpoints are
+    /// attached, and only what differs is written.
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// Print endpoints, ipcache, policy entries and attachments.
+    Show {
+        #[arg(short, long, default_value = "text")]
+        output: Output,
+    },
+    /// Print per-reason packet counters.
+    Counters {
+        #[arg(short, long, default_value = "text")]
+        output: Output,
+    },
+    /// Print verdict events (drops and new flows) as they happen.
+    Monitor {
+        #[arg(short, long, default_value = "text")]
+        output: Output,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Detach every program and remove every pin of this datapath (stops enforcing).
+    Teardown,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = Config { bpffs: cli.bpffs, name: cli.name, attach: cli.attach };
+    let Cmd::Datapath(cmd) = cli.cmd;
+    if matches!(cmd, DpCmd::Teardown) {
+        if !cfg.root().exists() {
+            return Ok(());
+        }
+        return Ok(Datapath::open(cfg)?.teardown()?);
+    }
+    let mut dp = Datapath::open(cfg).context("opening the datapath")?;
+    match cmd {
+        DpCmd::Apply { file } => {
+            let text = if file == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                s
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?
+            };
+            let desired = parse_state(&text).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+            let report = dp.apply(&desired)?;
+            println!("applied: {report}");
+        }
+        DpCmd::Show { output } => show(&dp, output)?,
+        DpCmd::Counters { output } => {
+            let c = dp.counters()?;
+            match output {
+                Output::Json => {
+                    let m: serde_json::Map<_, _> = c.named().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+                    println!("{}", serde_json::Value::Object(m));
+                }
+                Output::Text => {
+                    for (k, v) in c.named() {
+                        println!("{k:<22} {v}");
+                    }
+                }
+            }
+        }
+        DpCmd::Monitor { output, count } => monitor(&mut dp, output, count)?,
+        DpCmd::Teardown => unreachable!(),
+    }
+    Ok(())
+}
+
+fn show(dp: &Datapath, output: Output) -> anyhow::Result<()> {
+    let endpoints = dp.endpoints()?;
+    let ipcache = dp.ipcache()?;
+    let policy = dp.policy_keys()?;
+    let attached = dp.attached()?;
+    let ep_json: Vec<_> = endpoints
+        .iter()
+        .map(|(i, e)| {
+            json!({"ifindex": i, "id": e.ep_id, "ip": std::net::Ipv4Addr::from(e.ip.to_ne_bytes()),
+                   "identity": e.identity, "isolatedIngress": e.flags & netpol_common::EP_ISOLATED_INGRESS != 0,
+                   "isolatedEgress": e.flags & netpol_common::EP_ISOLATED_EGRESS != 0, "policyGeneration": e.policy_gen,
+                   "attached": attached.contains(i)})
+        })
+        .collect();
+    let pol_json: Vec<_> = policy
+        .iter()
+        .map(|(k, v)| match k {
+            PolicyMapKey::Exact(k) => json!({"endpoint": k.ep_id, "direction": Direction::from_raw(k.dir),
+                "peer": identity_name(k.peer), "protocol": proto_name(k.proto),
+                "port": if k.port == 0 { "any".to_string() } else { k.port.to_string() }, "ruleId": v.rule_id}),
+            PolicyMapKey::Range(k, len) => {
+                let bits = len - netpol_common::RANGE_FIXED_BITS;
+                let first = u16::from_be(k.port_be);
+                let last = first as u32 + (1u32 << (16 - bits)) - 1;
+                json!({"endpoint": k.ep_id, "direction": Direction::from_raw(k.dir), "peer": identity_name(k.peer),
+                       "protocol": proto_name(k.proto), "port": format!("{first}-{last}"), "ruleId": v.rule_id})
+            }
+        })
+        .collect();
+    let ipc_json: Vec<_> = ipcache
+        .iter()
+        .map(|(n, e)| json!({"cidr": n, "identity": identity_name(e.identity), "cidrIdentity": identity_name(e.cidr_identity)}))
+        .collect();
+    let all = json!({"pinDir": dp.pin_dir(), "endpoints": ep_json, "ipcache": ipc_json, "policy": pol_json});
+    match output {
+        Output::Json => println!("{all}"),
+        Output::Text => println!("{}", serde_json::to_string_pretty(&all)?),
+    }
+    Ok(())
+}
+
+fn monitor(dp: &mut Datapath, output: Output, count: Option<usize>) -> anyhow::Result<()> {
+    let Some(rb) = dp.take_events() else { bail!("event ring already taken") };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let mut stream = EventStream::new(rb)?;
+        let mut seen = 0usize;
+        loop {
+            let batch = tokio::select! {
+                b = stream.next_batch() => b?,
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            };
+            for ev in &batch {
+                let v = EventView::from(ev);
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string(&v)?),
+                    Output::Text => println!("{v}"),
+                }
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    return Ok(());
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,177 @@
+//! Traffic inside namespaces: servers that stop when dropped, and probes that say whether a
+//! connection or a round trip got through.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::netns::{in_netns, spawn_in_netns, NetNs};
+
+const POLL: Duration = Duration::from_millis(50);
+
+/// A server thread; stops (and is joined) on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A TCP server on `port` in `ns`: answers an HTTP GET/HEAD with 200, and echoes any other
+/// line back (for long-lived connection tests).
+pub fn tcp_server(ns: &str, port: u16) -> Server {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = spawn_in_netns(ns, move || {
+        let l = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        while !s.load(Ordering::SeqCst) {
+            match l.accept() {
+                Ok((c, _)) => {
+                    let s = s.clone();
+                    std::thread::spawn(move || serve_tcp(c, s));
+                }
+                Err(_) => std::thread::sleep(POLL),
+            }
+        }
+    });
+    rx.recv().expect("tcp server started");
+    Server { stop, handle: Some(handle) }
+}
+
+fn serve_tcp(c: TcpStream, stop: Arc<AtomicBool>) {
+    c.set_nonblocking(false).unwrap();
+    c.set_read_timeout(Some(POLL * 4)).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    let mut line = String::new();
+    while !stop.load(Ordering::SeqCst) {
+        match r.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                if line.starts_with("GET ") || line.starts_with("HEAD ") {
+                    // Read the rest of the request head, then answer and close.
+                    let mut l = String::new();
+                    while r.read_line(&mut l).map(|n| n > 0).unwrap_or(false) && l != "\r\n" {
+                        l.clear();
+                    }
+                    let body = "netpol test server\n";
+                    let _ = write!(
+                        w,
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                        body.len(),
+                        if line.starts_with("GET ") { body } else { "" }
+                    );
+                    return;
+                }
+                if w.write_all(line.as_bytes()).is_err() {
+                    return;
+                }
+                line.clear();
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A UDP echo server on `port` in `ns`.
+pub fn udp_echo(ns: &str, port: u16) -> Server {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = spawn_in_netns(ns, move || {
+        let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
+        sock.set_read_timeout(Some(POLL)).unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 65536];
+        while !s.load(Ordering::SeqCst) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    });
+    rx.recv().expect("udp server started");
+    Server { stop, handle: Some(handle) }
+}
+
+/// Connects from `ns` and exchanges one line with the echo server.
+pub fn tcp_probe(ns: &str, to: SocketAddrV4, timeout: Duration) -> bool {
+    match Conn::open(ns, to, timeout) {
+        Some(mut c) => c.exchange("probe", timeout),
+        None => false,
+    }
+}
+
+/// Sends a datagram of `size` bytes from `ns` and waits for its echo.
+pub fn udp_probe(ns: &str, to: SocketAddrV4, size: usize, timeout: Duration) -> bool {
+    in_netns(ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(timeout)).unwrap();
+        let msg: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        if s.send_to(&msg, to).is_err() {
+            return false;
+        }
+        let mut buf = vec![0u8; size + 16];
+        matches!(s.recv_from(&mut buf), Ok((n, _)) if buf[..n] == msg[..])
+    })
+}
+
+/// A TCP connection opened from inside a namespace (the socket stays in that namespace;
+/// the handle can be used from any thread).
+pub struct Conn {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(ns: &str, to: SocketAddrV4, timeout: Duration) -> Option<Conn> {
+        let stream = in_netns(ns, move || TcpStream::connect_timeout(&to.into(), timeout).ok())?;
+        let reader = BufReader::new(stream.try_clone().ok()?);
+        Some(Conn { stream, reader })
+    }
+
+    /// Sends a line and waits for its echo.
+    pub fn exchange(&mut self, msg: &str, timeout: Duration) -> bool {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        if writeln!(self.stream, "{msg}").is_err() {
+            return false;
+        }
+        let mut line = String::new();
+        matches!(self.reader.read_line(&mut line), Ok(n) if n > 0 && line.trim_end() == msg)
+    }
+
+    /// Drains anything the peer sent (used after a blocked exchange).
+    pub fn drain(&mut self) {
+        self.stream.set_read_timeout(Some(POLL)).unwrap();
+        let mut buf = [0u8; 4096];
+        while matches!(self.reader.read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+/// Runs curl in `ns`; returns its exit code (0 = HTTP 200, 28 = timed out) and output.
+pub fn curl(ns: &NetNs, url: &str, timeout_s: f64) -> (i32, String) {
+    let out = ns
+        .cmd("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", &timeout_s.to_string(), url])
+        .output()
+        .expect("curl");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
