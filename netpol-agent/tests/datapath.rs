@@ -510,3 +510,21 @@ fn a_pinned_map_of_another_layout_is_refused() {
         Ok(_) => panic!("a mismatched pin was reused"),
     }
 }
+
+#[test]
+fn only_a_syn_starts_a_tcp_flow_where_policy_was_not_checked() {
+    let Some(mut f) = fixture("midstream", true, false) else { return };
+    // The pod's own mid-stream segment (egress is not isolated) passes, but tracks nothing,
+    // so the peer's next segment is not taken for a reply.
+    let ev = f.from_pod(&ack(POD, 80, PEER, 5000), reason::ALLOW_NOT_ISOLATED);
+    assert!(ev.is_empty() && f.dp().conntrack().unwrap().is_empty());
+    f.to_pod(&ack(PEER, 5000, POD, 80), reason::DROP_POLICY);
+    f.from_pod(&Ip::tcp(POD, 80, PEER, 5001, SYN | ACK), reason::ALLOW_NOT_ISOLATED);
+    f.to_pod(&ack(PEER, 5001, POD, 80), reason::DROP_POLICY);
+    // Where policy allows it, a mid-stream segment is adopted (after a revoke and re-add, an
+    // LRU eviction, or an agent installed under running connections).
+    f.dp().add_policy(&allow(Direction::Ingress, PEER_ID, Protocol::Tcp, Some(80), None), 3).unwrap();
+    f.to_pod(&ack(PEER, 5000, POD, 80), reason::ALLOW_POLICY);
+    f.to_pod(&ack(PEER, 5000, POD, 80), reason::ALLOW_ESTABLISHED);
+    f.from_pod(&ack(POD, 80, PEER, 5000), reason::ALLOW_REPLY);
+}

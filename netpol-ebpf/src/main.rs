@@ -70,6 +70,8 @@ const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 const ICMP_ECHOREPLY: u8 = 0;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_ECHO: u8 = 8;
@@ -558,16 +560,23 @@ fn judge(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow, tracked: bool, relat
         }
     };
     d.peer = peer.identity;
-    if !d.drop && tracked {
+    // Only a SYN starts a TCP connection. A mid-stream segment without an entry (its flow
+    // was revoked, evicted, or predates the agent) is adopted only where policy was just
+    // checked; elsewhere it passes untracked, so it cannot make the peer's next packets
+    // look like replies.
+    let starts = f.proto != IPPROTO_TCP || f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let track = tracked && (starts || iso);
+    if !d.drop && track {
         let flags = if f.tcp_flags & (TCP_FIN | TCP_RST) != 0 { CT_CLOSING } else { 0 };
         let v = CtValue { last_seen: now, rule_id: d.rule_id, policy_gen: ep.policy_gen, peer: peer.identity, flags };
         if CONNTRACK.insert(&fwd, &v, BPF_NOEXIST as u64).is_err() {
             count(counter::CT_INSERT_FAILED);
         }
     }
-    // Untracked packets (ICMP errors, other protocols) are judged one by one; an event for
-    // each allowed one would flood the ring, so only their drops are reported.
-    let event = d.drop || tracked;
+    // Untracked packets (ICMP errors, other protocols, adopted-nowhere TCP segments) are
+    // judged one by one; an event for each allowed one would flood the ring, so only their
+    // drops are reported.
+    let event = d.drop || track;
     (d, event)
 }
 

@@ -1,1 +1,163 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup | build | test | bench`.
+//!
+//! The eBPF half needs a toolchain rustup cannot provide here (see
+//! ../shared/ebpf-toolchain/README.md): Debian's rustc-web with its matching rust-web-src,
+//! and a bpf-linker built against the same LLVM major. `setup` installs exactly what is
+//! missing, so a warm machine pays nothing.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine lacks: Debian packages and bpf-linker (idempotent).
+    Setup,
+    /// Setup, then build the eBPF object and every release binary into target/release/.
+    Build,
+    /// Setup, build, formatting and lint checks, then every test (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (after --).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then the datapath benchmarks (BPF_PROG_TEST_RUN; needs root).
+    Bench,
+}
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = root();
+    match cli.cmd {
+        Cmd::Setup => setup(&root),
+        Cmd::Build => {
+            setup(&root)?;
+            build(&root)
+        }
+        Cmd::Test { args } => {
+            setup(&root)?;
+            build(&root)?;
+            lint(&root)?;
+            let mut cmd = cargo(&root);
+            cmd.args(["test", "--workspace", "--release"]);
+            if !args.is_empty() {
+                cmd.arg("--").args(args);
+            }
+            run(&mut cmd)
+        }
+        Cmd::Bench => {
+            setup(&root)?;
+            run(cargo(&root).args(["bench", "-p", "netpol-agent", "--bench", "datapath"]))
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root);
+    c
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing {}", missing.join(" "));
+    // A fresh machine's package lists are stale or empty.
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The LLVM major Debian's rustc links, which bpf-linker must link too.
+fn llvm_major() -> Result<String> {
+    let out = Command::new("/usr/bin/rustc").arg("-vV").output().context("/usr/bin/rustc -vV")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .map(str::to_string)
+        .context("no LLVM version in rustc -vV")
+}
+
+fn setup(root: &Path) -> Result<()> {
+    // Tools the tests and the datapath use: ip/tc (iproute2), nsenter (util-linux), curl, ping.
+    apt_install(&[
+        "rustc-web",
+        "cargo-web",
+        "rust-web-src",
+        "gcc",
+        "libc6-dev",
+        "iproute2",
+        "iputils-ping",
+        "curl",
+        "util-linux",
+    ])?;
+    let major = llvm_major()?;
+    apt_install(&[&format!("llvm-{major}-dev")])?;
+
+    let tools = root.join("target/bpf-tools");
+    let linker = tools.join("bin/bpf-linker");
+    let works = Command::new(&linker).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    if !works {
+        run(Command::new("/usr/bin/cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features"])
+            .args(["--features", &format!("llvm-{major}")])
+            .arg("--root")
+            .arg(&tools)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO")
+            .env("RUSTC", "/usr/bin/rustc")
+            .env("LLVM_PREFIX", format!("/usr/lib/llvm-{major}"))
+            .env("PATH", format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default())))?;
+    }
+    Ok(())
+}
+
+fn build(root: &Path) -> Result<()> {
+    // netpol-agent's build script builds the eBPF object whenever its sources changed.
+    run(cargo(root).args(["build", "--release", "--workspace", "--bins"]))
+}
+
+fn lint(root: &Path) -> Result<()> {
+    run(cargo(root).args(["fmt", "--all", "--check"]))?;
+    run(cargo(root).args(["fmt", "--check", "--manifest-path", "netpol-ebpf/Cargo.toml"]))?;
+    run(cargo(root).args(["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"]))
+}

@@ -1,0 +1,437 @@
+//! Real packets between network namespaces, enforced by the attached programs (root only).
+//!
+//! Each test builds its own node namespace with pods a, b, c on veths (names prefixed per
+//! test), its own pinned datapath, and tears all of it down on drop, also when it fails.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use aya::programs::links::{FdLink, PinnedLink};
+use netpol_agent::datapath::{
+    AttachMode, Config, Datapath, Direction, EndpointSpec, IpcacheSpec, PolicyEntry, Protocol,
+};
+use netpol_common::{identity, reason};
+use netpol_tests::{
+    need_root,
+    netns::Entered,
+    packet::{Ip, SYN},
+    topology::Node,
+    traffic::{curl, inject_frame, tcp_probe, tcp_server, udp_echo, udp_probe, Conn, Server},
+};
+
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 50, 255, 1);
+const A: Ipv4Addr = Ipv4Addr::new(10, 50, 0, 2);
+const B: Ipv4Addr = Ipv4Addr::new(10, 50, 0, 3);
+const C: Ipv4Addr = Ipv4Addr::new(10, 50, 0, 4);
+const ID_A: u32 = 1000;
+const ID_B: u32 = 1001;
+const ID_C: u32 = 1002;
+const EP_A: u32 = 1;
+const EP_B: u32 = 2;
+const EP_C: u32 = 3;
+const ALLOWED: Duration = Duration::from_secs(3);
+const DENIED: Duration = Duration::from_millis(700);
+
+/// A node with pods a, b, c, and the datapath attached to all three.
+struct Lab {
+    servers: Vec<Server>,
+    dp: Option<Datapath>,
+    root: PathBuf,
+    // Keeps this thread in the node namespace (aya attaches by interface name there).
+    entered: Option<Entered>,
+    node: Node,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.servers.clear();
+        if let Some(dp) = self.dp.take() {
+            let _ = dp.teardown();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+        self.entered.take();
+    }
+}
+
+fn spec(lab: &Lab, pod: &str, id: u32, ip: Ipv4Addr, identity: u32, ingress: bool, egress: bool) -> EndpointSpec {
+    EndpointSpec {
+        interface: lab.node.pod(pod).host_if.clone(),
+        id,
+        ip,
+        identity,
+        isolated_ingress: ingress,
+        isolated_egress: egress,
+    }
+}
+
+impl Lab {
+    fn new(prefix: &str, mode: AttachMode) -> Option<Lab> {
+        if need_root() {
+            return None;
+        }
+        let mut node = Node::new(prefix, NODE_IP);
+        node.add_pod("a", A);
+        node.add_pod("b", B);
+        node.add_pod("c", C);
+        let cfg = Config { name: format!("test-nf-{prefix}"), attach: mode, ..Default::default() };
+        let root = cfg.root();
+        let _ = std::fs::remove_dir_all(&root);
+        let entered = Some(node.ns.enter());
+        let mut lab = Lab { servers: Vec::new(), dp: None, root, entered, node };
+        lab.dp = Some(Datapath::open(cfg).expect("open datapath"));
+        for (pod, ep, ip, id) in [("a", EP_A, A, ID_A), ("b", EP_B, B, ID_B), ("c", EP_C, C, ID_C)] {
+            let s = spec(&lab, pod, ep, ip, id, false, false);
+            lab.dp().upsert_endpoint(&s).unwrap();
+            lab.dp().upsert_ipcache(&ipc(&format!("{ip}/32"), id, None)).unwrap();
+            let ifname = s.interface.clone();
+            lab.dp().attach(&ifname).unwrap();
+        }
+        lab.dp().upsert_ipcache(&ipc(&format!("{NODE_IP}/32"), identity::HOST, None)).unwrap();
+        Some(lab)
+    }
+
+    fn dp(&mut self) -> &mut Datapath {
+        self.dp.as_mut().unwrap()
+    }
+
+    fn ns(&self, pod: &str) -> String {
+        self.node.pod(pod).ns.name.clone()
+    }
+
+    fn isolate(&mut self, pod: &str, ep: u32, ip: Ipv4Addr, id: u32, ingress: bool, egress: bool) {
+        let s = spec(self, pod, ep, ip, id, ingress, egress);
+        self.dp().upsert_endpoint(&s).unwrap();
+    }
+
+    fn tcp_servers(&mut self, pod: &str, ports: &[u16]) {
+        for p in ports {
+            let s = tcp_server(&self.ns(pod), *p);
+            self.servers.push(s);
+        }
+    }
+
+    fn udp_servers(&mut self, pod: &str, ports: &[u16]) {
+        for p in ports {
+            let s = udp_echo(&self.ns(pod), *p);
+            self.servers.push(s);
+        }
+    }
+
+    /// Asserts a TCP connection + echo from `from` to `to:port` works (or does not).
+    fn tcp(&self, from: &str, to: Ipv4Addr, port: u16, allowed: bool) {
+        let t = if allowed { ALLOWED } else { DENIED };
+        let got = tcp_probe(&self.ns(from), SocketAddrV4::new(to, port), t);
+        assert_eq!(got, allowed, "TCP {from} -> {to}:{port}");
+    }
+
+    fn udp(&self, from: &str, to: Ipv4Addr, port: u16, allowed: bool) {
+        let t = if allowed { ALLOWED } else { DENIED };
+        let got = udp_probe(&self.ns(from), SocketAddrV4::new(to, port), 64, t);
+        assert_eq!(got, allowed, "UDP {from} -> {to}:{port}");
+    }
+
+    fn counter(&mut self, r: u8) -> u64 {
+        self.dp().counters().unwrap().reason(r)
+    }
+}
+
+fn ipc(cidr: &str, identity: u32, cidr_identity: Option<u32>) -> IpcacheSpec {
+    IpcacheSpec { cidr: cidr.parse().unwrap(), identity, cidr_identity }
+}
+
+fn entry(ep: u32, dir: Direction, peer: u32, protocol: Protocol, port: Option<u16>, end: Option<u16>) -> PolicyEntry {
+    PolicyEntry { endpoint: ep, direction: dir, peer, protocol, port, end_port: end }
+}
+
+#[test]
+fn allow_deny_and_replies_over_tcp_udp_and_curl() {
+    let Some(mut lab) = Lab::new("nfbasic", AttachMode::Auto) else { return };
+    lab.tcp_servers("b", &[80, 81]);
+    lab.udp_servers("b", &[53, 54]);
+    lab.tcp_servers("a", &[80]);
+    lab.tcp_servers("c", &[80]);
+    // Nothing isolated: everything flows.
+    lab.tcp("c", B, 81, true);
+    // b isolated both ways: only a may reach it on TCP 80 and UDP 53; b itself may send
+    // nothing new, yet its replies flow.
+    lab.isolate("b", EP_B, B, ID_B, true, true);
+    lab.dp().add_policy(&entry(EP_B, Direction::Ingress, ID_A, Protocol::Tcp, Some(80), None), 11).unwrap();
+    lab.dp().add_policy(&entry(EP_B, Direction::Ingress, ID_A, Protocol::Udp, Some(53), None), 12).unwrap();
+    lab.tcp("a", B, 80, true);
+    lab.udp("a", B, 53, true);
+    let (code, out) = curl(&lab.node.pod("a").ns, &format!("http://{B}:80/"), 3.0);
+    assert_eq!((code, out.as_str()), (0, "200"), "curl a -> b");
+    let (code, out) = curl(&lab.node.pod("c").ns, &format!("http://{B}:80/"), 1.0);
+    assert_eq!(code, 28, "curl c -> b must time out: {out}");
+    assert!(out.contains("Connection timed out") || out.contains("Timeout"), "{out}");
+    lab.tcp("a", B, 81, false);
+    lab.udp("a", B, 54, false);
+    lab.tcp("b", A, 80, false);
+    // a isolated for egress: only to b:80.
+    lab.isolate("a", EP_A, A, ID_A, false, true);
+    lab.dp().add_policy(&entry(EP_A, Direction::Egress, ID_B, Protocol::Tcp, Some(80), None), 21).unwrap();
+    lab.tcp("a", B, 80, true);
+    lab.tcp("a", C, 80, false);
+    lab.udp("a", B, 53, false);
+    // The drops were reported with the 5-tuple, and the node's ARP for b went through.
+    let events = lab.dp().drain_events();
+    assert!(events.iter().any(|e| e.reason == reason::DROP_POLICY
+        && e.saddr == u32::from_ne_bytes(C.octets())
+        && u16::from_be(e.dport) == 80
+        && e.peer == ID_C));
+    assert!(events.iter().any(|e| e.reason == reason::ALLOW_POLICY && e.rule_id == 11));
+    assert!(lab.counter(reason::ALLOW_ARP) > 0);
+}
+
+#[test]
+fn wildcards_port_ranges_and_any_protocol() {
+    let Some(mut lab) = Lab::new("nfwild", AttachMode::Auto) else { return };
+    lab.tcp_servers("b", &[8000, 8010, 8011]);
+    lab.udp_servers("b", &[9000]);
+    lab.isolate("b", EP_B, B, ID_B, true, false);
+    lab.dp().add_policy(&entry(EP_B, Direction::Ingress, identity::ANY, Protocol::Tcp, Some(8000), Some(8010)), 1).unwrap();
+    lab.dp().add_policy(&entry(EP_B, Direction::Ingress, ID_C, Protocol::Any, None, None), 2).unwrap();
+    lab.tcp("a", B, 8000, true);
+    lab.tcp("a", B, 8010, true);
+    lab.tcp("a", B, 8011, false);
+    lab.udp("a", B, 9000, false);
+    lab.udp("c", B, 9000, true);
+    lab.tcp("c", B, 8011, true);
+    let ping = |from: &str| {
+        lab.node.pod(from).ns.cmd("ping").args(["-c1", "-W1", &B.to_string()]).output().unwrap().status.success()
+    };
+    assert!(ping("c"), "any protocol lets ICMP through");
+    assert!(!ping("a"), "a has no ICMP rule");
+}
+
+#[test]
+fn ipblock_with_except_covers_pod_ips() {
+    let Some(mut lab) = Lab::new("nfcidr", AttachMode::Auto) else { return };
+    lab.tcp_servers("b", &[80]);
+    // ipBlock 10.50.0.0/24 except 10.50.0.4/32 (c): a falls in the block, c in the except.
+    let (block, except) = (identity::FIRST_CIDR, identity::FIRST_CIDR + 1);
+    lab.dp().upsert_ipcache(&ipc("10.50.0.0/24", block, None)).unwrap();
+    lab.dp().upsert_ipcache(&ipc(&format!("{A}/32"), ID_A, Some(block))).unwrap();
+    lab.dp().upsert_ipcache(&ipc(&format!("{C}/32"), ID_C, Some(except))).unwrap();
+    lab.isolate("b", EP_B, B, ID_B, true, false);
+    lab.dp().add_policy(&entry(EP_B, Direction::Ingress, block, Protocol::Tcp, Some(80), None), 1).unwrap();
+    lab.tcp("a", B, 80, true);
+    lab.tcp("c", B, 80, false);
+}
+
+#[test]
+fn spoofed_and_malformed_packets_from_a_pod_are_dropped() {
+    let Some(mut lab) = Lab::new("nfspoof", AttachMode::Auto) else { return };
+    lab.tcp_servers("b", &[80]);
+    // a claims an address that is not its own.
+    let fake = Ipv4Addr::new(10, 50, 0, 9);
+    lab.node.pod("a").ns.ip(&["addr", "add", &format!("{fake}/32"), "dev", "eth0"]);
+    lab.tcp("a", B, 80, true);
+    let before = lab.counter(reason::DROP_SPOOFED);
+    let spoofed = netpol_tests::netns::in_netns(&lab.ns("a"), move || {
+        // std cannot bind before connect: do it with libc.
+        let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        let bind = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(fake.octets()) },
+            sin_zero: [0; 8],
+        };
+        unsafe { libc::bind(sock, (&bind as *const libc::sockaddr_in).cast(), 16) };
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 80u16.to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(B.octets()) },
+            sin_zero: [0; 8],
+        };
+        let tv = libc::timeval { tv_sec: 1, tv_usec: 0 };
+        unsafe {
+            libc::setsockopt(sock, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&tv as *const libc::timeval).cast(), 16);
+            let rc = libc::connect(sock, (&to as *const libc::sockaddr_in).cast(), 16);
+            libc::close(sock);
+            rc == 0
+        }
+    });
+    assert!(!spoofed, "a connection from a forged source got through");
+    assert!(lab.counter(reason::DROP_SPOOFED) > before);
+
+    // Frames a pod could forge with a packet socket: a cut IPv4 header, a cut TCP header.
+    let full = Ip::tcp(A, 1234, B, 80, SYN).frame();
+    let before = lab.counter(reason::DROP_MALFORMED);
+    inject_frame(&lab.ns("a"), "eth0", full[..14 + 12].to_vec());
+    inject_frame(&lab.ns("a"), "eth0", full[..14 + 20 + 8].to_vec());
+    assert_eq!(lab.counter(reason::DROP_MALFORMED), before + 2);
+}
+
+#[test]
+fn a_withdrawn_rule_cuts_an_established_connection() {
+    let Some(mut lab) = Lab::new("nfcut", AttachMode::Auto) else { return };
+    lab.tcp_servers("b", &[80]);
+    lab.isolate("b", EP_B, B, ID_B, true, false);
+    let rule = entry(EP_B, Direction::Ingress, ID_A, Protocol::Tcp, Some(80), None);
+    lab.dp().add_policy(&rule, 1).unwrap();
+    let mut conn = Conn::open(&lab.ns("a"), SocketAddrV4::new(B, 80), ALLOWED).expect("connect a -> b");
+    assert!(conn.exchange("one", ALLOWED));
+    assert!(conn.exchange("two", ALLOWED));
+    lab.dp().remove_policy(&rule).unwrap();
+    assert!(!conn.exchange("three", Duration::from_secs(1)), "the established connection kept flowing");
+    assert!(lab.counter(reason::DROP_POLICY_REVOKED) > 0);
+    lab.dp().add_policy(&rule, 1).unwrap();
+    lab.tcp("a", B, 80, true);
+}
+
+/// The link id of the pinned TCX link of a pod's host-side veth.
+fn link_ids(root: &std::path::Path) -> Vec<(String, u32)> {
+    let dir = root.join(format!("v{}", netpol_common::LAYOUT_VERSION)).join("links");
+    let mut out: Vec<(String, u32)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let fd: FdLink = PinnedLink::from_pin(e.path()).unwrap().into();
+            (e.file_name().to_string_lossy().into_owned(), fd.info().unwrap().id())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn agent_restarts_keep_enforcing_without_a_gap() {
+    let Some(mut lab) = Lab::new("nfrst", AttachMode::Auto) else { return };
+    lab.tcp_servers("b", &[80]);
+    let name = "test-nf-nfrst";
+    // Hand the datapath over to agent processes: this one only watches from now on.
+    lab.dp.take();
+    let state = |with_rule: bool| {
+        let policy = if with_rule {
+            r#"[{"endpoint":2,"direction":"ingress","peer":1000,"protocol":"TCP","port":80,"ruleId":7}]"#
+        } else {
+            "[]"
+        };
+        format!(
+            r#"{{"endpoints":[
+                {{"interface":"{}","id":1,"ip":"{A}","identity":1000}},
+                {{"interface":"{}","id":2,"ip":"{B}","identity":1001,"isolatedIngress":true}},
+                {{"interface":"{}","id":3,"ip":"{C}","identity":1002}}],
+              "ipcache":[{{"cidr":"{A}/32","identity":1000}},{{"cidr":"{B}/32","identity":1001}},
+                         {{"cidr":"{C}/32","identity":1002}},{{"cidr":"{NODE_IP}/32","identity":1}}],
+              "policy":{policy}}}"#,
+            lab.node.pod("a").host_if,
+            lab.node.pod("b").host_if,
+            lab.node.pod("c").host_if
+        )
+    };
+    let agent = |args: &[&str], stdin: Option<String>| {
+        let mut cmd = lab.node.ns.cmd(env!("CARGO_BIN_EXE_netpol-agent"));
+        cmd.args(["--name", name]).args(args);
+        if let Some(s) = stdin {
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        } else {
+            let out = cmd.output().unwrap();
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let out = agent(&["datapath", "apply", "-f", "-"], Some(state(true)));
+    assert!(out.contains("policy +1/-0"), "{out}");
+    lab.tcp("a", B, 80, true);
+    lab.tcp("c", B, 80, false);
+    let links = link_ids(&lab.root);
+    assert_eq!(links.len(), 6, "{links:?}");
+
+    // A long-running agent (the event monitor) is killed with SIGKILL, under probing.
+    let mut monitor = lab
+        .node
+        .ns
+        .cmd(env!("CARGO_BIN_EXE_netpol-agent"))
+        .args(["--name", name, "datapath", "monitor", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, leaked) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let prober = {
+        let (stop, ok, failed, leaked) = (stop.clone(), ok.clone(), failed.clone(), leaked.clone());
+        let (a, c) = (lab.ns("a"), lab.ns("c"));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if tcp_probe(&a, SocketAddrV4::new(B, 80), ALLOWED) {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+                if tcp_probe(&c, SocketAddrV4::new(B, 80), Duration::from_millis(200)) {
+                    leaked.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    monitor.kill().unwrap();
+    let monitor_out = monitor.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&monitor_out.stdout);
+    assert!(seen.contains("\"reason\":\"drop-policy\""), "monitor saw no drops: {seen}");
+    std::thread::sleep(Duration::from_millis(300));
+    // Restarts: the same state again, twice — nothing to write, no link re-created.
+    for _ in 0..2 {
+        let out = agent(&["datapath", "apply", "-f", "-"], Some(state(true)));
+        assert!(out.contains("endpoints +0/-0, ipcache +0/-0, policy +0/-0"), "{out}");
+        assert!(out.contains("attached 0"), "{out}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    prober.join().unwrap();
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "allowed probes failed across restarts");
+    assert_eq!(leaked.load(Ordering::SeqCst), 0, "denied probes got through across restarts");
+    assert!(ok.load(Ordering::SeqCst) >= 3);
+    assert_eq!(link_ids(&lab.root), links, "links were re-created instead of kept");
+
+    // A changed state is applied incrementally, and teardown removes everything.
+    let out = agent(&["datapath", "apply", "-f", "-"], Some(state(false)));
+    assert!(out.contains("policy +0/-1"), "{out}");
+    lab.tcp("a", B, 80, false);
+    let shown = agent(&["datapath", "show", "-o", "json"], None);
+    assert!(shown.contains("\"isolatedIngress\":true"), "{shown}");
+    agent(&["datapath", "teardown"], None);
+    assert!(!lab.root.exists(), "teardown left pins");
+    lab.tcp("c", B, 80, true);
+}
+
+#[test]
+fn clsact_attachment_enforces_and_survives_a_reopen() {
+    let Some(mut lab) = Lab::new("nfclsact", AttachMode::Netlink) else { return };
+    lab.tcp_servers("b", &[80]);
+    let b_if = lab.node.pod("b").host_if.clone();
+    let filters = lab.node.ns.cmd("tc").args(["filter", "show", "dev", &b_if, "egress"]).output().unwrap();
+    let filters = String::from_utf8_lossy(&filters.stdout).into_owned();
+    assert!(filters.contains("netpol_to_pod"), "no clsact filter: {filters}");
+    lab.isolate("b", EP_B, B, ID_B, true, false);
+    lab.dp().add_policy(&entry(EP_B, Direction::Ingress, ID_A, Protocol::Tcp, Some(80), None), 1).unwrap();
+    lab.tcp("a", B, 80, true);
+    lab.tcp("c", B, 80, false);
+    // Close this datapath (the filters stay), reopen, and enforcement is unchanged.
+    let cfg = lab.dp().config().clone();
+    lab.dp.take();
+    lab.tcp("c", B, 80, false);
+    lab.dp = Some(Datapath::open(cfg).unwrap());
+    lab.tcp("a", B, 80, true);
+    lab.tcp("c", B, 80, false);
+    let after = lab.node.ns.cmd("tc").args(["filter", "show", "dev", &b_if, "egress"]).output().unwrap();
+    let after = String::from_utf8_lossy(&after.stdout);
+    assert_eq!(after.matches(" handle ").count(), 1, "one filter, replaced in place: {after}");
+}
