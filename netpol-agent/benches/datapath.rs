@@ -10,7 +10,9 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use netpol_agent::datapath::{Config, Datapath, Direction, EndpointSpec, Hook, IpcacheSpec, PolicyEntry, Protocol};
+use netpol_agent::datapath::{
+    Config, Datapath, Direction, EndpointSpec, Hook, IpcacheSpec, PolicyEntry, Protocol,
+};
 use netpol_common::identity;
 use netpol_tests::packet::{Ip, ACK, SYN};
 
@@ -81,16 +83,31 @@ fn main() {
         // Entries for peers 0..n: TCP 80, or (one in ten) the range 8000-8099 so the range trie
         // is populated too. Peer n+1 has nothing: its packets are denied.
         for i in filled..n {
-            dp.upsert_ipcache(&IpcacheSpec { cidr: format!("{}/32", peer_ip(i)).parse().unwrap(), identity: peer_id(i), cidr_identity: None })
-                .unwrap();
+            dp.upsert_ipcache(&IpcacheSpec {
+                cidr: format!("{}/32", peer_ip(i)).parse().unwrap(),
+                identity: peer_id(i),
+                cidr_identity: None,
+            })
+            .unwrap();
             let (port, end_port) = if i % 10 != 9 { (Some(80), None) } else { (Some(8000), Some(8099)) };
-            let e = PolicyEntry { endpoint: EP, direction: Direction::Ingress, peer: peer_id(i), protocol: Protocol::Tcp, port, end_port };
+            let e = PolicyEntry {
+                endpoint: EP,
+                direction: Direction::Ingress,
+                peer: peer_id(i),
+                protocol: Protocol::Tcp,
+                port,
+                end_port,
+            };
             dp.add_policy(&e, i + 1).unwrap();
         }
         filled = n;
         let denied_ip = peer_ip(n + 1);
-        dp.upsert_ipcache(&IpcacheSpec { cidr: format!("{denied_ip}/32").parse().unwrap(), identity: peer_id(n + 1), cidr_identity: None })
-            .unwrap();
+        dp.upsert_ipcache(&IpcacheSpec {
+            cidr: format!("{denied_ip}/32").parse().unwrap(),
+            identity: peer_id(n + 1),
+            cidr_identity: None,
+        })
+        .unwrap();
         dp.flush_conntrack(None).unwrap();
         let entries = format!("{n} ({})", dp.policy_keys().unwrap().len());
 
@@ -114,7 +131,8 @@ fn main() {
         let counters = dp.counters().unwrap();
         assert_eq!(counters.events_lost(), 0, "events were lost during the benchmark");
 
-        let row = |path: &str, ns: f64, base: f64| println!("| {entries} | {path} | {ns:.0} | {:.2} |", ns / base);
+        let row =
+            |path: &str, ns: f64, base: f64| println!("| {entries} | {path} | {ns:.0} | {:.2} |", ns / base);
         row(&format!("pass-through (repeat {REPEAT})"), pass, pass);
         row("established flow", established, pass);
         row("new flow, denied (+ event)", denied, pass);

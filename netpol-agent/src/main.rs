@@ -118,7 +118,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let c = dp.counters()?;
             match output {
                 Output::Json => {
-                    let m: serde_json::Map<_, _> = c.named().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+                    let m: serde_json::Map<_, _> =
+                        c.named().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
                     println!("{}", serde_json::Value::Object(m));
                 }
                 Output::Text => {

@@ -76,7 +76,13 @@ fn ipc(cidr: &str, identity: u32, cidr_identity: Option<u32>) -> IpcacheSpec {
     IpcacheSpec { cidr: cidr.parse::<Ipv4Net>().unwrap(), identity, cidr_identity }
 }
 
-fn allow(dir: Direction, peer: u32, protocol: Protocol, port: Option<u16>, end_port: Option<u16>) -> PolicyEntry {
+fn allow(
+    dir: Direction,
+    peer: u32,
+    protocol: Protocol,
+    port: Option<u16>,
+    end_port: Option<u16>,
+) -> PolicyEntry {
     PolicyEntry { endpoint: EP, direction: dir, peer, protocol, port, end_port }
 }
 
@@ -103,11 +109,11 @@ impl Fixture {
         dp.drain_events()
     }
 
-    fn to_pod(&mut self, pkt: &Ip, expect: u8) -> Vec<Event> {
+    fn inbound(&mut self, pkt: &Ip, expect: u8) -> Vec<Event> {
         self.check(Hook::ToPod, &pkt.frame(), expect)
     }
 
-    fn from_pod(&mut self, pkt: &Ip, expect: u8) -> Vec<Event> {
+    fn outbound(&mut self, pkt: &Ip, expect: u8) -> Vec<Event> {
         self.check(Hook::FromPod, &pkt.frame(), expect)
     }
 }
@@ -123,34 +129,40 @@ fn ack(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Ip {
 #[test]
 fn not_isolated_passes_everything_and_reports_new_flows() {
     let Some(mut f) = fixture("open", false, false) else { return };
-    let ev = f.to_pod(&syn(PEER, 40000, POD, 80), reason::ALLOW_NOT_ISOLATED);
+    let ev = f.inbound(&syn(PEER, 40000, POD, 80), reason::ALLOW_NOT_ISOLATED);
     assert_eq!(ev.len(), 1, "a new flow is reported");
-    f.to_pod(&ack(PEER, 40000, POD, 80), reason::ALLOW_ESTABLISHED);
-    f.from_pod(&ack(POD, 80, PEER, 40000), reason::ALLOW_REPLY);
-    let ev = f.from_pod(&Ip::udp(POD, 5000, Ipv4Addr::new(8, 8, 8, 8), 53), reason::ALLOW_NOT_ISOLATED);
+    f.inbound(&ack(PEER, 40000, POD, 80), reason::ALLOW_ESTABLISHED);
+    f.outbound(&ack(POD, 80, PEER, 40000), reason::ALLOW_REPLY);
+    let ev = f.outbound(&Ip::udp(POD, 5000, Ipv4Addr::new(8, 8, 8, 8), 53), reason::ALLOW_NOT_ISOLATED);
     assert_eq!(ev[0].peer, identity::WORLD);
 }
 
 #[test]
 fn isolated_ingress_passes_only_allowed_flows_and_names_the_rule() {
     let Some(mut f) = fixture("ingress", true, false) else { return };
-    let ev = f.to_pod(&syn(PEER, 40000, POD, 80), reason::DROP_POLICY);
+    let ev = f.inbound(&syn(PEER, 40000, POD, 80), reason::DROP_POLICY);
     assert_eq!(ev.len(), 1);
     let e = ev[0];
-    assert_eq!((e.verdict, e.reason, e.dir, e.peer, e.ep_id), (VERDICT_DROP, reason::DROP_POLICY, 0, PEER_ID, EP));
+    assert_eq!(
+        (e.verdict, e.reason, e.dir, e.peer, e.ep_id),
+        (VERDICT_DROP, reason::DROP_POLICY, 0, PEER_ID, EP)
+    );
     assert_eq!((e.saddr, e.daddr), (u32::from_ne_bytes(PEER.octets()), u32::from_ne_bytes(POD.octets())));
     assert_eq!((u16::from_be(e.sport), u16::from_be(e.dport), e.proto), (40000, 80, IPPROTO_TCP));
 
     f.dp().add_policy(&allow(Direction::Ingress, PEER_ID, Protocol::Tcp, Some(80), None), 42).unwrap();
-    let ev = f.to_pod(&syn(PEER, 40001, POD, 80), reason::ALLOW_POLICY);
+    let ev = f.inbound(&syn(PEER, 40001, POD, 80), reason::ALLOW_POLICY);
     assert_eq!((ev[0].verdict, ev[0].rule_id, ev[0].peer), (VERDICT_ALLOW, 42, PEER_ID));
-    assert!(f.to_pod(&ack(PEER, 40001, POD, 80), reason::ALLOW_ESTABLISHED).is_empty(), "established: no event");
-    f.from_pod(&ack(POD, 80, PEER, 40001), reason::ALLOW_REPLY);
-    f.to_pod(&syn(PEER, 40002, POD, 81), reason::DROP_POLICY);
-    f.to_pod(&syn(OTHER, 40003, POD, 80), reason::DROP_POLICY);
-    f.to_pod(&Ip::udp(PEER, 40004, POD, 80), reason::DROP_POLICY);
+    assert!(
+        f.inbound(&ack(PEER, 40001, POD, 80), reason::ALLOW_ESTABLISHED).is_empty(),
+        "established: no event"
+    );
+    f.outbound(&ack(POD, 80, PEER, 40001), reason::ALLOW_REPLY);
+    f.inbound(&syn(PEER, 40002, POD, 81), reason::DROP_POLICY);
+    f.inbound(&syn(OTHER, 40003, POD, 80), reason::DROP_POLICY);
+    f.inbound(&Ip::udp(PEER, 40004, POD, 80), reason::DROP_POLICY);
     // Egress is not isolated.
-    f.from_pod(&syn(POD, 40005, OTHER, 443), reason::ALLOW_NOT_ISOLATED);
+    f.outbound(&syn(POD, 40005, OTHER, 443), reason::ALLOW_NOT_ISOLATED);
 }
 
 #[test]
@@ -158,29 +170,34 @@ fn wildcards_any_peer_any_port_any_protocol() {
     let Some(mut f) = fixture("wild", true, false) else { return };
     // Any peer, TCP 80.
     f.dp().add_policy(&allow(Direction::Ingress, identity::ANY, Protocol::Tcp, Some(80), None), 1).unwrap();
-    f.to_pod(&syn(OTHER, 1000, POD, 80), reason::ALLOW_POLICY);
-    f.to_pod(&syn(Ipv4Addr::new(1, 2, 3, 4), 1000, POD, 80), reason::ALLOW_POLICY);
-    f.to_pod(&syn(OTHER, 1001, POD, 81), reason::DROP_POLICY);
+    f.inbound(&syn(OTHER, 1000, POD, 80), reason::ALLOW_POLICY);
+    f.inbound(&syn(Ipv4Addr::new(1, 2, 3, 4), 1000, POD, 80), reason::ALLOW_POLICY);
+    f.inbound(&syn(OTHER, 1001, POD, 81), reason::DROP_POLICY);
     // PEER, every UDP port (but not TCP, not ICMP).
     f.dp().add_policy(&allow(Direction::Ingress, PEER_ID, Protocol::Udp, None, None), 2).unwrap();
-    f.to_pod(&Ip::udp(PEER, 1000, POD, 9999), reason::ALLOW_POLICY);
-    f.to_pod(&syn(PEER, 1002, POD, 9999), reason::DROP_POLICY);
+    f.inbound(&Ip::udp(PEER, 1000, POD, 9999), reason::ALLOW_POLICY);
+    f.inbound(&syn(PEER, 1002, POD, 9999), reason::DROP_POLICY);
     let echo = Ip::new(PEER, POD, L4::Icmp { kind: 8, code: 0, id: 77, quoted: vec![] });
-    f.to_pod(&echo, reason::DROP_POLICY);
+    f.inbound(&echo, reason::DROP_POLICY);
     // OTHER, any protocol: TCP, UDP, SCTP, ICMP, GRE.
     f.dp().add_policy(&allow(Direction::Ingress, OTHER_ID, Protocol::Any, None, None), 3).unwrap();
-    f.to_pod(&syn(OTHER, 1003, POD, 22), reason::ALLOW_POLICY);
-    f.to_pod(&Ip::new(OTHER, POD, L4::Sctp { sport: 5, dport: 6 }), reason::ALLOW_POLICY);
-    f.to_pod(&Ip::new(OTHER, POD, L4::Icmp { kind: 8, code: 0, id: 78, quoted: vec![] }), reason::ALLOW_POLICY);
-    f.to_pod(&Ip::new(OTHER, POD, L4::Other(47)), reason::ALLOW_POLICY);
-    f.to_pod(&Ip::new(PEER, POD, L4::Other(47)), reason::DROP_POLICY);
+    f.inbound(&syn(OTHER, 1003, POD, 22), reason::ALLOW_POLICY);
+    f.inbound(&Ip::new(OTHER, POD, L4::Sctp { sport: 5, dport: 6 }), reason::ALLOW_POLICY);
+    f.inbound(
+        &Ip::new(OTHER, POD, L4::Icmp { kind: 8, code: 0, id: 78, quoted: vec![] }),
+        reason::ALLOW_POLICY,
+    );
+    f.inbound(&Ip::new(OTHER, POD, L4::Other(47)), reason::ALLOW_POLICY);
+    f.inbound(&Ip::new(PEER, POD, L4::Other(47)), reason::DROP_POLICY);
 }
 
 #[test]
 fn port_ranges_match_exactly_their_ports() {
     let Some(mut f) = fixture("range", true, false) else { return };
     f.dp().add_policy(&allow(Direction::Ingress, PEER_ID, Protocol::Tcp, Some(8000), Some(8010)), 5).unwrap();
-    f.dp().add_policy(&allow(Direction::Ingress, identity::ANY, Protocol::Sctp, Some(30000), Some(32767)), 6).unwrap();
+    f.dp()
+        .add_policy(&allow(Direction::Ingress, identity::ANY, Protocol::Sctp, Some(30000), Some(32767)), 6)
+        .unwrap();
     for (port, expect) in [
         (7999, reason::DROP_POLICY),
         (8000, reason::ALLOW_POLICY),
@@ -189,15 +206,15 @@ fn port_ranges_match_exactly_their_ports() {
         (8010, reason::ALLOW_POLICY),
         (8011, reason::DROP_POLICY),
     ] {
-        let ev = f.to_pod(&syn(PEER, 2000 + port % 100, POD, port), expect);
+        let ev = f.inbound(&syn(PEER, 2000 + port % 100, POD, port), expect);
         if expect == reason::ALLOW_POLICY {
             assert_eq!(ev[0].rule_id, 5);
         }
     }
-    f.to_pod(&Ip::udp(PEER, 2000, POD, 8005), reason::DROP_POLICY);
-    f.to_pod(&syn(OTHER, 2000, POD, 8005), reason::DROP_POLICY);
-    f.to_pod(&Ip::new(OTHER, POD, L4::Sctp { sport: 1, dport: 31000 }), reason::ALLOW_POLICY);
-    f.to_pod(&Ip::new(OTHER, POD, L4::Sctp { sport: 1, dport: 32768 }), reason::DROP_POLICY);
+    f.inbound(&Ip::udp(PEER, 2000, POD, 8005), reason::DROP_POLICY);
+    f.inbound(&syn(OTHER, 2000, POD, 8005), reason::DROP_POLICY);
+    f.inbound(&Ip::new(OTHER, POD, L4::Sctp { sport: 1, dport: 31000 }), reason::ALLOW_POLICY);
+    f.inbound(&Ip::new(OTHER, POD, L4::Sctp { sport: 1, dport: 32768 }), reason::DROP_POLICY);
 }
 
 #[test]
@@ -205,20 +222,26 @@ fn replies_of_allowed_flows_pass_both_ways() {
     let Some(mut f) = fixture("reply", true, true) else { return };
     f.dp().add_policy(&allow(Direction::Egress, PEER_ID, Protocol::Udp, Some(53), None), 1).unwrap();
     f.dp().add_policy(&allow(Direction::Egress, PEER_ID, Protocol::Any, None, None), 2).unwrap();
-    f.from_pod(&Ip::udp(POD, 5353, PEER, 53), reason::ALLOW_POLICY);
-    f.to_pod(&Ip::udp(PEER, 53, POD, 5353), reason::ALLOW_REPLY);
+    f.outbound(&Ip::udp(POD, 5353, PEER, 53), reason::ALLOW_POLICY);
+    f.inbound(&Ip::udp(PEER, 53, POD, 5353), reason::ALLOW_REPLY);
     // Same peer, other port of the pod: not a reply.
-    f.to_pod(&Ip::udp(PEER, 53, POD, 5354), reason::DROP_POLICY);
+    f.inbound(&Ip::udp(PEER, 53, POD, 5354), reason::DROP_POLICY);
     // TCP handshake out and back.
-    f.from_pod(&syn(POD, 41000, PEER, 443), reason::ALLOW_POLICY);
-    f.to_pod(&Ip::tcp(PEER, 443, POD, 41000, SYN | ACK), reason::ALLOW_REPLY);
-    f.from_pod(&ack(POD, 41000, PEER, 443), reason::ALLOW_ESTABLISHED);
+    f.outbound(&syn(POD, 41000, PEER, 443), reason::ALLOW_POLICY);
+    f.inbound(&Ip::tcp(PEER, 443, POD, 41000, SYN | ACK), reason::ALLOW_REPLY);
+    f.outbound(&ack(POD, 41000, PEER, 443), reason::ALLOW_ESTABLISHED);
     // ICMP echo: the reply matches its request's identifier only.
-    f.from_pod(&Ip::new(POD, PEER, L4::Icmp { kind: 8, code: 0, id: 9, quoted: vec![] }), reason::ALLOW_POLICY);
-    f.to_pod(&Ip::new(PEER, POD, L4::Icmp { kind: 0, code: 0, id: 9, quoted: vec![] }), reason::ALLOW_REPLY);
-    f.to_pod(&Ip::new(PEER, POD, L4::Icmp { kind: 0, code: 0, id: 10, quoted: vec![] }), reason::DROP_POLICY);
+    f.outbound(
+        &Ip::new(POD, PEER, L4::Icmp { kind: 8, code: 0, id: 9, quoted: vec![] }),
+        reason::ALLOW_POLICY,
+    );
+    f.inbound(&Ip::new(PEER, POD, L4::Icmp { kind: 0, code: 0, id: 9, quoted: vec![] }), reason::ALLOW_REPLY);
+    f.inbound(
+        &Ip::new(PEER, POD, L4::Icmp { kind: 0, code: 0, id: 10, quoted: vec![] }),
+        reason::DROP_POLICY,
+    );
     // Egress to a peer with no entry.
-    f.from_pod(&syn(POD, 41001, OTHER, 443), reason::DROP_POLICY);
+    f.outbound(&syn(POD, 41001, OTHER, 443), reason::DROP_POLICY);
 }
 
 #[test]
@@ -226,19 +249,23 @@ fn icmp_errors_pass_only_for_tracked_flows() {
     let Some(mut f) = fixture("icmp", true, true) else { return };
     f.dp().add_policy(&allow(Direction::Egress, PEER_ID, Protocol::Udp, Some(53), None), 1).unwrap();
     let out = Ip::udp(POD, 5353, PEER, 53);
-    f.from_pod(&out, reason::ALLOW_POLICY);
+    f.outbound(&out, reason::ALLOW_POLICY);
     // Port unreachable from the peer, and "fragmentation needed" from a router on the way.
-    let unreach = Ip::new(PEER, POD, L4::Icmp { kind: 3, code: 3, id: 0, quoted: out.ip_bytes()[..28].to_vec() });
-    f.to_pod(&unreach, reason::ALLOW_RELATED);
+    let unreach =
+        Ip::new(PEER, POD, L4::Icmp { kind: 3, code: 3, id: 0, quoted: out.ip_bytes()[..28].to_vec() });
+    f.inbound(&unreach, reason::ALLOW_RELATED);
     let router = Ipv4Addr::new(10, 9, 9, 9);
-    let frag_needed = Ip::new(router, POD, L4::Icmp { kind: 3, code: 4, id: 0, quoted: out.ip_bytes()[..28].to_vec() });
-    f.to_pod(&frag_needed, reason::ALLOW_RELATED);
+    let frag_needed =
+        Ip::new(router, POD, L4::Icmp { kind: 3, code: 4, id: 0, quoted: out.ip_bytes()[..28].to_vec() });
+    f.inbound(&frag_needed, reason::ALLOW_RELATED);
     // An error about a flow that never existed is an ordinary (denied) packet.
     let stray = Ip::udp(POD, 6000, OTHER, 53);
-    let forged = Ip::new(OTHER, POD, L4::Icmp { kind: 3, code: 3, id: 0, quoted: stray.ip_bytes()[..28].to_vec() });
-    f.to_pod(&forged, reason::DROP_POLICY);
+    let forged =
+        Ip::new(OTHER, POD, L4::Icmp { kind: 3, code: 3, id: 0, quoted: stray.ip_bytes()[..28].to_vec() });
+    f.inbound(&forged, reason::DROP_POLICY);
     // A quoted packet cut short is malformed.
-    let short = Ip::new(PEER, POD, L4::Icmp { kind: 3, code: 3, id: 0, quoted: out.ip_bytes()[..22].to_vec() });
+    let short =
+        Ip::new(PEER, POD, L4::Icmp { kind: 3, code: 3, id: 0, quoted: out.ip_bytes()[..22].to_vec() });
     let mut frame = short.frame();
     frame.truncate(14 + 20 + 8 + 22);
     f.check(Hook::ToPod, &frame, reason::DROP_MALFORMED);
@@ -251,14 +278,16 @@ fn ipcache_longest_prefix_wins_and_except_is_honoured() {
     f.dp().upsert_ipcache(&ipc("192.168.0.0/16", CIDR_16, None)).unwrap();
     f.dp().upsert_ipcache(&ipc("192.168.1.0/24", CIDR_24, None)).unwrap();
     f.dp().add_policy(&allow(Direction::Ingress, CIDR_16, Protocol::Tcp, Some(80), None), 9).unwrap();
-    let ev = f.to_pod(&syn(Ipv4Addr::new(192, 168, 2, 5), 1, POD, 80), reason::ALLOW_POLICY);
+    let ev = f.inbound(&syn(Ipv4Addr::new(192, 168, 2, 5), 1, POD, 80), reason::ALLOW_POLICY);
     assert_eq!((ev[0].peer, ev[0].rule_id), (CIDR_16, 9));
-    let ev = f.to_pod(&syn(Ipv4Addr::new(192, 168, 1, 5), 1, POD, 80), reason::DROP_POLICY);
+    let ev = f.inbound(&syn(Ipv4Addr::new(192, 168, 1, 5), 1, POD, 80), reason::DROP_POLICY);
     assert_eq!(ev[0].peer, CIDR_24, "the longer prefix wins");
-    let ev = f.to_pod(&syn(Ipv4Addr::new(172, 16, 0, 1), 1, POD, 80), reason::DROP_POLICY);
+    let ev = f.inbound(&syn(Ipv4Addr::new(172, 16, 0, 1), 1, POD, 80), reason::DROP_POLICY);
     assert_eq!(ev[0].peer, identity::WORLD);
-    f.dp().add_policy(&allow(Direction::Ingress, identity::WORLD, Protocol::Tcp, Some(80), None), 10).unwrap();
-    f.to_pod(&syn(Ipv4Addr::new(172, 16, 0, 1), 2, POD, 80), reason::ALLOW_POLICY);
+    f.dp()
+        .add_policy(&allow(Direction::Ingress, identity::WORLD, Protocol::Tcp, Some(80), None), 10)
+        .unwrap();
+    f.inbound(&syn(Ipv4Addr::new(172, 16, 0, 1), 2, POD, 80), reason::ALLOW_POLICY);
 }
 
 #[test]
@@ -268,9 +297,9 @@ fn a_cidr_identity_covers_pod_ips() {
     f.dp().upsert_ipcache(&ipc(&format!("{PEER}/32"), PEER_ID, Some(CIDR_16))).unwrap();
     f.dp().upsert_ipcache(&ipc("10.1.0.0/30", CIDR_16, None)).unwrap();
     f.dp().add_policy(&allow(Direction::Ingress, CIDR_16, Protocol::Tcp, Some(80), None), 4).unwrap();
-    let ev = f.to_pod(&syn(PEER, 1, POD, 80), reason::ALLOW_POLICY);
+    let ev = f.inbound(&syn(PEER, 1, POD, 80), reason::ALLOW_POLICY);
     assert_eq!((ev[0].peer, ev[0].rule_id), (PEER_ID, 4));
-    f.to_pod(&syn(OTHER, 1, POD, 80), reason::DROP_POLICY);
+    f.inbound(&syn(OTHER, 1, POD, 80), reason::DROP_POLICY);
 }
 
 #[test]
@@ -278,61 +307,68 @@ fn withdrawn_rules_cut_established_flows() {
     let Some(mut f) = fixture("revoke", true, true) else { return };
     let rule = allow(Direction::Ingress, PEER_ID, Protocol::Tcp, Some(80), None);
     f.dp().add_policy(&rule, 1).unwrap();
-    f.to_pod(&syn(PEER, 3000, POD, 80), reason::ALLOW_POLICY);
-    f.to_pod(&ack(PEER, 3000, POD, 80), reason::ALLOW_ESTABLISHED);
+    f.inbound(&syn(PEER, 3000, POD, 80), reason::ALLOW_POLICY);
+    f.inbound(&ack(PEER, 3000, POD, 80), reason::ALLOW_ESTABLISHED);
     f.dp().remove_policy(&rule).unwrap();
-    let ev = f.to_pod(&ack(PEER, 3000, POD, 80), reason::DROP_POLICY_REVOKED);
+    let ev = f.inbound(&ack(PEER, 3000, POD, 80), reason::DROP_POLICY_REVOKED);
     assert_eq!(ev[0].peer, PEER_ID);
-    f.to_pod(&ack(PEER, 3000, POD, 80), reason::DROP_POLICY);
-    f.from_pod(&ack(POD, 80, PEER, 3000), reason::DROP_POLICY);
+    f.inbound(&ack(PEER, 3000, POD, 80), reason::DROP_POLICY);
+    f.outbound(&ack(POD, 80, PEER, 3000), reason::DROP_POLICY);
 
     // A reply whose egress rule went away stops too.
     let out = allow(Direction::Egress, PEER_ID, Protocol::Tcp, Some(443), None);
     f.dp().add_policy(&out, 2).unwrap();
-    f.from_pod(&syn(POD, 3001, PEER, 443), reason::ALLOW_POLICY);
-    f.to_pod(&ack(PEER, 443, POD, 3001), reason::ALLOW_REPLY);
+    f.outbound(&syn(POD, 3001, PEER, 443), reason::ALLOW_POLICY);
+    f.inbound(&ack(PEER, 443, POD, 3001), reason::ALLOW_REPLY);
     f.dp().remove_policy(&out).unwrap();
-    f.to_pod(&ack(PEER, 443, POD, 3001), reason::DROP_POLICY_REVOKED);
+    f.inbound(&ack(PEER, 443, POD, 3001), reason::DROP_POLICY_REVOKED);
 
     // A flow still allowed by another entry survives the re-check.
     let a = allow(Direction::Ingress, PEER_ID, Protocol::Tcp, Some(90), None);
     let b = allow(Direction::Ingress, identity::ANY, Protocol::Tcp, None, None);
     f.dp().add_policy(&a, 3).unwrap();
     f.dp().add_policy(&b, 4).unwrap();
-    f.to_pod(&syn(PEER, 3002, POD, 90), reason::ALLOW_POLICY);
+    f.inbound(&syn(PEER, 3002, POD, 90), reason::ALLOW_POLICY);
     f.dp().remove_policy(&a).unwrap();
-    f.to_pod(&ack(PEER, 3002, POD, 90), reason::ALLOW_ESTABLISHED);
+    f.inbound(&ack(PEER, 3002, POD, 90), reason::ALLOW_ESTABLISHED);
 
     // The peer's identity changes (a relabel): its flows are re-checked under the new one.
     f.dp().remove_policy(&b).unwrap();
     f.dp().add_policy(&allow(Direction::Ingress, PEER_ID, Protocol::Tcp, Some(90), None), 5).unwrap();
-    f.to_pod(&syn(PEER, 3003, POD, 90), reason::ALLOW_POLICY);
+    f.inbound(&syn(PEER, 3003, POD, 90), reason::ALLOW_POLICY);
     f.dp().upsert_ipcache(&ipc(&format!("{PEER}/32"), OTHER_ID, None)).unwrap();
-    f.to_pod(&ack(PEER, 3003, POD, 90), reason::DROP_POLICY_REVOKED);
+    f.inbound(&ack(PEER, 3003, POD, 90), reason::DROP_POLICY_REVOKED);
 }
 
 #[test]
 fn new_isolation_re_checks_established_flows() {
     let Some(mut f) = fixture("isolate", false, false) else { return };
-    f.to_pod(&syn(PEER, 3100, POD, 80), reason::ALLOW_NOT_ISOLATED);
-    f.to_pod(&syn(OTHER, 3101, POD, 80), reason::ALLOW_NOT_ISOLATED);
+    f.inbound(&syn(PEER, 3100, POD, 80), reason::ALLOW_NOT_ISOLATED);
+    f.inbound(&syn(OTHER, 3101, POD, 80), reason::ALLOW_NOT_ISOLATED);
     f.dp().add_policy(&allow(Direction::Ingress, PEER_ID, Protocol::Tcp, Some(80), None), 1).unwrap();
-    let spec = EndpointSpec { interface: "lo".into(), id: EP, ip: POD, identity: POD_ID, isolated_ingress: true, isolated_egress: false };
+    let spec = EndpointSpec {
+        interface: "lo".into(),
+        id: EP,
+        ip: POD,
+        identity: POD_ID,
+        isolated_ingress: true,
+        isolated_egress: false,
+    };
     f.dp().upsert_endpoint(&spec).unwrap();
-    f.to_pod(&ack(PEER, 3100, POD, 80), reason::ALLOW_ESTABLISHED);
-    f.to_pod(&ack(OTHER, 3101, POD, 80), reason::DROP_POLICY_REVOKED);
+    f.inbound(&ack(PEER, 3100, POD, 80), reason::ALLOW_ESTABLISHED);
+    f.inbound(&ack(OTHER, 3101, POD, 80), reason::DROP_POLICY_REVOKED);
 }
 
 #[test]
 fn spoofed_sources_are_dropped_even_when_not_isolated() {
     let Some(mut f) = fixture("spoof", false, false) else { return };
-    f.from_pod(&syn(POD, 1, PEER, 80), reason::ALLOW_NOT_ISOLATED);
+    f.outbound(&syn(POD, 1, PEER, 80), reason::ALLOW_NOT_ISOLATED);
     for fake in [OTHER, Ipv4Addr::new(0, 0, 0, 0), Ipv4Addr::new(8, 8, 8, 8)] {
-        let ev = f.from_pod(&syn(fake, 1, PEER, 80), reason::DROP_SPOOFED);
+        let ev = f.outbound(&syn(fake, 1, PEER, 80), reason::DROP_SPOOFED);
         assert_eq!(ev[0].reason, reason::DROP_SPOOFED);
     }
     // Delivered to the pod, any source is fine (no spoofing check on that side).
-    f.to_pod(&syn(OTHER, 1, POD, 80), reason::ALLOW_NOT_ISOLATED);
+    f.inbound(&syn(OTHER, 1, POD, 80), reason::ALLOW_NOT_ISOLATED);
 }
 
 #[test]
@@ -341,7 +377,14 @@ fn non_ipv4_arp_ipv6_and_other_ethertypes() {
     f.check(Hook::ToPod, &arp(PEER, POD), reason::ALLOW_ARP);
     f.check(Hook::FromPod, &ipv6_udp(), reason::ALLOW_NOT_ISOLATED);
     f.check(Hook::FromPod, &ether(0x88cc, &[0; 46]), reason::ALLOW_NOT_ISOLATED);
-    let spec = EndpointSpec { interface: "lo".into(), id: EP, ip: POD, identity: POD_ID, isolated_ingress: true, isolated_egress: true };
+    let spec = EndpointSpec {
+        interface: "lo".into(),
+        id: EP,
+        ip: POD,
+        identity: POD_ID,
+        isolated_ingress: true,
+        isolated_egress: true,
+    };
     f.dp().upsert_endpoint(&spec).unwrap();
     f.check(Hook::ToPod, &arp(PEER, POD), reason::ALLOW_ARP);
     f.check(Hook::FromPod, &arp(POD, PEER), reason::ALLOW_ARP);
@@ -360,8 +403,16 @@ fn malformed_packets_are_dropped_whatever_the_isolation() {
         let mut cases: Vec<(&str, Vec<u8>)> = vec![
             ("TCP header cut", good[..14 + 20 + 10].to_vec()),
             ("UDP header cut", Ip::udp(src, 1, dst, 53).frame()[..14 + 20 + 6].to_vec()),
-            ("ICMP header cut", Ip::new(src, dst, L4::Icmp { kind: 8, code: 0, id: 1, quoted: vec![] }).frame()[..14 + 20 + 4].to_vec()),
-            ("SCTP header cut", Ip::new(src, dst, L4::Sctp { sport: 1, dport: 2 }).frame()[..14 + 20 + 10].to_vec()),
+            (
+                "ICMP header cut",
+                Ip::new(src, dst, L4::Icmp { kind: 8, code: 0, id: 1, quoted: vec![] }).frame()
+                    [..14 + 20 + 4]
+                    .to_vec(),
+            ),
+            (
+                "SCTP header cut",
+                Ip::new(src, dst, L4::Sctp { sport: 1, dport: 2 }).frame()[..14 + 20 + 10].to_vec(),
+            ),
         ];
         let mut bad_version = good.clone();
         bad_version[14] = 0x65;
@@ -390,13 +441,13 @@ fn ip_options_are_refused_for_isolated_pods_only() {
     let Some(mut f) = fixture("ipopt", false, true) else { return };
     let mut p = syn(PEER, 1, POD, 80);
     p.options = vec![0x01, 0x01, 0x01, 0x00]; // NOP NOP NOP EOL
-    f.to_pod(&p, reason::ALLOW_NOT_ISOLATED);
+    f.inbound(&p, reason::ALLOW_NOT_ISOLATED);
     f.dp().add_policy(&allow(Direction::Egress, identity::ANY, Protocol::Any, None, None), 1).unwrap();
     let mut q = syn(POD, 1, PEER, 80);
     q.options = vec![0x01, 0x01, 0x01, 0x00];
-    f.from_pod(&q, reason::DROP_IP_OPTIONS);
+    f.outbound(&q, reason::DROP_IP_OPTIONS);
     q.options.clear();
-    f.from_pod(&q, reason::ALLOW_POLICY);
+    f.outbound(&q, reason::ALLOW_POLICY);
 }
 
 #[test]
@@ -409,37 +460,37 @@ fn fragments_follow_their_first_fragment() {
     first.payload = 1472;
     let mut later = first.clone();
     later.frag = 185; // offset 1480 bytes, last fragment
-    f.to_pod(&first, reason::ALLOW_POLICY);
-    f.to_pod(&later, reason::ALLOW_ESTABLISHED);
+    f.inbound(&first, reason::ALLOW_POLICY);
+    f.inbound(&later, reason::ALLOW_ESTABLISHED);
     // The next datagram of the same (now established) flow fragments too.
     first.id = 0x1235;
     later.id = 0x1235;
-    f.to_pod(&first, reason::ALLOW_ESTABLISHED);
-    f.to_pod(&later, reason::ALLOW_ESTABLISHED);
+    f.inbound(&first, reason::ALLOW_ESTABLISHED);
+    f.inbound(&later, reason::ALLOW_ESTABLISHED);
     // A later fragment whose first fragment was never seen (or was denied).
     later.id = 0x9999;
-    f.to_pod(&later, reason::DROP_FRAGMENT);
+    f.inbound(&later, reason::DROP_FRAGMENT);
     let mut denied = Ip::udp(PEER, 999, POD, 54);
     denied.id = 0x2000;
     denied.frag = MF;
-    f.to_pod(&denied, reason::DROP_POLICY);
+    f.inbound(&denied, reason::DROP_POLICY);
     denied.frag = 185;
-    f.to_pod(&denied, reason::DROP_FRAGMENT);
+    f.inbound(&denied, reason::DROP_FRAGMENT);
     // Not isolated (egress): unknown later fragments pass.
     let mut out = Ip::udp(POD, 999, PEER, 53);
     out.id = 0x3000;
     out.frag = 185;
-    f.from_pod(&out, reason::ALLOW_NOT_ISOLATED);
+    f.outbound(&out, reason::ALLOW_NOT_ISOLATED);
 }
 
 #[test]
 fn the_host_may_always_reach_its_pods() {
     let Some(mut f) = fixture("host", true, true) else { return };
-    let ev = f.to_pod(&syn(NODE, 1, POD, 8080), reason::ALLOW_HOST);
+    let ev = f.inbound(&syn(NODE, 1, POD, 8080), reason::ALLOW_HOST);
     assert_eq!(ev[0].peer, identity::HOST);
-    f.from_pod(&Ip::tcp(POD, 8080, NODE, 1, SYN | ACK), reason::ALLOW_REPLY);
+    f.outbound(&Ip::tcp(POD, 8080, NODE, 1, SYN | ACK), reason::ALLOW_REPLY);
     // But the pod's own egress to the host is policy like any other.
-    f.from_pod(&syn(POD, 2, NODE, 22), reason::DROP_POLICY);
+    f.outbound(&syn(POD, 2, NODE, 22), reason::DROP_POLICY);
 }
 
 #[test]
@@ -447,18 +498,18 @@ fn an_interface_without_endpoint_fails_closed() {
     let Some(mut f) = fixture("noep", false, false) else { return };
     let lo = ifindex("lo").unwrap();
     f.dp().remove_endpoint(lo).unwrap();
-    let ev = f.to_pod(&syn(PEER, 1, POD, 80), reason::DROP_NO_ENDPOINT);
+    let ev = f.inbound(&syn(PEER, 1, POD, 80), reason::DROP_NO_ENDPOINT);
     assert_eq!(ev[0].reason, reason::DROP_NO_ENDPOINT);
 }
 
 #[test]
 fn fin_and_rst_mark_flows_closing() {
     let Some(mut f) = fixture("fin", false, false) else { return };
-    f.to_pod(&syn(PEER, 4000, POD, 80), reason::ALLOW_NOT_ISOLATED);
+    f.inbound(&syn(PEER, 4000, POD, 80), reason::ALLOW_NOT_ISOLATED);
     let open = f.dp().conntrack().unwrap();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].1.flags & CT_CLOSING, 0);
-    f.to_pod(&Ip::tcp(PEER, 4000, POD, 80, FIN | ACK), reason::ALLOW_ESTABLISHED);
+    f.inbound(&Ip::tcp(PEER, 4000, POD, 80, FIN | ACK), reason::ALLOW_ESTABLISHED);
     assert_eq!(f.dp().conntrack().unwrap()[0].1.flags & CT_CLOSING, CT_CLOSING);
 }
 
@@ -467,7 +518,7 @@ fn removing_an_endpoint_removes_its_entries_and_flows() {
     let Some(mut f) = fixture("rmep", true, false) else { return };
     f.dp().add_policy(&allow(Direction::Ingress, PEER_ID, Protocol::Tcp, Some(80), Some(90)), 1).unwrap();
     f.dp().add_policy(&allow(Direction::Ingress, PEER_ID, Protocol::Tcp, Some(100), None), 1).unwrap();
-    f.to_pod(&syn(PEER, 1, POD, 80), reason::ALLOW_POLICY);
+    f.inbound(&syn(PEER, 1, POD, 80), reason::ALLOW_POLICY);
     assert!(!f.dp().policy_keys().unwrap().is_empty());
     let lo = ifindex("lo").unwrap();
     f.dp().remove_endpoint(lo).unwrap();
@@ -480,14 +531,14 @@ fn removing_an_endpoint_removes_its_entries_and_flows() {
 fn reopening_keeps_every_map() {
     let Some(mut f) = fixture("reopen", true, false) else { return };
     f.dp().add_policy(&allow(Direction::Ingress, PEER_ID, Protocol::Tcp, Some(80), Some(85)), 1).unwrap();
-    f.to_pod(&syn(PEER, 1, POD, 80), reason::ALLOW_POLICY);
+    f.inbound(&syn(PEER, 1, POD, 80), reason::ALLOW_POLICY);
     let before = f.dp().realized().unwrap();
     let counters = f.dp().counters().unwrap();
     drop(f.dp.take());
     f.dp = Some(Datapath::open(config("reopen")).unwrap());
     assert_eq!(f.dp().realized().unwrap(), before);
     assert_eq!(f.dp().counters().unwrap(), counters);
-    f.to_pod(&ack(PEER, 1, POD, 80), reason::ALLOW_ESTABLISHED);
+    f.inbound(&ack(PEER, 1, POD, 80), reason::ALLOW_ESTABLISHED);
 }
 
 #[test]
@@ -516,15 +567,15 @@ fn only_a_syn_starts_a_tcp_flow_where_policy_was_not_checked() {
     let Some(mut f) = fixture("midstream", true, false) else { return };
     // The pod's own mid-stream segment (egress is not isolated) passes, but tracks nothing,
     // so the peer's next segment is not taken for a reply.
-    let ev = f.from_pod(&ack(POD, 80, PEER, 5000), reason::ALLOW_NOT_ISOLATED);
+    let ev = f.outbound(&ack(POD, 80, PEER, 5000), reason::ALLOW_NOT_ISOLATED);
     assert!(ev.is_empty() && f.dp().conntrack().unwrap().is_empty());
-    f.to_pod(&ack(PEER, 5000, POD, 80), reason::DROP_POLICY);
-    f.from_pod(&Ip::tcp(POD, 80, PEER, 5001, SYN | ACK), reason::ALLOW_NOT_ISOLATED);
-    f.to_pod(&ack(PEER, 5001, POD, 80), reason::DROP_POLICY);
+    f.inbound(&ack(PEER, 5000, POD, 80), reason::DROP_POLICY);
+    f.outbound(&Ip::tcp(POD, 80, PEER, 5001, SYN | ACK), reason::ALLOW_NOT_ISOLATED);
+    f.inbound(&ack(PEER, 5001, POD, 80), reason::DROP_POLICY);
     // Where policy allows it, a mid-stream segment is adopted (after a revoke and re-add, an
     // LRU eviction, or an agent installed under running connections).
     f.dp().add_policy(&allow(Direction::Ingress, PEER_ID, Protocol::Tcp, Some(80), None), 3).unwrap();
-    f.to_pod(&ack(PEER, 5000, POD, 80), reason::ALLOW_POLICY);
-    f.to_pod(&ack(PEER, 5000, POD, 80), reason::ALLOW_ESTABLISHED);
-    f.from_pod(&ack(POD, 80, PEER, 5000), reason::ALLOW_REPLY);
+    f.inbound(&ack(PEER, 5000, POD, 80), reason::ALLOW_POLICY);
+    f.inbound(&ack(PEER, 5000, POD, 80), reason::ALLOW_ESTABLISHED);
+    f.outbound(&ack(POD, 80, PEER, 5000), reason::ALLOW_REPLY);
 }

@@ -61,7 +61,15 @@ impl Drop for Lab {
     }
 }
 
-fn spec(lab: &Lab, pod: &str, id: u32, ip: Ipv4Addr, identity: u32, ingress: bool, egress: bool) -> EndpointSpec {
+fn spec(
+    lab: &Lab,
+    pod: &str,
+    id: u32,
+    ip: Ipv4Addr,
+    identity: u32,
+    ingress: bool,
+    egress: bool,
+) -> EndpointSpec {
     EndpointSpec {
         interface: lab.node.pod(pod).host_if.clone(),
         id,
@@ -147,7 +155,14 @@ fn ipc(cidr: &str, identity: u32, cidr_identity: Option<u32>) -> IpcacheSpec {
     IpcacheSpec { cidr: cidr.parse().unwrap(), identity, cidr_identity }
 }
 
-fn entry(ep: u32, dir: Direction, peer: u32, protocol: Protocol, port: Option<u16>, end: Option<u16>) -> PolicyEntry {
+fn entry(
+    ep: u32,
+    dir: Direction,
+    peer: u32,
+    protocol: Protocol,
+    port: Option<u16>,
+    end: Option<u16>,
+) -> PolicyEntry {
     PolicyEntry { endpoint: ep, direction: dir, peer, protocol, port, end_port: end }
 }
 
@@ -197,7 +212,9 @@ fn wildcards_port_ranges_and_any_protocol() {
     lab.tcp_servers("b", &[8000, 8010, 8011]);
     lab.udp_servers("b", &[9000]);
     lab.isolate("b", EP_B, B, ID_B, true, false);
-    lab.dp().add_policy(&entry(EP_B, Direction::Ingress, identity::ANY, Protocol::Tcp, Some(8000), Some(8010)), 1).unwrap();
+    lab.dp()
+        .add_policy(&entry(EP_B, Direction::Ingress, identity::ANY, Protocol::Tcp, Some(8000), Some(8010)), 1)
+        .unwrap();
     lab.dp().add_policy(&entry(EP_B, Direction::Ingress, ID_C, Protocol::Any, None, None), 2).unwrap();
     lab.tcp("a", B, 8000, true);
     lab.tcp("a", B, 8010, true);
@@ -206,7 +223,15 @@ fn wildcards_port_ranges_and_any_protocol() {
     lab.udp("c", B, 9000, true);
     lab.tcp("c", B, 8011, true);
     let ping = |from: &str| {
-        lab.node.pod(from).ns.cmd("ping").args(["-c1", "-W1", &B.to_string()]).output().unwrap().status.success()
+        lab.node
+            .pod(from)
+            .ns
+            .cmd("ping")
+            .args(["-c1", "-W1", &B.to_string()])
+            .output()
+            .unwrap()
+            .status
+            .success()
     };
     assert!(ping("c"), "any protocol lets ICMP through");
     assert!(!ping("a"), "a has no ICMP rule");
@@ -254,7 +279,13 @@ fn spoofed_and_malformed_packets_from_a_pod_are_dropped() {
         };
         let tv = libc::timeval { tv_sec: 1, tv_usec: 0 };
         unsafe {
-            libc::setsockopt(sock, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&tv as *const libc::timeval).cast(), 16);
+            libc::setsockopt(
+                sock,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                16,
+            );
             let rc = libc::connect(sock, (&to as *const libc::sockaddr_in).cast(), 16);
             libc::close(sock);
             rc == 0
@@ -364,7 +395,8 @@ fn agent_restarts_keep_enforcing_without_a_gap() {
         .spawn()
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed, leaked) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (ok, failed, leaked) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let prober = {
         let (stop, ok, failed, leaked) = (stop.clone(), ok.clone(), failed.clone(), leaked.clone());
         let (a, c) = (lab.ns("a"), lab.ns("c"));

@@ -34,17 +34,8 @@ pub mod maps {
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
-    pub const ALL: [&str; 9] = [
-        ENDPOINTS,
-        IPCACHE,
-        IPCACHE_LPM,
-        POLICY,
-        POLICY_RANGES,
-        CONNTRACK,
-        FRAGMENTS,
-        EVENTS,
-        COUNTERS,
-    ];
+    pub const ALL: [&str; 9] =
+        [ENDPOINTS, IPCACHE, IPCACHE_LPM, POLICY, POLICY_RANGES, CONNTRACK, FRAGMENTS, EVENTS, COUNTERS];
 }
 
 /// Map sizes. Hash maps are preallocated by the kernel, so these are memory, not just limits.

@@ -34,11 +34,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netpol_common::{
-    counter, identity, reason, sizes, CtKey, CtValue, Endpoint, Event, FragKey, FragValue,
-    IpcacheEntry, PolicyKey, PolicyValue, RangeKey, CT_CLOSING, CT_TIMEOUT_CLOSING_NS,
-    CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_TCP_NS, CT_TOUCH_NS, DIR_EGRESS, DIR_INGRESS,
-    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP,
-    IPPROTO_UDP, PORT_ANY, PROTO_ANY, RANGE_FIXED_BITS, VERDICT_ALLOW, VERDICT_DROP,
+    counter, identity, reason, sizes, CtKey, CtValue, Endpoint, Event, FragKey, FragValue, IpcacheEntry,
+    PolicyKey, PolicyValue, RangeKey, CT_CLOSING, CT_TIMEOUT_CLOSING_NS, CT_TIMEOUT_OTHER_NS,
+    CT_TIMEOUT_TCP_NS, CT_TOUCH_NS, DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS,
+    IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, PORT_ANY, PROTO_ANY, RANGE_FIXED_BITS,
+    VERDICT_ALLOW, VERDICT_DROP,
 };
 
 // Every map is pinned by name, so a restarted agent reopens the same kernel maps and the
@@ -341,8 +341,7 @@ fn other_dir(dir: u8) -> u8 {
 #[inline(always)]
 fn icmp_related(ctx: &TcContext, ep: &Endpoint, dir: u8, inner_off: usize) -> Option<bool> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, inner_off)?;
-    let (ver_ihl, proto, saddr, daddr) =
-        unsafe { ((*ip).ver_ihl, (*ip).proto, (*ip).saddr, (*ip).daddr) };
+    let (ver_ihl, proto, saddr, daddr) = unsafe { ((*ip).ver_ihl, (*ip).proto, (*ip).saddr, (*ip).daddr) };
     if ver_ihl != 0x45 {
         return Some(false);
     }
@@ -364,7 +363,16 @@ fn icmp_related(ctx: &TcContext, ep: &Endpoint, dir: u8, inner_off: usize) -> Op
     if unsafe { CONNTRACK.get(&quoted) }.is_some() {
         return Some(true);
     }
-    let reply = CtKey { ep_id: ep.ep_id, saddr: daddr, daddr: saddr, sport: dport, dport: sport, proto, dir, _pad: 0 };
+    let reply = CtKey {
+        ep_id: ep.ep_id,
+        saddr: daddr,
+        daddr: saddr,
+        sport: dport,
+        dport: sport,
+        proto,
+        dir,
+        _pad: 0,
+    };
     Some(unsafe { CONNTRACK.get(&reply) }.is_some())
 }
 
@@ -415,7 +423,11 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
     };
     let mut f = Flow { saddr, daddr, sport: 0, dport: 0, proto, tcp_flags: 0 };
     let ihl = ((ver_ihl & 0x0f) as usize) * 4;
-    if ver_ihl >> 4 != 4 || ihl < 20 || (tot_len as usize) < ihl || ETH_HLEN + tot_len as usize > ctx.len() as usize {
+    if ver_ihl >> 4 != 4
+        || ihl < 20
+        || (tot_len as usize) < ihl
+        || ETH_HLEN + tot_len as usize > ctx.len() as usize
+    {
         return malformed(ctx, &ep, dir, &f);
     }
     if dir == DIR_EGRESS && saddr != ep.ip {
@@ -505,7 +517,14 @@ fn malformed(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow) -> i32 {
 
 /// The verdict for a parsed IPv4 packet, and whether it is worth an event.
 #[inline(always)]
-fn judge(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow, tracked: bool, related_off: usize) -> (Decision, bool) {
+fn judge(
+    ctx: &TcContext,
+    ep: &Endpoint,
+    dir: u8,
+    f: &Flow,
+    tracked: bool,
+    related_off: usize,
+) -> (Decision, bool) {
     let remote = if dir == DIR_EGRESS { f.daddr } else { f.saddr };
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let fwd = CtKey {
@@ -528,7 +547,9 @@ fn judge(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow, tracked: bool, relat
             dir: other_dir(dir),
             ..fwd
         };
-        for (key, key_dir, hit) in [(&fwd, dir, reason::ALLOW_ESTABLISHED), (&rev, other_dir(dir), reason::ALLOW_REPLY)] {
+        for (key, key_dir, hit) in
+            [(&fwd, dir, reason::ALLOW_ESTABLISHED), (&rev, other_dir(dir), reason::ALLOW_REPLY)]
+        {
             match ct_check(ep, key_dir, key, remote, now, f.tcp_flags) {
                 CtHit::Pass => return (verdict(false, hit), false),
                 CtHit::Revoked(peer) => {
@@ -568,7 +589,13 @@ fn judge(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow, tracked: bool, relat
     let track = tracked && (starts || iso);
     if !d.drop && track {
         let flags = if f.tcp_flags & (TCP_FIN | TCP_RST) != 0 { CT_CLOSING } else { 0 };
-        let v = CtValue { last_seen: now, rule_id: d.rule_id, policy_gen: ep.policy_gen, peer: peer.identity, flags };
+        let v = CtValue {
+            last_seen: now,
+            rule_id: d.rule_id,
+            policy_gen: ep.policy_gen,
+            peer: peer.identity,
+            flags,
+        };
         if CONNTRACK.insert(&fwd, &v, BPF_NOEXIST as u64).is_err() {
             count(counter::CT_INSERT_FAILED);
         }

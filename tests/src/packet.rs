@@ -10,11 +10,26 @@ pub const RST: u8 = 0x04;
 
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16 },
-    Sctp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Sctp {
+        sport: u16,
+        dport: u16,
+    },
     /// ICMP type, code, identifier; `quoted` is the IP packet an error quotes.
-    Icmp { kind: u8, code: u8, id: u16, quoted: Vec<u8> },
+    Icmp {
+        kind: u8,
+        code: u8,
+        id: u16,
+        quoted: Vec<u8>,
+    },
     /// Any other protocol with an opaque 8-byte payload.
     Other(u8),
 }
@@ -94,7 +109,7 @@ impl Ip {
             l4 = vec![0xab; l4.len()];
         }
         l4.extend(std::iter::repeat_n(0x5a, self.payload));
-        assert!(self.options.len() % 4 == 0 && self.options.len() <= 40);
+        assert!(self.options.len().is_multiple_of(4) && self.options.len() <= 40);
         let ihl = 20 + self.options.len();
         let mut ip = vec![0u8; ihl];
         ip[0] = 0x40 | (ihl / 4) as u8;

@@ -138,7 +138,14 @@ fn setup(root: &Path) -> Result<()> {
     let works = Command::new(&linker).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
     if !works {
         run(Command::new("/usr/bin/cargo")
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--no-default-features",
+            ])
             .args(["--features", &format!("llvm-{major}")])
             .arg("--root")
             .arg(&tools)

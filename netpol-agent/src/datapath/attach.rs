@@ -82,9 +82,13 @@ const NL_PRIORITY: u16 = 0x4e50;
 const NL_HANDLE: TcHandle = TcHandle::new(0, 0x4e50);
 
 pub fn ifindex(name: &str) -> Result<u32> {
-    let c = CString::new(name).map_err(|e| DatapathError::Interface { name: name.into(), msg: e.to_string() })?;
+    let c =
+        CString::new(name).map_err(|e| DatapathError::Interface { name: name.into(), msg: e.to_string() })?;
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(DatapathError::Interface { name: name.into(), msg: std::io::Error::last_os_error().to_string() }),
+        0 => Err(DatapathError::Interface {
+            name: name.into(),
+            msg: std::io::Error::last_os_error().to_string(),
+        }),
         i => Ok(i),
     }
 }
@@ -129,9 +133,15 @@ impl Datapath {
                 }
             }
             let prog = self.program(hook)?;
-            match prog.attach_with_options(ifname, hook.tc_type(), TcAttachOptions::TcxOrder(LinkOrder::default())) {
+            match prog.attach_with_options(
+                ifname,
+                hook.tc_type(),
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            ) {
                 Ok(id) => {
-                    let link = prog.take_link(id).map_err(|source| DatapathError::Program { prog: hook.program(), source })?;
+                    let link = prog
+                        .take_link(id)
+                        .map_err(|source| DatapathError::Program { prog: hook.program(), source })?;
                     let fd: FdLink = link.try_into().map_err(|e| link_err(&pin, e))?;
                     fd.pin(&pin).map_err(|e| link_err(&pin, e))?;
                     debug!(ifname, hook = hook.program(), "attached (tcx)");
@@ -151,12 +161,15 @@ impl Datapath {
             Ok(id) => id,
             Err(_) => {
                 // Our filter is already there: replace its program in place.
-                let link = SchedClassifierLink::attached(ifname, hook.tc_type(), NL_PRIORITY, NL_HANDLE, None)
-                    .map_err(|e| DatapathError::Interface { name: ifname.into(), msg: e.to_string() })?;
-                prog.attach_to_link(link).map_err(|source| DatapathError::Program { prog: hook.program(), source })?
+                let link =
+                    SchedClassifierLink::attached(ifname, hook.tc_type(), NL_PRIORITY, NL_HANDLE, None)
+                        .map_err(|e| DatapathError::Interface { name: ifname.into(), msg: e.to_string() })?;
+                prog.attach_to_link(link)
+                    .map_err(|source| DatapathError::Program { prog: hook.program(), source })?
             }
         };
-        let link = prog.take_link(id).map_err(|source| DatapathError::Program { prog: hook.program(), source })?;
+        let link =
+            prog.take_link(id).map_err(|source| DatapathError::Program { prog: hook.program(), source })?;
         // Dropping the link would delete the filter; it must outlive this process.
         std::mem::forget(link);
         debug!(ifname, hook = hook.program(), "attached (clsact)");
@@ -185,11 +198,16 @@ impl Datapath {
         for hook in Hook::ATTACHED {
             let pin = self.link_pin(index, hook);
             if pin.exists() {
-                let fd = PinnedLink::from_pin(&pin).map_err(|e| link_err(&pin, e))?.unpin().map_err(io_err(&pin))?;
+                let fd = PinnedLink::from_pin(&pin)
+                    .map_err(|e| link_err(&pin, e))?
+                    .unpin()
+                    .map_err(io_err(&pin))?;
                 drop(fd); // the last reference: the kernel detaches here
             }
             if let Some(ifname) = ifname {
-                if let Ok(link) = SchedClassifierLink::attached(ifname, hook.tc_type(), NL_PRIORITY, NL_HANDLE, None) {
+                if let Ok(link) =
+                    SchedClassifierLink::attached(ifname, hook.tc_type(), NL_PRIORITY, NL_HANDLE, None)
+                {
                     // Dropping an attached() link deletes the filter; nothing there is fine.
                     drop(link);
                 }
@@ -204,7 +222,9 @@ impl Datapath {
         let mut out = Vec::new();
         for e in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
             let e = e.map_err(io_err(&dir))?;
-            if let Some(index) = e.file_name().to_str().and_then(|n| n.split('-').next()).and_then(|i| i.parse().ok()) {
+            if let Some(index) =
+                e.file_name().to_str().and_then(|n| n.split('-').next()).and_then(|i| i.parse().ok())
+            {
                 out.push(index);
             }
         }

@@ -4,8 +4,8 @@ use std::{fmt, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use netpol_common::{
-    PolicyKey, RangeKey, DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS,
-    IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, PORT_ANY, PROTO_ANY, RANGE_FIXED_BITS,
+    PolicyKey, RangeKey, DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IPPROTO_SCTP,
+    IPPROTO_TCP, IPPROTO_UDP, PORT_ANY, PROTO_ANY, RANGE_FIXED_BITS,
 };
 use serde::{Deserialize, Serialize};
 
@@ -159,7 +159,8 @@ impl PolicyEntry {
     pub fn map_keys(&self) -> Result<Vec<PolicyMapKey>, DatapathError> {
         let dir = self.direction.raw();
         let proto = self.protocol.raw();
-        let exact = |port| PolicyMapKey::Exact(PolicyKey { ep_id: self.endpoint, peer: self.peer, port, proto, dir });
+        let exact =
+            |port| PolicyMapKey::Exact(PolicyKey { ep_id: self.endpoint, peer: self.peer, port, proto, dir });
         match (self.protocol, self.port, self.end_port) {
             (Protocol::Any, None, None) => Ok(vec![exact(PORT_ANY)]),
             (Protocol::Any, _, _) => Err(self.invalid("a port needs a protocol")),
@@ -172,7 +173,13 @@ impl PolicyEntry {
             (_, Some(p), Some(e)) => Ok(port_blocks(p, e)
                 .into_iter()
                 .map(|(start, bits)| {
-                    let k = RangeKey { ep_id: self.endpoint, peer: self.peer, dir, proto, port_be: start.to_be() };
+                    let k = RangeKey {
+                        ep_id: self.endpoint,
+                        peer: self.peer,
+                        dir,
+                        proto,
+                        port_be: start.to_be(),
+                    };
                     PolicyMapKey::Range(k, RANGE_FIXED_BITS + bits)
                 })
                 .collect()),
@@ -219,7 +226,8 @@ mod tests {
 
     #[test]
     fn port_blocks_cover_ranges_exactly() {
-        for (a, b) in [(1, 1), (80, 81), (1000, 2000), (1, 65535), (32000, 32768), (65535, 65535), (0, 65535)] {
+        for (a, b) in [(1, 1), (80, 81), (1000, 2000), (1, 65535), (32000, 32768), (65535, 65535), (0, 65535)]
+        {
             let blocks = port_blocks(a, b);
             assert_eq!(covered(&blocks), (a as u32..=b as u32).collect::<Vec<_>>(), "{a}-{b}");
             assert!(blocks.len() <= 32, "{a}-{b}: {} blocks", blocks.len());

@@ -35,7 +35,8 @@ pub struct EventStream {
 impl EventStream {
     pub fn new(rb: RingBuf<MapData>) -> std::io::Result<Self> {
         // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
-        let fd = unsafe { AsyncFd::register_with_interest(rb, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+        let fd = unsafe { AsyncFd::register_with_interest(rb, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
         Ok(EventStream { fd })
     }
 

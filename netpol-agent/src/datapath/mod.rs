@@ -25,15 +25,14 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use netpol_common::{
-    counter, maps, programs, sizes, CtKey, CtValue, Endpoint, Event, IpcacheEntry, PolicyKey,
-    PolicyValue, RangeKey, LAYOUT_VERSION,
+    counter, maps, programs, sizes, CtKey, CtValue, Endpoint, Event, IpcacheEntry, PolicyKey, PolicyValue,
+    RangeKey, LAYOUT_VERSION,
 };
 
 pub use attach::{ifindex, ifname, AttachMode, Hook};
 pub use bpffs::ensure_mounted as mount_bpffs;
 pub use entries::{
-    port_blocks, proto_name, Direction, EndpointSpec, IpcacheSpec, PolicyEntry, PolicyMapKey,
-    Protocol,
+    port_blocks, proto_name, Direction, EndpointSpec, IpcacheSpec, PolicyEntry, PolicyMapKey, Protocol,
 };
 
 /// The eBPF object, built from netpol-ebpf by this crate's build script.
@@ -137,7 +136,8 @@ impl Counters {
     }
     /// Every named counter with its value.
     pub fn named(&self) -> Vec<(&'static str, u64)> {
-        let mut v: Vec<_> = netpol_common::reason::NAMES.iter().copied().zip(self.0.iter().copied()).collect();
+        let mut v: Vec<_> =
+            netpol_common::reason::NAMES.iter().copied().zip(self.0.iter().copied()).collect();
         v.push(("events-lost", self.events_lost()));
         v.push(("ct-insert-failed", self.ct_insert_failed()));
         v
@@ -179,9 +179,14 @@ impl Datapath {
         }
         let mut bpf = EbpfLoader::new().default_map_pin_directory(&pin_dir).load(OBJECT)?;
         for name in [programs::FROM_POD, programs::TO_POD, programs::PASS] {
-            classifier(&mut bpf, name)?.load().map_err(|source| DatapathError::Program { prog: name, source })?;
+            classifier(&mut bpf, name)?
+                .load()
+                .map_err(|source| DatapathError::Program { prog: name, source })?;
         }
-        let mut take = |name: &'static str| bpf.take_map(name).ok_or(DatapathError::Map { map: name, source: MapError::InvalidName { name: name.into() } });
+        let mut take = |name: &'static str| {
+            bpf.take_map(name)
+                .ok_or(DatapathError::Map { map: name, source: MapError::InvalidName { name: name.into() } })
+        };
         let endpoints = HashMap::try_from(take(maps::ENDPOINTS)?).map_err(map_err(maps::ENDPOINTS))?;
         let ipcache = HashMap::try_from(take(maps::IPCACHE)?).map_err(map_err(maps::IPCACHE))?;
         let ipcache_lpm = LpmTrie::try_from(take(maps::IPCACHE_LPM)?).map_err(map_err(maps::IPCACHE_LPM))?;
@@ -190,7 +195,19 @@ impl Datapath {
         let conntrack = HashMap::try_from(take(maps::CONNTRACK)?).map_err(map_err(maps::CONNTRACK))?;
         let counters = PerCpuArray::try_from(take(maps::COUNTERS)?).map_err(map_err(maps::COUNTERS))?;
         let events = Some(RingBuf::try_from(take(maps::EVENTS)?).map_err(map_err(maps::EVENTS))?);
-        let mut dp = Datapath { cfg, pin_dir, bpf, endpoints, ipcache, ipcache_lpm, policy, ranges, conntrack, counters, events };
+        let mut dp = Datapath {
+            cfg,
+            pin_dir,
+            bpf,
+            endpoints,
+            ipcache,
+            ipcache_lpm,
+            policy,
+            ranges,
+            conntrack,
+            counters,
+            events,
+        };
         dp.relink()?;
         Ok(dp)
     }
@@ -258,7 +275,8 @@ impl Datapath {
             Err(e) => return Err(map_err(maps::ENDPOINTS)(e)),
         };
         remove_quiet(&mut self.endpoints, &ifindex, maps::ENDPOINTS)?;
-        let keys: Vec<PolicyKey> = self.policy.keys().filter_map(|k| k.ok()).filter(|k| k.ep_id == ep.ep_id).collect();
+        let keys: Vec<PolicyKey> =
+            self.policy.keys().filter_map(|k| k.ok()).filter(|k| k.ep_id == ep.ep_id).collect();
         for k in keys {
             remove_quiet(&mut self.policy, &k, maps::POLICY)?;
         }
@@ -290,7 +308,10 @@ impl Datapath {
     /// Adds or updates the identities of a prefix. /32s go to the exact map, shorter
     /// prefixes to the LPM trie; changing an existing entry re-checks every flow.
     pub fn upsert_ipcache(&mut self, spec: &IpcacheSpec) -> Result<()> {
-        let entry = IpcacheEntry { identity: spec.identity, cidr_identity: spec.cidr_identity.unwrap_or(spec.identity) };
+        let entry = IpcacheEntry {
+            identity: spec.identity,
+            cidr_identity: spec.cidr_identity.unwrap_or(spec.identity),
+        };
         let changed = self.put_ipcache(spec.cidr, entry)?;
         if changed {
             self.bump_generations(None)?;
@@ -332,7 +353,11 @@ impl Datapath {
         if cidr.prefix_len() == 32 {
             remove_quiet(&mut self.ipcache, &addr, maps::IPCACHE)
         } else {
-            remove_lpm_quiet(&mut self.ipcache_lpm, &Key::new(cidr.prefix_len() as u32, addr), maps::IPCACHE_LPM)
+            remove_lpm_quiet(
+                &mut self.ipcache_lpm,
+                &Key::new(cidr.prefix_len() as u32, addr),
+                maps::IPCACHE_LPM,
+            )
         }
     }
 
@@ -382,7 +407,9 @@ impl Datapath {
     pub(crate) fn delete_policy_key(&mut self, k: PolicyMapKey) -> Result<bool> {
         match k {
             PolicyMapKey::Exact(k) => remove_quiet(&mut self.policy, &k, maps::POLICY),
-            PolicyMapKey::Range(k, len) => remove_lpm_quiet(&mut self.ranges, &Key::new(len, k), maps::POLICY_RANGES),
+            PolicyMapKey::Range(k, len) => {
+                remove_lpm_quiet(&mut self.ranges, &Key::new(len, k), maps::POLICY_RANGES)
+            }
         }
     }
 
@@ -409,8 +436,12 @@ impl Datapath {
 
     /// Deletes the conntrack entries of one endpoint, or all of them.
     pub fn flush_conntrack(&mut self, ep_id: Option<u32>) -> Result<()> {
-        let keys: Vec<CtKey> =
-            self.conntrack.keys().filter_map(|k| k.ok()).filter(|k| ep_id.is_none_or(|id| k.ep_id == id)).collect();
+        let keys: Vec<CtKey> = self
+            .conntrack
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| ep_id.is_none_or(|id| k.ep_id == id))
+            .collect();
         for k in keys {
             remove_quiet(&mut self.conntrack, &k, maps::CONNTRACK)?;
         }
@@ -445,7 +476,11 @@ fn classifier<'a>(bpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Sched
 }
 
 /// Removes a key; true when it was there.
-fn remove_quiet<K: aya::Pod, V: aya::Pod>(m: &mut HashMap<MapData, K, V>, k: &K, name: &'static str) -> Result<bool> {
+fn remove_quiet<K: aya::Pod, V: aya::Pod>(
+    m: &mut HashMap<MapData, K, V>,
+    k: &K,
+    name: &'static str,
+) -> Result<bool> {
     match m.remove(k) {
         Ok(()) => Ok(true),
         Err(MapError::KeyNotFound) => Ok(false),

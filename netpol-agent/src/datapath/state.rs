@@ -26,14 +26,27 @@ pub struct MapState {
     pub policy: BTreeMap<PolicyMapKey, PolicyValue>,
 }
 
-/// A policy entry with the id of the rule it came from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A policy entry with the id of the rule it came from: the entry's fields plus `ruleId`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuleSpec {
     #[serde(flatten)]
     pub entry: PolicyEntry,
-    #[serde(default)]
     pub rule_id: u32,
+}
+
+// By hand, because serde's flatten would let unknown fields (typos) through silently.
+impl<'de> Deserialize<'de> for RuleSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_json::Map::deserialize(d)?;
+        let rule_id = match map.remove("ruleId") {
+            Some(v) => serde_json::from_value(v).map_err(D::Error::custom)?,
+            None => 0,
+        };
+        let entry = serde_json::from_value(serde_json::Value::Object(map)).map_err(D::Error::custom)?;
+        Ok(RuleSpec { entry, rule_id })
+    }
 }
 
 /// A whole datapath state in typed form (the `datapath apply -f` file).
@@ -70,7 +83,8 @@ impl DesiredState {
             }
         }
         for c in &self.ipcache {
-            let e = IpcacheEntry { identity: c.identity, cidr_identity: c.cidr_identity.unwrap_or(c.identity) };
+            let e =
+                IpcacheEntry { identity: c.identity, cidr_identity: c.cidr_identity.unwrap_or(c.identity) };
             st.ipcache.insert(c.cidr.trunc(), e);
         }
         for r in &self.policy {
