@@ -6,13 +6,17 @@ use std::{io::Read, path::PathBuf, process::ExitCode};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use netpol_agent::api::{self, Agent};
 use netpol_agent::datapath::{
     events::{identity_name, EventStream, EventView},
     proto_name,
     state::parse_state,
     AttachMode, Config, Datapath, Direction, PolicyMapKey,
 };
+use netpol_agent::endpoints::Registry;
+use netpol_api::NodeInfo;
 use serde_json::json;
+use std::sync::{Arc, Mutex};
 
 #[derive(Parser)]
 #[command(name = "netpol-agent", version, about = "netpol node agent")]
@@ -32,6 +36,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the agent: serve the API socket (endpoint hand-off from netpol-cni) until
+    /// SIGTERM/SIGINT. Enforcement stays in place when it exits.
+    Run {
+        /// The API's Unix socket.
+        #[arg(long, default_value = netpol_api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Where registrations are persisted across restarts.
+        #[arg(long, default_value = "/var/lib/netpol/agent")]
+        state_dir: PathBuf,
+        /// This node's pod range, handed to the CNI plugin when its config has none.
+        #[arg(long)]
+        pod_cidr: Option<ipnet::Ipv4Net>,
+        /// This node's name (default: the hostname).
+        #[arg(long)]
+        node_name: Option<String>,
+    },
     /// Program and inspect the eBPF datapath.
     #[command(subcommand)]
     Datapath(DpCmd),
@@ -92,7 +112,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config { bpffs: cli.bpffs, name: cli.name, attach: cli.attach };
-    let Cmd::Datapath(cmd) = cli.cmd;
+    let cmd = match cli.cmd {
+        Cmd::Run { socket, state_dir, pod_cidr, node_name } => {
+            return run_agent(cfg, &socket, &state_dir, pod_cidr, node_name)
+        }
+        Cmd::Datapath(cmd) => cmd,
+    };
     if matches!(cmd, DpCmd::Teardown) {
         if !cfg.root().exists() {
             return Ok(());
@@ -200,4 +225,43 @@ fn monitor(dp: &mut Datapath, output: Output, count: Option<usize>) -> anyhow::R
             }
         }
     })
+}
+
+fn run_agent(
+    cfg: Config,
+    socket: &std::path::Path,
+    state_dir: &std::path::Path,
+    pod_cidr: Option<ipnet::Ipv4Net>,
+    node_name: Option<String>,
+) -> anyhow::Result<()> {
+    let mut dp = Datapath::open(cfg).context("opening the datapath")?;
+    let mut registry = Registry::load(state_dir)?;
+    registry.recover(&mut dp).context("recovering registered endpoints")?;
+    let node_name = node_name.unwrap_or_else(hostname);
+    let node = NodeInfo { node_name, pod_cidr: pod_cidr.map(|c| c.to_string()) };
+    let state = Arc::new(Mutex::new(Agent { dp, registry, node }));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("shutting down; enforcement stays in place");
+        };
+        tracing::info!(socket = %socket.display(), "agent ready");
+        api::serve(socket, state, shutdown).await
+    })?;
+    Ok(())
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }

@@ -118,8 +118,11 @@ fn llvm_major() -> Result<String> {
 }
 
 fn setup(root: &Path) -> Result<()> {
-    // Tools the tests and the datapath use: ip/tc (iproute2), nsenter (util-linux), curl, ping.
+    // Tools the tests and the datapath use: ip/tc (iproute2), nsenter (util-linux), curl,
+    // ping, and the reference CNI plugins (portmap, bandwidth) chained after netpol-cni.
     apt_install(&[
+        "containernetworking-plugins",
+        "iptables",
         "rustc-web",
         "cargo-web",
         "rust-web-src",

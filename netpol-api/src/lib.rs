@@ -1,0 +1,77 @@
+//! The agent's HTTP/JSON API on its Unix socket: paths and bodies.
+//!
+//! | method | path | body → response |
+//! |---|---|---|
+//! | GET | `/healthz` | → `ok` |
+//! | GET | `/v1/node` | → [`NodeInfo`] |
+//! | GET | `/v1/endpoints` | → [`EndpointStatus`]s |
+//! | POST | `/v1/endpoints` | [`EndpointRequest`] → [`EndpointStatus`] (once enforced) |
+//! | GET | `/v1/endpoints/{containerID}/{ifname}` | → [`EndpointStatus`] |
+//! | DELETE | `/v1/endpoints/{containerID}/{ifname}` | → 204 (also when unknown) |
+//!
+//! Errors come back with a 4xx/5xx status and an [`ApiError`] body.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the agent listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/netpol/agent.sock";
+
+pub const PATH_HEALTH: &str = "/healthz";
+pub const PATH_NODE: &str = "/v1/node";
+pub const PATH_ENDPOINTS: &str = "/v1/endpoints";
+
+/// `/v1/endpoints/{container_id}/{ifname}`
+pub fn endpoint_path(container_id: &str, ifname: &str) -> String {
+    format!("{PATH_ENDPOINTS}/{container_id}/{ifname}")
+}
+
+/// A pod attachment the CNI plugin wired and hands over for enforcement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointRequest {
+    pub container_id: String,
+    /// The interface name inside the pod (CNI_IFNAME).
+    pub ifname: String,
+    pub netns: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub ip: Ipv4Addr,
+    /// The host-side veth, by name and index (the index guards against a renamed link).
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+}
+
+/// An endpoint as the agent enforces it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointStatus {
+    pub endpoint_id: u32,
+    pub identity: u32,
+    pub container_id: String,
+    pub ifname: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub ip: Ipv4Addr,
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub isolated_ingress: bool,
+    pub isolated_egress: bool,
+    /// Both programs are attached to the host-side veth and its endpoint entry is in place.
+    pub enforced: bool,
+}
+
+/// What the agent knows about its node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub node_name: String,
+    /// The node's pod range (from the Node object in a cluster, from a flag locally).
+    pub pod_cidr: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
