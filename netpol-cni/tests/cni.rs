@@ -32,6 +32,7 @@ const CNI_PLUGINS: &str = "/usr/lib/cni";
 struct Node {
     prefix: String,
     dir: PathBuf,
+    socket: Option<PathBuf>,
     agent: Option<AgentThread>,
     pods: Vec<NetNs>,
     ns: NetNs,
@@ -58,6 +59,9 @@ impl Drop for AgentThread {
 impl Drop for Node {
     fn drop(&mut self) {
         self.agent.take();
+        if let Some(s) = &self.socket {
+            let _ = std::fs::remove_file(s);
+        }
         self.pods.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -80,6 +84,11 @@ struct Out {
 
 impl Node {
     fn new(prefix: &str) -> Option<Node> {
+        Node::with_socket(prefix, None)
+    }
+
+    /// A node whose agent listens on `socket` instead of the scratch directory.
+    fn with_socket(prefix: &str, socket: Option<PathBuf>) -> Option<Node> {
         if need_root() {
             return None;
         }
@@ -88,13 +97,13 @@ impl Node {
         let dir = std::env::temp_dir().join(format!("netpol-cni-{prefix}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut node = Node { prefix: prefix.into(), dir, agent: None, pods: Vec::new(), ns };
+        let mut node = Node { prefix: prefix.into(), dir, socket, agent: None, pods: Vec::new(), ns };
         node.start_agent();
         Some(node)
     }
 
     fn socket(&self) -> PathBuf {
-        self.dir.join("agent.sock")
+        self.socket.clone().unwrap_or_else(|| self.dir.join("agent.sock"))
     }
 
     /// Runs the agent (datapath + API) on a thread inside the node namespace.
@@ -508,6 +517,7 @@ fn chained_portmap_and_bandwidth_work_after_it() {
             np,
             {"type": "portmap", "capabilities": {"portMappings": true}},
             {"type": "bandwidth", "capabilities": {"bandwidth": true}},
+            {"type": "tuning", "sysctl": {"net.ipv4.tcp_keepalive_time": "120"}},
         ],
     });
     let server_ns = node.pod("srv");
@@ -531,6 +541,13 @@ fn chained_portmap_and_bandwidth_work_after_it() {
         .unwrap();
     let tc = String::from_utf8_lossy(&tc.stdout);
     assert!(tc.contains("tbf"), "no bandwidth limit on {host_if}: {tc}\n{qdisc}");
+    // tuning: the sysctl was set inside the pod.
+    let keepalive = Command::new("nsenter")
+        .arg(format!("--net={server_ns}"))
+        .args(["cat", "/proc/sys/net/ipv4/tcp_keepalive_time"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&keepalive.stdout).trim(), "120");
     // CHECK of our plugin against the chain's final result. (Debian's portmap 1.1.1 fails
     // its own CHECK here: it looks for an IPv6 DNAT chain it never created.)
     let check = node.cni("CHECK", &with_prev(&node.conf("1.0.0"), &res), "chain1", &server_ns);
@@ -591,5 +608,81 @@ fn wired_pods_talk_until_a_policy_isolates_one() {
     drop(_in);
     assert!(node.cni("DEL", &conf, "pol1", &ns1).ok);
     assert!(node.cni("DEL", &conf, "pol2", &ns2).ok);
+    node.assert_clean();
+}
+
+#[test]
+fn a_minimal_config_works_with_every_default() {
+    let socket = PathBuf::from(netpol_api::DEFAULT_SOCKET);
+    assert!(!socket.exists(), "{} exists: is a netpol agent running on this machine?", socket.display());
+    let Some(mut node) = Node::with_socket("cnimin", Some(socket)) else { return };
+    let netns = node.pod("p");
+    // Exactly the minimal configuration, with a network name of this test's own.
+    let conf = json!({"cniVersion":"1.0.0","name":"netpol-test-minimal","type":"netpol-cni","podCIDR":"10.244.7.0/24"});
+    let res = node.add(&conf, "minimal1", &netns);
+    assert!(ip_of(&res).to_string().starts_with("10.244.7."), "{res}");
+    let ipam = Path::new("/var/lib/netpol/cni/networks/netpol-test-minimal");
+    assert_eq!(std::fs::read_dir(ipam).unwrap().count(), 2, "one allocation and the round-robin marker");
+    assert!(node.cni("CHECK", &with_prev(&conf, &res), "minimal1", &netns).ok);
+    assert!(node.cni("DEL", &conf, "minimal1", &netns).ok);
+    assert_eq!(std::fs::read_dir(ipam).unwrap().count(), 0);
+    std::fs::remove_dir(ipam).unwrap();
+    node.assert_clean();
+}
+
+#[test]
+fn del_succeeds_when_the_agent_and_the_netns_are_gone() {
+    let Some(mut node) = Node::new("cnigone") else { return };
+    let conf = node.conf("1.0.0");
+    let netns = node.pod("p");
+    node.add(&conf, "gone1", &netns);
+    node.agent.take();
+    node.pods.clear(); // the pod's namespace is deleted, with its end of the veth
+    let del = node.cni("DEL", &conf, "gone1", &netns);
+    assert!(del.ok, "{} {}", del.json, del.stderr);
+    assert!(node.veths().is_empty());
+    assert!(node.ipam_files().is_empty());
+    // The agent comes back and forgets the attachment whose interface is gone.
+    node.start_agent();
+    assert_eq!(node.agent_endpoints(), json!([]));
+}
+
+#[test]
+fn an_agent_restart_keeps_registrations() {
+    let Some(mut node) = Node::new("cnirst") else { return };
+    let conf = node.conf("1.0.0");
+    let netns = node.pod("p");
+    let res = node.add(&conf, "rst1", &netns);
+    node.agent.take();
+    node.start_agent();
+    let check = node.cni("CHECK", &with_prev(&conf, &res), "rst1", &netns);
+    assert!(check.ok, "{}", check.json);
+    assert!(node.cni("DEL", &conf, "rst1", &netns).ok);
+    node.assert_clean();
+}
+
+#[test]
+fn gc_releases_what_no_valid_attachment_owns() {
+    let Some(mut node) = Node::new("cnigc") else { return };
+    let conf = node.conf("1.1.0");
+    let nss: Vec<String> = (0..3).map(|i| node.pod(&format!("g{i}"))).collect();
+    let keep = node.add(&conf, "gc0", &nss[0]);
+    node.add(&conf, "gc1", &nss[1]);
+    node.add(&conf, "gc2", &nss[2]);
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "gc0", "ifname": "eth0"}]);
+    let out = node.cni("GC", &gc, "", "");
+    assert!(out.ok, "{} {}", out.json, out.stderr);
+    assert_eq!(node.veths().len(), 1);
+    assert_eq!(node.ipam_files().iter().filter(|f| f.parse::<Ipv4Addr>().is_ok()).count(), 1);
+    let eps = node.agent_endpoints();
+    assert_eq!(eps.as_array().unwrap().len(), 1);
+    assert_eq!(eps[0]["containerId"], "gc0");
+    assert!(node.cni("CHECK", &with_prev(&conf, &keep), "gc0", &nss[0]).ok);
+    // GC needs cniVersion 1.1.0.
+    let mut old = node.conf("1.0.0");
+    old["cni.dev/valid-attachments"] = json!([]);
+    assert_eq!(node.cni("GC", &old, "", "").json["code"], 1);
+    assert!(node.cni("DEL", &conf, "gc0", &nss[0]).ok);
     node.assert_clean();
 }
