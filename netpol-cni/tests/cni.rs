@@ -628,6 +628,11 @@ fn a_minimal_config_works_with_every_default() {
     assert_eq!(std::fs::read_dir(ipam).unwrap().count(), 0);
     std::fs::remove_dir(ipam).unwrap();
     node.assert_clean();
+    drop(node);
+    // The default directories, when this test made them (remove_dir only takes empty ones).
+    for d in ["/var/lib/netpol/cni/networks", "/var/lib/netpol/cni", "/var/lib/netpol", "/run/netpol"] {
+        let _ = std::fs::remove_dir(d);
+    }
 }
 
 #[test]
