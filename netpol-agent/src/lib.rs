@@ -4,6 +4,13 @@
 //!   (the only module that talks to the kernel through aya).
 //! - [`endpoints`]: attachments handed over by netpol-cni, persisted, with their identities.
 //! - [`api`]: the HTTP/JSON API on the agent's Unix socket.
+//! - [`model`]: what the sources deliver (Namespaces, Pods, NetworkPolicies, Nodes);
+//!   [`policy`]: NetworkPolicy validation and normalization; [`compiler`]: model → desired
+//!   datapath state; [`reference`]: the plain-semantics oracle the tests check it against.
 pub mod api;
+pub mod compiler;
 pub mod datapath;
 pub mod endpoints;
+pub mod model;
+pub mod policy;
+pub mod reference;

@@ -9,6 +9,7 @@ mod attach;
 mod bpffs;
 pub mod entries;
 pub mod events;
+pub mod lookup;
 pub mod state;
 
 use std::{

@@ -1,0 +1,193 @@
+//! What the agent knows of the cluster: Namespaces, Pods, NetworkPolicies and Nodes, as the
+//! `k8s-openapi` objects the sources deliver. Policies are validated on the way in; a
+//! rejected update keeps the policy's last valid version enforced.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use k8s_openapi::api::{
+    core::v1::{Namespace, Node, Pod},
+    networking::v1::NetworkPolicy,
+};
+
+use crate::{
+    datapath::Protocol,
+    policy::{NamedPorts, Policy, PolicyError},
+};
+
+pub type Key = (String, String);
+
+/// The label Kubernetes puts on every namespace.
+pub const NS_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// One object from a source.
+#[derive(Clone, Debug)]
+pub enum Object {
+    Namespace(Box<Namespace>),
+    Pod(Box<Pod>),
+    NetworkPolicy(Box<NetworkPolicy>),
+    Node(Box<Node>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Namespace,
+    Pod,
+    NetworkPolicy,
+    Node,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub pods: BTreeMap<Key, Pod>,
+    /// Each policy's last valid version: the API object (for the reference evaluator) and
+    /// its parsed form (for the compiler).
+    pub policies: BTreeMap<Key, (NetworkPolicy, Policy)>,
+    pub nodes: BTreeMap<String, Node>,
+    /// The current rejection of each policy whose latest version was invalid.
+    pub rejected: BTreeMap<Key, PolicyError>,
+}
+
+fn ns_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    meta.namespace.clone().unwrap_or_else(|| "default".into())
+}
+
+fn name_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    meta.name.clone().unwrap_or_default()
+}
+
+impl Model {
+    /// Adds or replaces an object. A policy that does not validate is rejected (its error
+    /// returned and remembered); the rest of the model is untouched.
+    pub fn upsert(&mut self, obj: Object) -> Result<(), PolicyError> {
+        match obj {
+            Object::Namespace(n) => {
+                self.namespaces.insert(name_of(&n.metadata), *n);
+            }
+            Object::Pod(p) => {
+                self.pods.insert((ns_of(&p.metadata), name_of(&p.metadata)), *p);
+            }
+            Object::Node(n) => {
+                self.nodes.insert(name_of(&n.metadata), *n);
+            }
+            Object::NetworkPolicy(np) => {
+                let key = (ns_of(&np.metadata), name_of(&np.metadata));
+                match Policy::parse(&np) {
+                    Ok(p) => {
+                        self.rejected.remove(&key);
+                        self.policies.insert(key, (*np, p));
+                    }
+                    Err(e) => {
+                        self.rejected.insert(key, e.clone());
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn delete(&mut self, kind: Kind, namespace: &str, name: &str) {
+        let key = (namespace.to_string(), name.to_string());
+        match kind {
+            Kind::Namespace => {
+                self.namespaces.remove(name);
+            }
+            Kind::Pod => {
+                self.pods.remove(&key);
+            }
+            Kind::NetworkPolicy => {
+                self.policies.remove(&key);
+                self.rejected.remove(&key);
+            }
+            Kind::Node => {
+                self.nodes.remove(name);
+            }
+        }
+    }
+
+    /// A namespace's labels; `kubernetes.io/metadata.name` is always there, as the API
+    /// server guarantees (also for namespaces this model has not seen yet).
+    pub fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
+        let mut labels = self.namespaces.get(ns).and_then(|n| n.metadata.labels.clone()).unwrap_or_default();
+        labels.insert(NS_NAME_LABEL.into(), ns.into());
+        labels
+    }
+
+    /// Pods of the model that take part in policy: IPv4 address known, not host-network.
+    pub fn policy_pods(&self) -> impl Iterator<Item = (&Key, &Pod, Ipv4Addr)> {
+        self.pods.iter().filter_map(|(k, p)| pod_ip(p).map(|ip| (k, p, ip)))
+    }
+
+    pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<(&Key, &Pod)> {
+        self.policy_pods().find(|(_, _, i)| *i == ip).map(|(k, p, _)| (k, p))
+    }
+
+    /// IPv4 addresses of a node (InternalIP, ExternalIP).
+    pub fn node_addresses(&self, node: &str) -> Vec<Ipv4Addr> {
+        self.nodes.get(node).map(node_addresses).unwrap_or_default()
+    }
+}
+
+pub fn pod_labels(p: &Pod) -> BTreeMap<String, String> {
+    p.metadata.labels.clone().unwrap_or_default()
+}
+
+/// The pod's IPv4 address, unless it has none yet or shares its node's (hostNetwork).
+pub fn pod_ip(p: &Pod) -> Option<Ipv4Addr> {
+    if p.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false) {
+        return None;
+    }
+    let status = p.status.as_ref()?;
+    let ips = status.pod_ips.iter().flatten().map(|i| i.ip.as_str()).chain(status.pod_ip.as_deref());
+    ips.filter_map(|s| s.parse::<IpAddr>().ok()).find_map(|ip| match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    })
+}
+
+pub fn pod_node(p: &Pod) -> Option<&str> {
+    p.spec.as_ref()?.node_name.as_deref()
+}
+
+/// The pod's named container ports.
+pub fn named_ports(p: &Pod) -> NamedPorts {
+    let mut out = NamedPorts::new();
+    for c in p.spec.iter().flat_map(|s| s.containers.iter()) {
+        for port in c.ports.iter().flatten() {
+            let Some(name) = &port.name else { continue };
+            let proto = match port.protocol.as_deref() {
+                None | Some("TCP") => Protocol::Tcp,
+                Some("UDP") => Protocol::Udp,
+                Some("SCTP") => Protocol::Sctp,
+                Some(_) => continue,
+            };
+            if (1..=65535).contains(&port.container_port) {
+                out.entry((name.clone(), proto)).or_insert(port.container_port as u16);
+            }
+        }
+    }
+    out
+}
+
+pub fn node_addresses(n: &Node) -> Vec<Ipv4Addr> {
+    n.status
+        .iter()
+        .flat_map(|s| s.addresses.iter().flatten())
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
+}
+
+pub fn node_pod_cidr(n: &Node) -> Option<String> {
+    let spec = n.spec.as_ref()?;
+    spec.pod_cidrs
+        .iter()
+        .flatten()
+        .chain(spec.pod_cidr.iter())
+        .find(|c| c.parse::<ipnet::Ipv4Net>().is_ok())
+        .cloned()
+}

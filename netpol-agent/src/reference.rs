@@ -1,0 +1,179 @@
+//! NetworkPolicy v1 semantics, written plainly over the API objects: the tests' oracle.
+//!
+//! It deliberately shares no code with the policy parser, the compiler or the datapath (it
+//! even matches label selectors itself), so that it can disagree with them.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use k8s_openapi::{
+    api::{
+        core::v1::Pod,
+        networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
+    },
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+};
+
+use crate::model::{pod_labels, pod_node, Key, Model};
+
+/// A flow to judge. `protocol` is "TCP", "UDP", "SCTP" or anything else (e.g. "ICMP",
+/// which no port rule can match).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub protocol: String,
+    pub port: u16,
+}
+
+/// Is the flow allowed? Egress of the source (if it is a pod) AND ingress of the
+/// destination (if it is a pod); a pod's own node may always reach it.
+pub fn allowed(m: &Model, f: &Flow) -> bool {
+    let src = m.pod_by_ip(f.src);
+    let dst = m.pod_by_ip(f.dst);
+    let egress_ok = match src {
+        Some((k, p)) => side_allows(m, k, p, "Egress", f.dst, dst.map(|d| d.1), f),
+        None => true,
+    };
+    let ingress_ok = match dst {
+        Some((k, p)) => {
+            let from_own_node = pod_node(p).is_some_and(|n| m.node_addresses(n).contains(&f.src));
+            from_own_node || side_allows(m, k, p, "Ingress", f.src, src.map(|s| s.1), f)
+        }
+        None => true,
+    };
+    egress_ok && ingress_ok
+}
+
+fn policy_types(np: &NetworkPolicy) -> Vec<String> {
+    let spec = np.spec.as_ref();
+    match spec.and_then(|s| s.policy_types.clone()) {
+        Some(t) if !t.is_empty() => t,
+        _ => {
+            let mut t = vec!["Ingress".to_string()];
+            if spec.and_then(|s| s.egress.as_ref()).is_some_and(|e| !e.is_empty()) {
+                t.push("Egress".into());
+            }
+            t
+        }
+    }
+}
+
+fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    for (k, v) in sel.match_labels.iter().flatten() {
+        if labels.get(k) != Some(v) {
+            return false;
+        }
+    }
+    for r in sel.match_expressions.iter().flatten() {
+        let values = r.values.clone().unwrap_or_default();
+        let have = labels.get(&r.key);
+        let ok = match r.operator.as_str() {
+            "In" => have.is_some_and(|v| values.contains(v)),
+            "NotIn" => !have.is_some_and(|v| values.contains(v)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// A rule's peers (from/to) and ports.
+type RuleParts<'a> = (Option<&'a Vec<NetworkPolicyPeer>>, Option<&'a Vec<NetworkPolicyPort>>);
+
+/// Whether the policies of `pod`'s namespace allow this flow on `pod`'s `side`.
+fn side_allows(
+    m: &Model,
+    key: &Key,
+    pod: &Pod,
+    side: &str,
+    peer_ip: Ipv4Addr,
+    peer_pod: Option<&Pod>,
+    f: &Flow,
+) -> bool {
+    let labels = pod_labels(pod);
+    let applying: Vec<&NetworkPolicy> = m
+        .policies
+        .iter()
+        .filter(|((ns, _), _)| *ns == key.0)
+        .map(|(_, (np, _))| np)
+        .filter(|np| {
+            let sel = np.spec.as_ref().and_then(|s| s.pod_selector.clone()).unwrap_or_default();
+            selector_matches(&sel, &labels) && policy_types(np).iter().any(|t| t == side)
+        })
+        .collect();
+    if applying.is_empty() {
+        return true; // not isolated on this side
+    }
+    // Named ports are the destination pod's: the selected pod itself for ingress, the peer
+    // for egress.
+    let port_owner = if side == "Ingress" { Some(pod) } else { peer_pod };
+    applying.iter().any(|np| {
+        let spec = np.spec.as_ref().unwrap();
+        let rules: Vec<RuleParts> = if side == "Ingress" {
+            spec.ingress.iter().flatten().map(|r| (r.from.as_ref(), r.ports.as_ref())).collect()
+        } else {
+            spec.egress.iter().flatten().map(|r| (r.to.as_ref(), r.ports.as_ref())).collect()
+        };
+        rules.iter().any(|(peers, ports)| {
+            let peer_ok = match peers {
+                None => true,
+                Some(ps) if ps.is_empty() => true,
+                Some(ps) => ps.iter().any(|p| peer_matches(m, &key.0, p, peer_ip, peer_pod)),
+            };
+            let port_ok = match ports {
+                None => true,
+                Some(ps) if ps.is_empty() => true,
+                Some(ps) => ps.iter().any(|p| port_matches(p, f, port_owner)),
+            };
+            peer_ok && port_ok
+        })
+    })
+}
+
+fn peer_matches(m: &Model, policy_ns: &str, p: &NetworkPolicyPeer, ip: Ipv4Addr, pod: Option<&Pod>) -> bool {
+    if let Some(b) = &p.ip_block {
+        let Ok(cidr) = b.cidr.parse::<Ipv4Net>() else { return false };
+        let excepted = b.except.iter().flatten().any(|e| e.parse::<Ipv4Net>().is_ok_and(|e| e.contains(&ip)));
+        return cidr.contains(&ip) && !excepted;
+    }
+    // Selectors only ever match pods.
+    let Some(pod) = pod else { return false };
+    let pod_ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let ns_ok = match &p.namespace_selector {
+        None => pod_ns == policy_ns,
+        Some(sel) => selector_matches(sel, &m.namespace_labels(&pod_ns)),
+    };
+    let pod_ok = match &p.pod_selector {
+        None => true,
+        Some(sel) => selector_matches(sel, &pod_labels(pod)),
+    };
+    ns_ok && pod_ok
+}
+
+fn port_matches(p: &NetworkPolicyPort, f: &Flow, owner: Option<&Pod>) -> bool {
+    let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+    if proto != f.protocol {
+        return false;
+    }
+    match &p.port {
+        None => true,
+        Some(IntOrString::Int(n)) => {
+            let last = p.end_port.unwrap_or(*n);
+            (*n..=last).contains(&(f.port as i32))
+        }
+        Some(IntOrString::String(name)) => owner.is_some_and(|pod| {
+            pod.spec.iter().flat_map(|s| s.containers.iter()).flat_map(|c| c.ports.iter().flatten()).any(
+                |cp| {
+                    cp.name.as_deref() == Some(name.as_str())
+                        && cp.protocol.clone().unwrap_or_else(|| "TCP".into()) == f.protocol
+                        && cp.container_port == f.port as i32
+                },
+            )
+        }),
+    }
+}
