@@ -229,8 +229,11 @@ fn model(c: &Cluster) -> Model {
     m
 }
 
-/// Every node's compiled state, and where each pod IP lives (node, ifindex).
-fn compile_all(m: &Model) -> (BTreeMap<&'static str, Compiled>, BTreeMap<Ipv4Addr, (&'static str, u32)>) {
+/// Where each pod address lives: (node, ifindex).
+type Placement = BTreeMap<Ipv4Addr, (&'static str, u32)>;
+
+/// Every node's compiled state, and where each pod lives.
+fn compile_all(m: &Model) -> (BTreeMap<&'static str, Compiled>, Placement) {
     let mut states = BTreeMap::new();
     let mut at = BTreeMap::new();
     for (node, _) in NODES {
