@@ -8,25 +8,23 @@ use std::{
 };
 
 use axum::{
-    extract::{Path as UrlPath, State},
+    extract::{Path as UrlPath, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
     Json, Router,
 };
-use netpol_api::{ApiError, EndpointRequest, NodeInfo, PATH_ENDPOINTS, PATH_HEALTH, PATH_NODE};
+use netpol_api::{
+    ApiError, EndpointRequest, NodeInfo, ObjectQuery, PATH_ENDPOINTS, PATH_HEALTH, PATH_METRICS, PATH_NODE,
+    PATH_OBJECTS,
+};
+use serde_json::Value;
 
 use crate::{
-    datapath::Datapath,
-    endpoints::{EndpointError, Registry},
+    controller::{Agent, AgentError},
+    endpoints::EndpointError,
+    sources::local::{kind_of, StoreError},
 };
-
-/// Everything the handlers share; one lock, because every change touches the datapath.
-pub struct Agent {
-    pub dp: Datapath,
-    pub registry: Registry,
-    pub node: NodeInfo,
-}
 
 pub type Shared = Arc<Mutex<Agent>>;
 
@@ -38,20 +36,23 @@ impl IntoResponse for Failure {
     }
 }
 
-impl From<EndpointError> for Failure {
-    fn from(e: EndpointError) -> Self {
+impl From<AgentError> for Failure {
+    fn from(e: AgentError) -> Self {
         let code = match e {
-            EndpointError::Invalid(_) => StatusCode::BAD_REQUEST,
+            AgentError::Endpoint(EndpointError::Invalid(_))
+            | AgentError::Invalid(_)
+            | AgentError::Policy(_)
+            | AgentError::Store(StoreError::Invalid(_)) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Failure(code, e.to_string())
     }
 }
 
-/// Runs datapath work off the async threads.
+/// Runs agent work off the async threads (it makes syscalls and compiles).
 async fn blocking<T: Send + 'static>(
     st: Shared,
-    f: impl FnOnce(&mut Agent) -> Result<T, EndpointError> + Send + 'static,
+    f: impl FnOnce(&mut Agent) -> Result<T, AgentError> + Send + 'static,
 ) -> Result<T, Failure> {
     tokio::task::spawn_blocking(move || {
         let mut agent = st.lock().unwrap_or_else(|p| p.into_inner());
@@ -62,13 +63,29 @@ async fn blocking<T: Send + 'static>(
     .map_err(Failure::from)
 }
 
+fn reply<T: serde::Serialize>(r: Result<T, Failure>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(f) => f.into_response(),
+    }
+}
+
 pub fn router(state: Shared) -> Router {
     Router::new()
         .route(PATH_HEALTH, get(|| async { "ok" }))
+        .route(PATH_METRICS, get(metrics))
         .route(PATH_NODE, get(node))
         .route(PATH_ENDPOINTS, axum::routing::post(register).get(list))
         .route(&format!("{PATH_ENDPOINTS}/{{container_id}}/{{ifname}}"), get(status).delete(unregister))
+        .route(PATH_OBJECTS, axum::routing::post(apply).get(objects).delete(delete_object))
         .with_state(state)
+}
+
+async fn metrics(State(st): State<Shared>) -> Response {
+    match blocking(st, |a| Ok(a.metrics())).await {
+        Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
+        Err(f) => f.into_response(),
+    }
 }
 
 async fn node(State(st): State<Shared>) -> Json<NodeInfo> {
@@ -76,22 +93,16 @@ async fn node(State(st): State<Shared>) -> Json<NodeInfo> {
 }
 
 async fn register(State(st): State<Shared>, Json(req): Json<EndpointRequest>) -> Response {
-    match blocking(st, move |a| a.registry.register(&mut a.dp, req)).await {
-        Ok(s) => (StatusCode::OK, Json(s)).into_response(),
-        Err(f) => f.into_response(),
-    }
+    reply(blocking(st, move |a| a.register(req)).await)
 }
 
 async fn list(State(st): State<Shared>) -> Response {
-    match blocking(st, |a| a.registry.list(&a.dp)).await {
-        Ok(all) => Json(all).into_response(),
-        Err(f) => f.into_response(),
-    }
+    reply(blocking(st, |a| Ok(a.registry.list(&a.dp)?)).await)
 }
 
 async fn status(State(st): State<Shared>, UrlPath((cid, ifname)): UrlPath<(String, String)>) -> Response {
     let what = format!("endpoint {cid}/{ifname}");
-    match blocking(st, move |a| a.registry.status(&a.dp, &cid, &ifname)).await {
+    match blocking(st, move |a| Ok(a.registry.status(&a.dp, &cid, &ifname)?)).await {
         Ok(Some(s)) => Json(s).into_response(),
         Ok(None) => Failure(StatusCode::NOT_FOUND, format!("{what} is not registered")).into_response(),
         Err(f) => f.into_response(),
@@ -99,8 +110,38 @@ async fn status(State(st): State<Shared>, UrlPath((cid, ifname)): UrlPath<(Strin
 }
 
 async fn unregister(State(st): State<Shared>, UrlPath((cid, ifname)): UrlPath<(String, String)>) -> Response {
-    match blocking(st, move |a| a.registry.unregister(&mut a.dp, &cid, &ifname)).await {
+    match blocking(st, move |a| a.unregister(&cid, &ifname)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(f) => f.into_response(),
+    }
+}
+
+async fn apply(State(st): State<Shared>, Json(objects): Json<Vec<Value>>) -> Response {
+    reply(blocking(st, move |a| a.apply_objects(objects)).await)
+}
+
+fn store_kind(q: &ObjectQuery) -> Result<crate::model::Kind, Failure> {
+    kind_of(&q.kind).ok_or_else(|| Failure(StatusCode::BAD_REQUEST, format!("unknown kind {:?}", q.kind)))
+}
+
+async fn objects(State(st): State<Shared>, Query(q): Query<ObjectQuery>) -> Response {
+    let kind = match store_kind(&q) {
+        Ok(k) => k,
+        Err(f) => return f.into_response(),
+    };
+    reply(blocking(st, move |a| Ok(a.objects(kind))).await)
+}
+
+async fn delete_object(State(st): State<Shared>, Query(q): Query<ObjectQuery>) -> Response {
+    let kind = match store_kind(&q) {
+        Ok(k) => k,
+        Err(f) => return f.into_response(),
+    };
+    let what = format!("{} {}/{}", q.kind, q.namespace, q.name);
+    let key = (kind, q.namespace.clone(), q.name.clone());
+    match blocking(st, move |a| a.delete_object(&key)).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => Failure(StatusCode::NOT_FOUND, format!("{what} not found")).into_response(),
         Err(f) => f.into_response(),
     }
 }

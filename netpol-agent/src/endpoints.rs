@@ -1,8 +1,7 @@
-//! Endpoints handed over by the CNI plugin: registration puts the pod's address in the
-//! ipcache, its endpoint entry in the datapath and the programs on its veth — in that order,
-//! so no packet ever meets an attached program without an entry. The registry is persisted
-//! in the state directory; an agent restart recovers it and forgets attachments whose
-//! interface is gone.
+//! Endpoints handed over by the CNI plugin: which pod sits behind which host-side veth, with
+//! a stable endpoint id. The registry only records them (persisted in the state directory);
+//! the controller compiles and enforces them. An agent restart recovers the registry and
+//! forgets attachments whose interface is gone.
 
 use std::{
     collections::BTreeMap,
@@ -10,11 +9,13 @@ use std::{
 };
 
 use netpol_api::{EndpointRequest, EndpointStatus};
-use netpol_common::identity;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::datapath::{self, Datapath, DatapathError, EndpointSpec, IpcacheSpec};
+use crate::{
+    compiler::LocalEndpoint,
+    datapath::{self, Datapath, DatapathError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
@@ -26,57 +27,17 @@ pub enum EndpointError {
     State { path: PathBuf, msg: String },
 }
 
-/// The label set an identity stands for (namespace labels are prefixed `ns:`).
-pub type Labels = BTreeMap<String, String>;
-
-/// One number per distinct label set, reference-counted, stable while in use.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Identities {
-    next: u32,
-    by_labels: BTreeMap<String, (u32, usize)>,
-}
-
-impl Identities {
-    fn key(labels: &Labels) -> String {
-        labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
-    }
-
-    pub fn acquire(&mut self, labels: &Labels) -> u32 {
-        let next = &mut self.next;
-        let e = self.by_labels.entry(Self::key(labels)).or_insert_with(|| {
-            let id = identity::FIRST_LABEL + *next;
-            *next += 1;
-            (id, 0)
-        });
-        e.1 += 1;
-        e.0
-    }
-
-    pub fn release(&mut self, labels: &Labels) {
-        let key = Self::key(labels);
-        if let Some(e) = self.by_labels.get_mut(&key) {
-            e.1 -= 1;
-            if e.1 == 0 {
-                self.by_labels.remove(&key);
-            }
-        }
-    }
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 struct Registered {
     request: EndpointRequest,
     endpoint_id: u32,
-    identity: u32,
-    labels: Labels,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Persisted {
     next_endpoint_id: u32,
-    identities: Identities,
     endpoints: Vec<Registered>,
 }
 
@@ -119,59 +80,53 @@ impl Registry {
         self.state.endpoints.iter().position(|r| key_of(&r.request.container_id, &r.request.ifname) == *key)
     }
 
-    /// Re-applies every registered endpoint to the datapath and drops those whose host
-    /// interface no longer exists (pods deleted while no agent ran).
-    pub fn recover(&mut self, dp: &mut Datapath) -> Result<(), EndpointError> {
-        let all: Vec<Registered> = self.state.endpoints.clone();
-        for r in all {
+    /// Forgets attachments whose host interface no longer exists (pods deleted while no
+    /// agent ran); returns how many.
+    pub fn prune(&mut self) -> Result<usize, EndpointError> {
+        let before = self.state.endpoints.len();
+        self.state.endpoints.retain(|r| {
             let alive = datapath::ifindex(&r.request.host_ifname).ok() == Some(r.request.host_ifindex);
-            if alive {
-                self.enforce(dp, &r)?;
-            } else {
+            if !alive {
                 warn!(
                     container = r.request.container_id,
                     "host interface {} is gone; forgetting it", r.request.host_ifname
                 );
-                self.unregister(dp, &r.request.container_id, &r.request.ifname)?;
             }
+            alive
+        });
+        let pruned = before - self.state.endpoints.len();
+        if pruned > 0 {
+            self.save()?;
         }
-        Ok(())
+        Ok(pruned)
     }
 
-    fn enforce(&self, dp: &mut Datapath, r: &Registered) -> Result<(), EndpointError> {
-        let q = &r.request;
-        dp.upsert_ipcache(&IpcacheSpec {
-            cidr: ipnet::Ipv4Net::new(q.ip, 32).expect("/32"),
-            identity: r.identity,
-            cidr_identity: Some(identity::WORLD),
-        })?;
-        // Keep the isolation the datapath already has for this endpoint (policy state).
-        let current = dp.endpoints()?.into_iter().find(|(i, _)| *i == q.host_ifindex).map(|(_, e)| e);
-        let (ingress, egress) = match current {
-            Some(e) if e.ep_id == r.endpoint_id => (
-                e.flags & netpol_common::EP_ISOLATED_INGRESS != 0,
-                e.flags & netpol_common::EP_ISOLATED_EGRESS != 0,
-            ),
-            _ => (false, false),
-        };
-        dp.upsert_endpoint(&EndpointSpec {
-            interface: q.host_ifname.clone(),
-            id: r.endpoint_id,
-            ip: q.ip,
-            identity: r.identity,
-            isolated_ingress: ingress,
-            isolated_egress: egress,
-        })?;
-        dp.attach(&q.host_ifname)?;
-        Ok(())
+    /// The registered endpoints, for the compiler, and their interface names.
+    pub fn local_endpoints(&self) -> (Vec<LocalEndpoint>, BTreeMap<u32, String>) {
+        let eps = self
+            .state
+            .endpoints
+            .iter()
+            .map(|r| LocalEndpoint {
+                ifindex: r.request.host_ifindex,
+                ep_id: r.endpoint_id,
+                ip: r.request.ip,
+                namespace: r.request.pod_namespace.clone(),
+                pod: r.request.pod_name.clone(),
+            })
+            .collect();
+        let names = self
+            .state
+            .endpoints
+            .iter()
+            .map(|r| (r.request.host_ifindex, r.request.host_ifname.clone()))
+            .collect();
+        (eps, names)
     }
 
-    /// Registers (or re-registers) an attachment and enforces it before returning.
-    pub fn register(
-        &mut self,
-        dp: &mut Datapath,
-        req: EndpointRequest,
-    ) -> Result<EndpointStatus, EndpointError> {
+    /// Records an attachment (validated against the interface it names); the caller
+    /// enforces it. Re-registering the same attachment is a no-op.
+    pub fn register(&mut self, req: EndpointRequest) -> Result<(), EndpointError> {
         for (what, v) in
             [("containerId", &req.container_id), ("ifname", &req.ifname), ("hostIfname", &req.host_ifname)]
         {
@@ -197,63 +152,31 @@ impl Registry {
         let key = key_of(&req.container_id, &req.ifname);
         if let Some(i) = self.find(&key) {
             if self.state.endpoints[i].request == req {
-                let r = self.state.endpoints[i].clone();
-                self.enforce(dp, &r)?;
-                return self.status(dp, &req.container_id, &req.ifname).map(|s| s.expect("registered"));
+                return Ok(());
             }
-            // Same attachment, new wiring: start over.
-            self.unregister(dp, &req.container_id, &req.ifname)?;
+            // Same attachment, new wiring: it gets a new endpoint id.
+            self.state.endpoints.remove(i);
         }
-        let labels =
-            Labels::from([("ns:kubernetes.io/metadata.name".to_string(), req.pod_namespace.clone())]);
-        let identity = self.state.identities.acquire(&labels);
         let endpoint_id = self.state.next_endpoint_id.max(1);
         self.state.next_endpoint_id = endpoint_id + 1;
-        let r = Registered { request: req.clone(), endpoint_id, identity, labels };
-        self.state.endpoints.push(r.clone());
-        if let Err(e) = self.enforce(dp, &r) {
-            // Leave nothing half-made behind.
-            let _ = self.unregister(dp, &req.container_id, &req.ifname);
-            return Err(e);
-        }
-        self.save()?;
         info!(
             container = req.container_id,
             pod = format!("{}/{}", req.pod_namespace, req.pod_name),
             ip = %req.ip,
             endpoint_id,
-            identity,
             "endpoint registered"
         );
-        Ok(self.status(dp, &req.container_id, &req.ifname)?.expect("registered"))
+        self.state.endpoints.push(Registered { request: req, endpoint_id });
+        self.save()
     }
 
-    /// Removes an attachment; unknown attachments are fine (DEL is idempotent).
-    pub fn unregister(
-        &mut self,
-        dp: &mut Datapath,
-        container_id: &str,
-        ifname: &str,
-    ) -> Result<(), EndpointError> {
-        let Some(i) = self.find(&key_of(container_id, ifname)) else { return Ok(()) };
-        let r = self.state.endpoints.remove(i);
-        let q = &r.request;
-        let ours =
-            dp.endpoints()?.into_iter().any(|(idx, e)| idx == q.host_ifindex && e.ep_id == r.endpoint_id);
-        if ours {
-            dp.remove_endpoint(q.host_ifindex)?;
-        }
-        let still_used = self.state.endpoints.iter().any(|o| o.request.ip == q.ip);
-        if !still_used {
-            dp.remove_ipcache(ipnet::Ipv4Net::new(q.ip, 32).expect("/32"))?;
-        }
-        if datapath::ifindex(&q.host_ifname).ok() == Some(q.host_ifindex) {
-            dp.detach(&q.host_ifname)?;
-        }
-        self.state.identities.release(&r.labels);
+    /// Forgets an attachment; unknown attachments are fine (DEL is idempotent).
+    pub fn unregister(&mut self, container_id: &str, ifname: &str) -> Result<bool, EndpointError> {
+        let Some(i) = self.find(&key_of(container_id, ifname)) else { return Ok(false) };
+        self.state.endpoints.remove(i);
         self.save()?;
         info!(container = container_id, ifname, "endpoint unregistered");
-        Ok(())
+        Ok(true)
     }
 
     pub fn list(&self, dp: &Datapath) -> Result<Vec<EndpointStatus>, EndpointError> {
@@ -280,7 +203,7 @@ impl Registry {
         let flags = entry.map(|(_, e)| e.flags).unwrap_or(0);
         Ok(Some(EndpointStatus {
             endpoint_id: r.endpoint_id,
-            identity: r.identity,
+            identity: entry.map(|(_, e)| e.identity).unwrap_or(0),
             container_id: q.container_id.clone(),
             ifname: q.ifname.clone(),
             pod_namespace: q.pod_namespace.clone(),

@@ -2,21 +2,27 @@
 //! datapath directly; every command is a fresh process that reopens the pinned state, which
 //! keeps enforcing while no agent runs.
 
-use std::{io::Read, path::PathBuf, process::ExitCode};
+use std::{
+    io::Read,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use netpol_agent::api::{self, Agent};
-use netpol_agent::datapath::{
-    events::{identity_name, EventStream, EventView},
-    proto_name,
-    state::parse_state,
-    AttachMode, Config, Datapath, Direction, PolicyMapKey,
+use netpol_agent::{
+    api,
+    controller::Agent,
+    datapath::{
+        events::{identity_name, EventStream, EventView},
+        proto_name,
+        state::parse_state,
+        AttachMode, Config, Datapath, Direction, PolicyMapKey,
+    },
 };
-use netpol_agent::endpoints::Registry;
 use netpol_api::NodeInfo;
 use serde_json::json;
-use std::sync::{Arc, Mutex};
 
 #[derive(Parser)]
 #[command(name = "netpol-agent", version, about = "netpol node agent")]
@@ -38,23 +44,37 @@ struct Cli {
 enum Cmd {
     /// Run the agent: serve the API socket (endpoint hand-off from netpol-cni) until
     /// SIGTERM/SIGINT. Enforcement stays in place when it exits.
-    Run {
-        /// The API's Unix socket.
-        #[arg(long, default_value = netpol_api::DEFAULT_SOCKET)]
-        socket: PathBuf,
-        /// Where registrations are persisted across restarts.
-        #[arg(long, default_value = "/var/lib/netpol/agent")]
-        state_dir: PathBuf,
-        /// This node's pod range, handed to the CNI plugin when its config has none.
-        #[arg(long)]
-        pod_cidr: Option<ipnet::Ipv4Net>,
-        /// This node's name (default: the hostname).
-        #[arg(long)]
-        node_name: Option<String>,
-    },
+    Run(RunArgs),
     /// Program and inspect the eBPF datapath.
     #[command(subcommand)]
     Datapath(DpCmd),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Where policies and pods come from: the local store (local mode) or the Kubernetes
+    /// API (kubeconfig, or in-cluster service account).
+    #[arg(long, default_value = "local")]
+    source: Source,
+    /// The API's Unix socket.
+    #[arg(long, default_value = netpol_api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Where registrations, identity numbering and the local store persist across restarts.
+    #[arg(long, default_value = "/var/lib/netpol/agent")]
+    state_dir: PathBuf,
+    /// This node's pod range, handed to the CNI plugin when its config has none (in a
+    /// cluster the Node's podCIDR replaces it).
+    #[arg(long)]
+    pod_cidr: Option<ipnet::Ipv4Net>,
+    /// This node's name (default: the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Source {
+    Local,
+    Kubernetes,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -113,9 +133,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config { bpffs: cli.bpffs, name: cli.name, attach: cli.attach };
     let cmd = match cli.cmd {
-        Cmd::Run { socket, state_dir, pod_cidr, node_name } => {
-            return run_agent(cfg, &socket, &state_dir, pod_cidr, node_name)
-        }
+        Cmd::Run(run) => return run_agent(cfg, run),
         Cmd::Datapath(cmd) => cmd,
     };
     if matches!(cmd, DpCmd::Teardown) {
@@ -227,21 +245,24 @@ fn monitor(dp: &mut Datapath, output: Output, count: Option<usize>) -> anyhow::R
     })
 }
 
-fn run_agent(
-    cfg: Config,
-    socket: &std::path::Path,
-    state_dir: &std::path::Path,
-    pod_cidr: Option<ipnet::Ipv4Net>,
-    node_name: Option<String>,
-) -> anyhow::Result<()> {
-    let mut dp = Datapath::open(cfg).context("opening the datapath")?;
-    let mut registry = Registry::load(state_dir)?;
-    registry.recover(&mut dp).context("recovering registered endpoints")?;
-    let node_name = node_name.unwrap_or_else(hostname);
-    let node = NodeInfo { node_name, pod_cidr: pod_cidr.map(|c| c.to_string()) };
-    let state = Arc::new(Mutex::new(Agent { dp, registry, node }));
+fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
+    let dp = Datapath::open(cfg).context("opening the datapath")?;
+    let node_name = run.node_name.unwrap_or_else(hostname);
+    let node = NodeInfo { node_name: node_name.clone(), pod_cidr: run.pod_cidr.map(|c| c.to_string()) };
+    let local = run.source == Source::Local;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(async {
+    rt.block_on(async move {
+        let client = match run.source {
+            Source::Kubernetes => {
+                Some(kube::Client::try_default().await.context("connecting to the Kubernetes API")?)
+            }
+            Source::Local => None,
+        };
+        let agent = Agent::start(dp, &run.state_dir, node, local).context("starting the agent")?;
+        let state = Arc::new(Mutex::new(agent));
+        if let Some(client) = client {
+            tokio::spawn(netpol_agent::sources::kubernetes::run(client, state.clone(), node_name));
+        }
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM");
@@ -251,10 +272,10 @@ fn run_agent(
             }
             tracing::info!("shutting down; enforcement stays in place");
         };
-        tracing::info!(socket = %socket.display(), "agent ready");
-        api::serve(socket, state, shutdown).await
-    })?;
-    Ok(())
+        tracing::info!(socket = %run.socket.display(), source = ?run.source, "agent ready");
+        api::serve(&run.socket, state, shutdown).await?;
+        anyhow::Ok(())
+    })
 }
 
 fn hostname() -> String {

@@ -109,6 +109,21 @@ impl Model {
         }
     }
 
+    /// Keeps only the objects of `kind` whose keys are in `keep` (after a full list;
+    /// cluster-scoped objects have an empty namespace).
+    pub fn retain(&mut self, kind: Kind, keep: &std::collections::BTreeSet<Key>) {
+        let cluster = |name: &String| keep.contains(&(String::new(), name.clone()));
+        match kind {
+            Kind::Namespace => self.namespaces.retain(|n, _| cluster(n)),
+            Kind::Node => self.nodes.retain(|n, _| cluster(n)),
+            Kind::Pod => self.pods.retain(|k, _| keep.contains(k)),
+            Kind::NetworkPolicy => {
+                self.policies.retain(|k, _| keep.contains(k));
+                self.rejected.retain(|k, _| keep.contains(k));
+            }
+        }
+    }
+
     /// A namespace's labels; `kubernetes.io/metadata.name` is always there, as the API
     /// server guarantees (also for namespaces this model has not seen yet).
     pub fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {

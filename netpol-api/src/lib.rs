@@ -8,6 +8,10 @@
 //! | POST | `/v1/endpoints` | [`EndpointRequest`] → [`EndpointStatus`] (once enforced) |
 //! | GET | `/v1/endpoints/{containerID}/{ifname}` | → [`EndpointStatus`] |
 //! | DELETE | `/v1/endpoints/{containerID}/{ifname}` | → 204 (also when unknown) |
+//! | POST | `/v1/objects` | Kubernetes objects (JSON list) → [`ObjectResult`]s, once enforced |
+//! | GET | `/v1/objects?kind=K` | → the local store's objects of kind K |
+//! | DELETE | `/v1/objects?kind=K&namespace=N&name=M` | → 204, or 404 |
+//! | GET | `/metrics` | → Prometheus text |
 //!
 //! Errors come back with a 4xx/5xx status and an [`ApiError`] body.
 
@@ -21,6 +25,8 @@ pub const DEFAULT_SOCKET: &str = "/run/netpol/agent.sock";
 pub const PATH_HEALTH: &str = "/healthz";
 pub const PATH_NODE: &str = "/v1/node";
 pub const PATH_ENDPOINTS: &str = "/v1/endpoints";
+pub const PATH_OBJECTS: &str = "/v1/objects";
+pub const PATH_METRICS: &str = "/metrics";
 
 /// `/v1/endpoints/{container_id}/{ifname}`
 pub fn endpoint_path(container_id: &str, ifname: &str) -> String {
@@ -74,4 +80,26 @@ pub struct NodeInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+}
+
+/// What applying one object did: `result` is created, configured or unchanged; `error`
+/// names the object and field when it was rejected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectResult {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub result: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Query of `GET`/`DELETE /v1/objects`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectQuery {
+    pub kind: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub name: String,
 }

@@ -12,11 +12,7 @@ use std::{
     time::Duration,
 };
 
-use netpol_agent::{
-    api::{self, Agent},
-    datapath::{Config, Datapath, Direction, EndpointSpec, PolicyEntry, Protocol},
-    endpoints::Registry,
-};
+use netpol_agent::{api, controller::Agent, datapath::Config};
 use netpol_api::NodeInfo;
 use netpol_tests::{
     need_root,
@@ -115,11 +111,10 @@ impl Node {
         let _ = std::fs::remove_dir_all(&pins);
         let (socket, state_dir) = (self.socket(), self.dir.join("agent-state"));
         let thread = spawn_in_netns(&self.ns.name, move || {
-            let mut dp = Datapath::open(cfg).expect("datapath");
-            let mut registry = Registry::load(&state_dir).expect("registry");
-            registry.recover(&mut dp).expect("recover");
+            let dp = netpol_agent::datapath::Datapath::open(cfg).expect("datapath");
             let node = NodeInfo { node_name: "test".into(), pod_cidr: Some("10.60.1.0/24".into()) };
-            let state = Arc::new(Mutex::new(Agent { dp, registry, node }));
+            let agent = Agent::start(dp, &state_dir, node, true).expect("agent");
+            let state = Arc::new(Mutex::new(agent));
             let rt =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
@@ -559,6 +554,18 @@ fn chained_portmap_and_bandwidth_work_after_it() {
     assert_eq!(links.lines().count(), 1, "bandwidth's ifb or a veth left behind: {links}");
 }
 
+/// POSTs objects to the agent's local store; returns the per-object results.
+fn apply(node: &Node, objects: Value) -> Value {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail-with-body", "--unix-socket"])
+        .arg(node.socket())
+        .args(["-H", "content-type: application/json", "-d", &objects.to_string(), "http://agent/v1/objects"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stdout));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn wired_pods_talk_until_a_policy_isolates_one() {
     let Some(mut node) = Node::new("cnipol") else { return };
@@ -571,41 +578,36 @@ fn wired_pods_talk_until_a_policy_isolates_one() {
     let r2 =
         node.exec(cni, "ADD", &conf, Call { cid: "pol2", netns: &ns2, ifname: "eth0", args: &args("y") });
     assert!(r1.ok && r2.ok, "{} {}", r1.json, r2.json);
-    let (ip2, host2) = (ip_of(&r2.json), r2.json["interfaces"][0]["name"].as_str().unwrap().to_string());
+    let ip2 = ip_of(&r2.json);
     let _server = tcp_server(&format!("{}-p2", node.prefix), 80);
     let p1 = format!("{}-p1", node.prefix);
     let to_p2 = SocketAddrV4::new(ip2, 80);
     assert!(tcp_probe(&p1, to_p2, Duration::from_secs(3)), "wired pods cannot talk");
-
     let eps = node.agent_endpoints();
-    let ep = |cid: &str| eps.as_array().unwrap().iter().find(|e| e["containerId"] == cid).unwrap().clone();
-    let (e1, e2) = (ep("pol1"), ep("pol2"));
-    assert_ne!(e1["identity"], e2["identity"], "pods of different namespaces share an identity");
-    // Isolate p2 for ingress through the datapath the agent enforces with.
-    let _in = node.ns.enter();
-    let mut dp = Datapath::open(Config { name: "test-cni-cnipol".into(), ..Default::default() }).unwrap();
-    let spec = EndpointSpec {
-        interface: host2,
-        id: e2["endpointId"].as_u64().unwrap() as u32,
-        ip: ip2,
-        identity: e2["identity"].as_u64().unwrap() as u32,
-        isolated_ingress: true,
-        isolated_egress: false,
-    };
-    dp.upsert_endpoint(&spec).unwrap();
+    assert_ne!(eps[0]["identity"], eps[1]["identity"], "pods of different namespaces share an identity");
+
+    // Deny all ingress in y: p2 is isolated once apply returns.
+    let deny = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "deny", "namespace": "y"}, "spec": {"podSelector": {}}});
+    let res = apply(&node, json!([deny]));
+    assert_eq!(res[0]["result"], "created", "{res}");
     assert!(!tcp_probe(&p1, to_p2, Duration::from_millis(700)), "isolated pod still reachable");
-    let allow = PolicyEntry {
-        endpoint: spec.id,
-        direction: Direction::Ingress,
-        peer: e1["identity"].as_u64().unwrap() as u32,
-        protocol: Protocol::Tcp,
-        port: Some(80),
-        end_port: None,
-    };
-    dp.add_policy(&allow, 1).unwrap();
+    // Allow from namespace x on TCP 80.
+    let allow = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "from-x", "namespace": "y"},
+        "spec": {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}}],
+                                                  "ports": [{"port": 80}]}]}});
+    let res = apply(&node, json!([allow]));
+    assert_eq!(res[0]["result"], "created", "{res}");
     assert!(tcp_probe(&p1, to_p2, Duration::from_secs(3)), "allowed traffic blocked");
-    drop(dp);
-    drop(_in);
+    // An invalid policy is rejected with its field named; the others stay enforced.
+    let bad = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "bad", "namespace": "y"},
+        "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 80, "endPort": 70}]}]}});
+    let res = apply(&node, json!([bad]));
+    let err = res[0]["error"].as_str().unwrap();
+    assert!(err.contains("NetworkPolicy y/bad") && err.contains("spec.ingress[0].ports[0].endPort"), "{err}");
+    assert!(tcp_probe(&p1, to_p2, Duration::from_secs(3)));
     assert!(node.cni("DEL", &conf, "pol1", &ns1).ok);
     assert!(node.cni("DEL", &conf, "pol2", &ns2).ok);
     node.assert_clean();

@@ -207,16 +207,35 @@ impl Datapath {
     /// endpoints that are gone are detached.
     pub fn apply(&mut self, desired: &DesiredState) -> Result<SyncReport> {
         let st = desired.compile()?;
+        let names = desired
+            .endpoints
+            .iter()
+            .map(|ep| Ok((attach::ifindex(&ep.interface)?, ep.interface.clone())))
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        self.apply_state(&st, &names)
+    }
+
+    /// Syncs the maps to `st`, then attaches the programs to every endpoint's interface
+    /// (`names`: ifindex → name) and detaches them from interfaces whose endpoint is gone.
+    /// Endpoint entries are written before the programs go on: an attached program without
+    /// its entry would drop everything.
+    pub fn apply_state(&mut self, st: &MapState, names: &BTreeMap<u32, String>) -> Result<SyncReport> {
         let before: BTreeSet<u32> = self.endpoints()?.into_iter().map(|(i, _)| i).collect();
         let attached_before: BTreeSet<u32> = self.attached()?.into_iter().collect();
-        // Endpoint entries first: an attached program without one drops everything.
-        let mut report = self.sync(&st)?;
-        for ep in &desired.endpoints {
-            let index = attach::ifindex(&ep.interface)?;
-            if !attached_before.contains(&index) {
+        let mut report = self.sync(st)?;
+        for index in st.endpoints.keys() {
+            let name = names.get(index).ok_or_else(|| {
+                DatapathError::InvalidEntry(format!("no interface name for ifindex {index}"))
+            })?;
+            // A pinned TCX link is already there (and was moved to this datapath's programs
+            // when it opened); clsact filters have no pins to tell, so re-attach (replace).
+            let pinned = attached_before.contains(index);
+            if !pinned || self.config().attach == attach::AttachMode::Netlink {
+                self.attach(name)?;
+            }
+            if !pinned {
                 report.attached += 1;
             }
-            self.attach(&ep.interface)?;
         }
         for index in before.iter().filter(|i| !st.endpoints.contains_key(i)) {
             if let Some(name) = attach::ifname(*index) {

@@ -1,0 +1,362 @@
+//! The agent's state and its one loop body: compile the model for this node's endpoints and
+//! sync the datapath to the result (only what changed is written; adds before deletes).
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    api::core::v1::{Node, NodeAddress, NodeStatus},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use netpol_api::{EndpointRequest, EndpointStatus, NodeInfo, ObjectResult};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::{
+    compiler::{compile, Allocators, Compiled},
+    datapath::{state::SyncReport, Datapath, DatapathError},
+    endpoints::{EndpointError, Registry},
+    model::{Kind, Model, Object},
+    policy::PolicyError,
+    sources::local::{key_of, to_object, LocalStore, StoreError, StoreKey},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("state {path}: {msg}")]
+    State { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub compiles: u64,
+    pub last_compile: Duration,
+    pub sync_errors: u64,
+    pub last_sync: SyncReport,
+    pub policies_rejected_total: u64,
+}
+
+pub struct Agent {
+    pub dp: Datapath,
+    pub registry: Registry,
+    pub model: Model,
+    pub alloc: Allocators,
+    pub node: NodeInfo,
+    /// The local store (local mode); None when a Kubernetes API server is the source.
+    pub store: Option<LocalStore>,
+    pub compiled: Compiled,
+    pub stats: Stats,
+    state_dir: PathBuf,
+    saved_alloc: String,
+}
+
+/// This machine's IPv4 addresses (not loopback): the node's addresses in local mode.
+pub fn host_addresses() -> Vec<std::net::Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return out;
+    }
+    let mut p = ifap;
+    while !p.is_null() {
+        let ifa = unsafe { &*p };
+        if !ifa.ifa_addr.is_null() && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET {
+            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            if !ip.is_loopback() && !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+        p = ifa.ifa_next;
+    }
+    unsafe { libc::freeifaddrs(ifap) };
+    out
+}
+
+impl Agent {
+    /// Loads the persisted state (registry, numbering, local store) and enforces it.
+    pub fn start(dp: Datapath, state_dir: &Path, node: NodeInfo, local: bool) -> Result<Agent, AgentError> {
+        let mut registry = Registry::load(state_dir)?;
+        registry.prune()?;
+        let alloc_path = state_dir.join("numbering.json");
+        let saved_alloc = std::fs::read_to_string(&alloc_path).unwrap_or_default();
+        let alloc = if saved_alloc.is_empty() {
+            Allocators::default()
+        } else {
+            serde_json::from_str(&saved_alloc)
+                .map_err(|e| AgentError::State { path: alloc_path.clone(), msg: e.to_string() })?
+        };
+        let mut agent = Agent {
+            dp,
+            registry,
+            model: Model::default(),
+            alloc,
+            node,
+            store: None,
+            compiled: Compiled::default(),
+            stats: Stats::default(),
+            state_dir: state_dir.to_path_buf(),
+            saved_alloc,
+        };
+        if local {
+            // The local node is this machine.
+            let addresses = host_addresses()
+                .into_iter()
+                .map(|ip| NodeAddress { type_: "InternalIP".into(), address: ip.to_string() })
+                .collect();
+            let node = Node {
+                metadata: ObjectMeta { name: Some(agent.node.node_name.clone()), ..Default::default() },
+                status: Some(NodeStatus { addresses: Some(addresses), ..Default::default() }),
+                ..Default::default()
+            };
+            agent.model.upsert(Object::Node(Box::new(node)))?;
+            let store = LocalStore::load(state_dir)?;
+            for (key, v) in store.objects() {
+                match to_object(v).map(|o| agent.model.upsert(o)) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!("stored {key:?} rejected: {e}"),
+                    Err(e) => warn!("stored {key:?} unreadable: {e}"),
+                }
+            }
+            agent.store = Some(store);
+        }
+        agent.reconcile()?;
+        Ok(agent)
+    }
+
+    /// Compiles the model for this node and syncs the datapath to it.
+    pub fn reconcile(&mut self) -> Result<SyncReport, AgentError> {
+        let (endpoints, names) = self.registry.local_endpoints();
+        let t = Instant::now();
+        let compiled = compile(&self.model, &self.node.node_name, &endpoints, &mut self.alloc);
+        self.stats.last_compile = t.elapsed();
+        self.stats.compiles += 1;
+        let report =
+            self.dp.apply_state(&compiled.state, &names).inspect_err(|_| self.stats.sync_errors += 1)?;
+        if !report.is_noop() {
+            info!(%report, compile = ?self.stats.last_compile, "datapath synced");
+        }
+        self.compiled = compiled;
+        self.stats.last_sync = report.clone();
+        self.save_numbering()?;
+        Ok(report)
+    }
+
+    fn save_numbering(&mut self) -> Result<(), AgentError> {
+        let path = self.state_dir.join("numbering.json");
+        let text = serde_json::to_string(&self.alloc)
+            .map_err(|e| AgentError::State { path: path.clone(), msg: e.to_string() })?;
+        if text != self.saved_alloc {
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, &text)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| AgentError::State { path: path.clone(), msg: e.to_string() })?;
+            self.saved_alloc = text;
+        }
+        Ok(())
+    }
+
+    /// Records an attachment and returns once its programs are attached and its policy
+    /// applied. On failure nothing of it stays.
+    pub fn register(&mut self, req: EndpointRequest) -> Result<EndpointStatus, AgentError> {
+        let (cid, ifname) = (req.container_id.clone(), req.ifname.clone());
+        self.registry.register(req)?;
+        if let Err(e) = self.reconcile() {
+            let _ = self.registry.unregister(&cid, &ifname);
+            let _ = self.reconcile();
+            return Err(e);
+        }
+        self.registry
+            .status(&self.dp, &cid, &ifname)?
+            .ok_or_else(|| AgentError::Invalid("registration vanished".into()))
+    }
+
+    pub fn unregister(&mut self, container_id: &str, ifname: &str) -> Result<(), AgentError> {
+        if self.registry.unregister(container_id, ifname)? {
+            self.reconcile()?;
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces an object from a source; a policy that does not validate is
+    /// reported and leaves the model as it was.
+    pub fn upsert(&mut self, obj: Object) -> Result<(), PolicyError> {
+        self.model.upsert(obj).inspect_err(|e| {
+            self.stats.policies_rejected_total += 1;
+            warn!("{e}");
+        })
+    }
+
+    /// Applies objects to the local store (kubectl apply semantics: each on its own), then
+    /// enforces the result before returning.
+    pub fn apply_objects(&mut self, objects: Vec<Value>) -> Result<Vec<ObjectResult>, AgentError> {
+        if self.store.is_none() {
+            return Err(AgentError::Invalid(
+                "this agent's source is a Kubernetes API server, not the local store".into(),
+            ));
+        }
+        let mut results = Vec::new();
+        for v in objects {
+            let (kind, namespace, name) = match key_of(&v) {
+                Ok(k) => k,
+                Err(e) => {
+                    results.push(ObjectResult {
+                        kind: String::new(),
+                        namespace: String::new(),
+                        name: String::new(),
+                        result: None,
+                        error: Some(e.to_string()),
+                    });
+                    continue;
+                }
+            };
+            let mut r = ObjectResult {
+                kind: format!("{kind:?}"),
+                namespace: namespace.clone(),
+                name: name.clone(),
+                result: None,
+                error: None,
+            };
+            let outcome = to_object(&v)
+                .map_err(AgentError::from)
+                .and_then(|o| self.upsert(o).map_err(AgentError::from));
+            match outcome {
+                Ok(()) => {
+                    let action = self.store.as_mut().expect("local").put(v)?;
+                    r.result = Some(serde_json::to_value(action).unwrap().as_str().unwrap().to_string());
+                }
+                Err(e) => r.error = Some(e.to_string()),
+            }
+            results.push(r);
+        }
+        self.reconcile()?;
+        Ok(results)
+    }
+
+    /// Deletes an object from the local store; false when there was none.
+    pub fn delete_object(&mut self, key: &StoreKey) -> Result<bool, AgentError> {
+        let store = self.store.as_mut().ok_or_else(|| AgentError::Invalid("no local store".into()))?;
+        if !store.remove(key)? {
+            return Ok(false);
+        }
+        let (kind, ns, name) = key;
+        self.model.delete(*kind, if ns.is_empty() { "" } else { ns }, name);
+        self.reconcile()?;
+        Ok(true)
+    }
+
+    /// Objects of the local store, of one kind.
+    pub fn objects(&self, kind: Kind) -> Vec<Value> {
+        self.store
+            .iter()
+            .flat_map(|s| s.objects())
+            .filter(|((k, _, _), _)| *k == kind)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics(&self) -> String {
+        let mut m = String::new();
+        let mut g = |name: &str, help: &str, kind: &str, samples: Vec<(String, f64)>| {
+            let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(m, "{name}{labels} {v}");
+            }
+        };
+        let one = |v: f64| vec![(String::new(), v)];
+        let st = &self.compiled.state;
+        g("netpol_endpoints", "Endpoints enforced on this node.", "gauge", one(st.endpoints.len() as f64));
+        g(
+            "netpol_policies",
+            "NetworkPolicies known, by state.",
+            "gauge",
+            vec![
+                ("{state=\"accepted\"}".into(), self.model.policies.len() as f64),
+                ("{state=\"rejected\"}".into(), self.model.rejected.len() as f64),
+            ],
+        );
+        g(
+            "netpol_policies_rejected_total",
+            "Policy versions rejected as invalid.",
+            "counter",
+            one(self.stats.policies_rejected_total as f64),
+        );
+        g(
+            "netpol_identities",
+            "Label identities in use.",
+            "gauge",
+            one(self.compiled.identities.len() as f64),
+        );
+        g(
+            "netpol_cidr_identities",
+            "CIDR identities in use.",
+            "gauge",
+            one(self.compiled.cidrs.len() as f64),
+        );
+        g(
+            "netpol_ipcache_entries",
+            "ipcache entries (exact and prefix).",
+            "gauge",
+            one(st.ipcache.len() as f64),
+        );
+        g(
+            "netpol_policy_map_entries",
+            "Policy map keys (exact and range blocks).",
+            "gauge",
+            one(st.policy.len() as f64),
+        );
+        g("netpol_compiles_total", "Compilations of the model.", "counter", one(self.stats.compiles as f64));
+        g(
+            "netpol_compile_duration_seconds",
+            "Duration of the last compilation.",
+            "gauge",
+            one(self.stats.last_compile.as_secs_f64()),
+        );
+        g(
+            "netpol_sync_errors_total",
+            "Datapath syncs that failed.",
+            "counter",
+            one(self.stats.sync_errors as f64),
+        );
+        if let Ok(c) = self.dp.counters() {
+            let by_reason = netpol_common::reason::NAMES
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("{{reason=\"{r}\"}}"), c.reason(i as u8) as f64))
+                .collect();
+            g(
+                "netpol_datapath_packets_total",
+                "Packets judged by the datapath, by verdict reason.",
+                "counter",
+                by_reason,
+            );
+            g(
+                "netpol_datapath_events_lost_total",
+                "Verdict events the ring buffer could not take.",
+                "counter",
+                one(c.events_lost() as f64),
+            );
+            g(
+                "netpol_datapath_ct_insert_failed_total",
+                "Flows allowed without a conntrack entry.",
+                "counter",
+                one(c.ct_insert_failed() as f64),
+            );
+        }
+        m
+    }
+}

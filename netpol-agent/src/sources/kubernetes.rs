@@ -1,0 +1,180 @@
+//! The Kubernetes source: kube-runtime watchers for Namespaces, Pods, NetworkPolicies and
+//! Nodes. kube's watcher lists, then watches from the list's resourceVersion with bookmarks;
+//! on a dropped connection it resumes from the last version seen, and on `410 Gone` it
+//! lists again — so every relist is a full snapshot, and objects that vanished while the
+//! watch was down are deleted from the model when the snapshot completes. Errors back off
+//! exponentially (kube's default backoff) and never end the source.
+
+use std::{collections::BTreeSet, fmt::Debug, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{
+        core::v1::{Namespace, Node, ObjectReference, Pod},
+        networking::v1::NetworkPolicy,
+    },
+    NamespaceResourceScope,
+};
+use kube::{
+    runtime::{
+        events::{Event as KubeEvent, EventType, Recorder, Reporter},
+        watcher::{self, Event},
+        WatchStreamExt,
+    },
+    Api, Client, Resource, ResourceExt,
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::{
+    api::Shared,
+    model::{node_pod_cidr, Key, Kind, Object},
+};
+
+/// A change the source observed.
+#[derive(Debug)]
+pub enum Change {
+    Upsert(Object),
+    Delete(Kind, String, String),
+    /// A full list of `Kind` completed: anything else of that kind is gone.
+    Relisted(Kind, BTreeSet<Key>),
+}
+
+fn key_of<K: Resource>(o: &K) -> Key {
+    (o.namespace().unwrap_or_default(), o.name_any())
+}
+
+async fn watch<K>(api: Api<K>, kind: Kind, wrap: fn(K) -> Object, tx: mpsc::UnboundedSender<Change>)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut listing: Option<BTreeSet<Key>> = None;
+    while let Some(item) = stream.next().await {
+        let change = match item {
+            Ok(Event::Init) => {
+                listing = Some(BTreeSet::new());
+                continue;
+            }
+            Ok(Event::InitApply(o)) => {
+                listing.get_or_insert_with(BTreeSet::new).insert(key_of(&o));
+                Change::Upsert(wrap(o))
+            }
+            Ok(Event::InitDone) => {
+                let seen = listing.take().unwrap_or_default();
+                info!(?kind, objects = seen.len(), "listed");
+                Change::Relisted(kind, seen)
+            }
+            Ok(Event::Apply(o)) => Change::Upsert(wrap(o)),
+            Ok(Event::Delete(o)) => {
+                let (ns, name) = key_of(&o);
+                Change::Delete(kind, ns, name)
+            }
+            Err(e) => {
+                warn!(?kind, "watch failed, retrying: {e}");
+                continue;
+            }
+        };
+        if tx.send(change).is_err() {
+            return;
+        }
+    }
+}
+
+fn all<K: Resource<DynamicType = ()>>(client: &Client) -> Api<K> {
+    Api::all(client.clone())
+}
+
+fn namespaced_all<K: Resource<DynamicType = (), Scope = NamespaceResourceScope>>(client: &Client) -> Api<K> {
+    Api::all(client.clone())
+}
+
+/// Starts the four watchers; their changes arrive on the returned channel.
+pub fn start(client: &Client) -> mpsc::UnboundedReceiver<Change> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(watch(
+        all::<Namespace>(client),
+        Kind::Namespace,
+        |o| Object::Namespace(Box::new(o)),
+        tx.clone(),
+    ));
+    tokio::spawn(watch(namespaced_all::<Pod>(client), Kind::Pod, |o| Object::Pod(Box::new(o)), tx.clone()));
+    tokio::spawn(watch(
+        namespaced_all::<NetworkPolicy>(client),
+        Kind::NetworkPolicy,
+        |o| Object::NetworkPolicy(Box::new(o)),
+        tx.clone(),
+    ));
+    tokio::spawn(watch(all::<Node>(client), Kind::Node, |o| Object::Node(Box::new(o)), tx));
+    rx
+}
+
+/// How long changes are gathered before one compilation takes them all.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// Feeds the agent from the cluster until the channel closes: batches of changes, one
+/// reconcile per batch, and a Warning event on every policy rejected as invalid.
+pub async fn run(client: Client, agent: Shared, node_name: String) {
+    let mut rx = start(&client);
+    let recorder = Recorder::new(
+        client,
+        Reporter { controller: "netpol-agent".into(), instance: Some(node_name.clone()) },
+    );
+    let agent = agent.clone();
+    while let Some(first) = rx.recv().await {
+        tokio::time::sleep(DEBOUNCE).await;
+        let mut batch = vec![first];
+        while let Ok(c) = rx.try_recv() {
+            batch.push(c);
+        }
+        let a = Arc::clone(&agent);
+        let node = node_name.clone();
+        let rejected = tokio::task::spawn_blocking(move || {
+            let mut a = a.lock().unwrap_or_else(|p| p.into_inner());
+            let mut rejected = Vec::new();
+            for change in batch {
+                match change {
+                    Change::Upsert(obj) => {
+                        if let Object::Node(n) = &obj {
+                            if n.metadata.name.as_deref() == Some(node.as_str()) {
+                                a.node.pod_cidr = node_pod_cidr(n);
+                            }
+                        }
+                        let reference = match &obj {
+                            Object::NetworkPolicy(np) => Some(np.object_ref(&())),
+                            _ => None,
+                        };
+                        if let (Err(e), Some(r)) = (a.upsert(obj), reference) {
+                            rejected.push((r, e.to_string()));
+                        }
+                    }
+                    Change::Delete(kind, ns, name) => a.model.delete(kind, &ns, &name),
+                    Change::Relisted(kind, seen) => a.model.retain(kind, &seen),
+                }
+            }
+            if let Err(e) = a.reconcile() {
+                warn!("reconcile failed: {e}");
+            }
+            rejected
+        })
+        .await
+        .unwrap_or_default();
+        for (reference, msg) in rejected {
+            publish_rejection(&recorder, &reference, msg).await;
+        }
+    }
+}
+
+async fn publish_rejection(recorder: &Recorder, reference: &ObjectReference, msg: String) {
+    let ev = KubeEvent {
+        type_: EventType::Warning,
+        reason: "InvalidNetworkPolicy".into(),
+        note: Some(msg),
+        action: "Compile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, reference).await {
+        warn!("publishing the rejection event failed: {e}");
+    }
+}
