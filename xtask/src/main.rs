@@ -32,7 +32,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Setup, then the datapath benchmarks (BPF_PROG_TEST_RUN; needs root).
+    /// Setup, then the benchmarks: the datapath (BPF_PROG_TEST_RUN; needs root) and the
+    /// policy compiler.
     Bench,
 }
 
@@ -60,7 +61,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench => {
             setup(&root)?;
-            run(cargo(&root).args(["bench", "-p", "netpol-agent", "--bench", "datapath"]))
+            run(cargo(&root).args(["bench", "-p", "netpol-agent", "--bench", "datapath", "--bench", "compile"]))
         }
     }
 }

@@ -1,0 +1,133 @@
+//! Compile time and memory of the policy compiler (no root): 1k and 10k pods, 100 and 1k
+//! policies, for one node with ~110 local pods (`cargo xtask bench`).
+//!
+//! The cluster: 20 namespaces; pods in deployments of 20 (so identities are per deployment,
+//! as in real clusters); each policy selects one deployment and allows ingress from another
+//! deployment (podSelector), from a namespace (namespaceSelector), and from an ipBlock with
+//! an except, on a port, a range and a named port, plus an egress rule.
+//! Memory is measured with a counting allocator: the peak heap growth during a compile and
+//! the size of its result.
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use netpol_agent::{
+    compiler::{compile, Allocators, LocalEndpoint},
+    model::{Model, Object},
+};
+use serde_json::json;
+
+struct Counting;
+
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let now = CURRENT.fetch_add(l.size(), Ordering::Relaxed) + l.size();
+        PEAK.fetch_max(now, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        CURRENT.fetch_sub(l.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const NAMESPACES: usize = 20;
+const DEPLOYMENT: usize = 20;
+const LOCAL: usize = 110;
+
+fn cluster(pods: usize, policies: usize) -> (Model, Vec<LocalEndpoint>) {
+    let mut m = Model::default();
+    for n in 0..NAMESPACES {
+        let ns = json!({"metadata": {"name": format!("ns{n}"), "labels": {"team": format!("t{}", n % 5)}}});
+        m.upsert(Object::Namespace(Box::new(serde_json::from_value(ns).unwrap()))).unwrap();
+    }
+    let mut local = Vec::new();
+    for i in 0..pods {
+        let dep = i / DEPLOYMENT;
+        let ns = format!("ns{}", dep % NAMESPACES);
+        let ip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 128, 0, 0)) + i as u32);
+        let tier = ["web", "api", "db"][dep % 3];
+        let on = if i % (pods / LOCAL).max(1) == 0 { "n1" } else { "other" };
+        let pod = json!({
+            "metadata": {"name": format!("pod{i}"), "namespace": ns, "labels": {"app": format!("app{dep}"), "tier": tier}},
+            "spec": {"nodeName": on,
+                     "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"podIP": ip.to_string()},
+        });
+        m.upsert(Object::Pod(Box::new(serde_json::from_value(pod).unwrap()))).unwrap();
+        if i % (pods / LOCAL).max(1) == 0 && local.len() < LOCAL {
+            local.push(LocalEndpoint { ifindex: 1000 + i as u32, ep_id: 1 + i as u32, ip, namespace: ns, pod: format!("pod{i}") });
+        }
+    }
+    let deployments = pods / DEPLOYMENT;
+    for p in 0..policies {
+        let dep = p % deployments;
+        let from = (p * 7 + 3) % deployments;
+        let np = json!({
+            "metadata": {"name": format!("np{p}"), "namespace": format!("ns{}", dep % NAMESPACES)},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": format!("app{dep}")}},
+                "ingress": [
+                    {"from": [{"podSelector": {"matchLabels": {"app": format!("app{from}")}}},
+                              {"namespaceSelector": {"matchLabels": {"team": format!("t{}", p % 5)}}, "podSelector": {"matchLabels": {"tier": "web"}}}],
+                     "ports": [{"port": 80}, {"port": 8000, "endPort": 8100}, {"port": "http"}]},
+                    {"from": [{"ipBlock": {"cidr": format!("172.{}.0.0/16", p % 200), "except": [format!("172.{}.1.0/24", p % 200)]}}],
+                     "ports": [{"port": 443}]},
+                ],
+                "egress": [{"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"tier": "db"}}}], "ports": [{"port": 5432}]}],
+            },
+        });
+        m.upsert(Object::NetworkPolicy(Box::new(serde_json::from_value(np).unwrap()))).unwrap();
+    }
+    (m, local)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    println!("| pods | policies | identities | ipcache | policy keys | first compile | recompile (median of 5) | peak heap during compile | result size |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for pods in [1_000, 10_000] {
+        for policies in [100, 1_000] {
+            let (model, local) = cluster(pods, policies);
+            let mut alloc = Allocators::default();
+            let base = CURRENT.load(Ordering::Relaxed);
+            PEAK.store(base, Ordering::Relaxed);
+            let t = Instant::now();
+            let first = compile(&model, "n1", &local, &mut alloc);
+            let first_t = t.elapsed();
+            let peak = PEAK.load(Ordering::Relaxed) - base;
+            let size = CURRENT.load(Ordering::Relaxed) - base;
+            let again: Vec<Duration> = (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    let c = compile(&model, "n1", &local, &mut alloc);
+                    assert_eq!(c.state, first.state, "compilation is not deterministic");
+                    t.elapsed()
+                })
+                .collect();
+            println!(
+                "| {pods} | {policies} | {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} MiB | {:.1} MiB |",
+                first.identities.len(),
+                first.state.ipcache.len(),
+                first.state.policy.len(),
+                first_t.as_secs_f64() * 1e3,
+                median(again).as_secs_f64() * 1e3,
+                peak as f64 / (1 << 20) as f64,
+                size as f64 / (1 << 20) as f64,
+            );
+        }
+    }
+}
