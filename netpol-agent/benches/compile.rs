@@ -65,7 +65,13 @@ fn cluster(pods: usize, policies: usize) -> (Model, Vec<LocalEndpoint>) {
         });
         m.upsert(Object::Pod(Box::new(serde_json::from_value(pod).unwrap()))).unwrap();
         if i % (pods / LOCAL).max(1) == 0 && local.len() < LOCAL {
-            local.push(LocalEndpoint { ifindex: 1000 + i as u32, ep_id: 1 + i as u32, ip, namespace: ns, pod: format!("pod{i}") });
+            local.push(LocalEndpoint {
+                ifindex: 1000 + i as u32,
+                ep_id: 1 + i as u32,
+                ip,
+                namespace: ns,
+                pod: format!("pod{i}"),
+            });
         }
     }
     let deployments = pods / DEPLOYMENT;

@@ -61,7 +61,15 @@ fn main() -> Result<()> {
         }
         Cmd::Bench => {
             setup(&root)?;
-            run(cargo(&root).args(["bench", "-p", "netpol-agent", "--bench", "datapath", "--bench", "compile"]))
+            run(cargo(&root).args([
+                "bench",
+                "-p",
+                "netpol-agent",
+                "--bench",
+                "datapath",
+                "--bench",
+                "compile",
+            ]))
         }
     }
 }

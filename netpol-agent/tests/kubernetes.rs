@@ -1,0 +1,228 @@
+//! The Kubernetes source against a scripted API server that speaks list/watch: the agent's
+//! real watcher code (kube-runtime) must follow a list, watch events, a bookmark, a dropped
+//! watch (reconnect from the bookmark), a `410 Gone` (relist) that reveals a deletion the
+//! watch never reported, and must publish a Warning event for an invalid policy (root: the
+//! agent under test enforces through a real datapath).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Path, Query, State},
+    routing::{get, post},
+    Json, Router,
+};
+use futures::stream;
+use netpol_agent::{controller::Agent, datapath::Config, model::Key};
+use netpol_api::NodeInfo;
+use netpol_tests::need_root;
+use serde_json::{json, Value};
+
+/// What the scripted server has served and received.
+#[derive(Default)]
+struct Script {
+    pod_lists: usize,
+    pod_watches: usize,
+    events: Vec<Value>,
+}
+
+type Shared = Arc<Mutex<Script>>;
+
+fn pod(name: &str, rv: u32, app: &str) -> Value {
+    json!({"metadata": {"name": name, "namespace": "default", "resourceVersion": rv.to_string(), "labels": {"app": app}},
+           "spec": {"nodeName": "other", "containers": [{"name": "c"}]},
+           "status": {"podIP": format!("10.1.0.{}", name.as_bytes()[0] - b'a' + 2)}})
+}
+
+fn lines(items: Vec<Value>) -> Vec<Result<Bytes, std::io::Error>> {
+    items.into_iter().map(|v| Ok(Bytes::from(format!("{v}\n")))).collect()
+}
+
+/// A watch body: these events, then either the end of the connection or silence.
+fn watch_body(events: Vec<Value>, hang: bool) -> Body {
+    let s = stream::iter(lines(events));
+    if hang {
+        Body::from_stream(futures::StreamExt::chain(s, stream::pending()))
+    } else {
+        Body::from_stream(s)
+    }
+}
+
+async fn pods(
+    State(st): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let mut s = st.lock().unwrap();
+    if !watch {
+        s.pod_lists += 1;
+        // First list: a, b. After the 410: a, c, d (b was deleted while nobody watched).
+        let (items, rv) = if s.pod_lists == 1 {
+            (vec![pod("a", 5, "web"), pod("b", 6, "web")], 10)
+        } else {
+            (vec![pod("a", 5, "web"), pod("c", 11, "db"), pod("d", 18, "db")], 20)
+        };
+        return Json(json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}, "items": items}))
+            .into_response();
+    }
+    s.pod_watches += 1;
+    let bookmark = json!({"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": "12"}}});
+    match s.pod_watches {
+        // c appears, a bookmark, then the connection drops.
+        1 => watch_body(vec![json!({"type": "ADDED", "object": pod("c", 11, "db")}), bookmark], false)
+            .into_response(),
+        // Resuming from the bookmark: the version is too old.
+        2 => watch_body(
+            vec![
+                json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "too old resource version: 12 (19)", "reason": "Expired", "code": 410}}),
+            ],
+            false,
+        )
+        .into_response(),
+        // After the relist: a relabelled, c deleted; then quiet.
+        _ => watch_body(
+            vec![
+                json!({"type": "MODIFIED", "object": pod("a", 21, "api")}),
+                json!({"type": "DELETED", "object": pod("c", 22, "db")}),
+            ],
+            true,
+        )
+        .into_response(),
+    }
+}
+
+fn list_then_quiet(
+    kind: &'static str,
+    api: &'static str,
+    items: Value,
+) -> axum::routing::MethodRouter<Shared> {
+    get(move |Query(q): Query<HashMap<String, String>>| {
+        let items = items.clone();
+        async move {
+            use axum::response::IntoResponse;
+            if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                return watch_body(vec![], true).into_response();
+            }
+            Json(json!({"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": "1"}, "items": items})).into_response()
+        }
+    })
+}
+
+async fn record_event(
+    State(st): State<Shared>,
+    Path(_ns): Path<String>,
+    Json(ev): Json<Value>,
+) -> (axum::http::StatusCode, Json<Value>) {
+    st.lock().unwrap().events.push(ev.clone());
+    (axum::http::StatusCode::CREATED, Json(ev))
+}
+
+fn server(st: Shared) -> Router {
+    let namespaces = json!([{"metadata": {"name": "default", "resourceVersion": "1", "labels": {"kubernetes.io/metadata.name": "default"}}}]);
+    let nodes = json!([{"metadata": {"name": "n1", "resourceVersion": "1"}, "spec": {"podCIDR": "10.244.3.0/24"},
+                        "status": {"addresses": [{"type": "InternalIP", "address": "10.9.0.1"}]}}]);
+    let policies = json!([
+        {"metadata": {"name": "good", "namespace": "default", "resourceVersion": "1"},
+         "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "ingress": [{"ports": [{"port": 5432}]}]}},
+        {"metadata": {"name": "bad", "namespace": "default", "resourceVersion": "1", "uid": "u-bad"},
+         "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["192.168.0.0/16"]}}]}]}},
+    ]);
+    Router::new()
+        .route("/api/v1/pods", get(pods))
+        .route("/api/v1/namespaces", list_then_quiet("NamespaceList", "v1", namespaces))
+        .route("/api/v1/nodes", list_then_quiet("NodeList", "v1", nodes))
+        .route(
+            "/apis/networking.k8s.io/v1/networkpolicies",
+            list_then_quiet("NetworkPolicyList", "networking.k8s.io/v1", policies),
+        )
+        .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", post(record_event))
+        .with_state(st)
+}
+
+#[test]
+fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
+    if need_root() {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let script: Shared = Arc::default();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let app = server(script.clone());
+    rt.spawn(async move { axum::serve(listener, app).await });
+
+    let cfg = Config { name: "test-k8s-source".into(), ..Default::default() };
+    let _ = std::fs::remove_dir_all(cfg.root());
+    let state_dir = std::env::temp_dir().join("netpol-test-k8s-source");
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let dp = netpol_agent::datapath::Datapath::open(cfg.clone()).unwrap();
+    let agent =
+        Agent::start(dp, &state_dir, NodeInfo { node_name: "n1".into(), pod_cidr: None }, false).unwrap();
+    let agent = Arc::new(Mutex::new(agent));
+    // The client's buffer service needs a runtime to start in.
+    let client = {
+        let _rt = rt.enter();
+        kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().unwrap())).unwrap()
+    };
+    rt.spawn(netpol_agent::sources::kubernetes::run(client, agent.clone(), "n1".into()));
+
+    let want_pods: BTreeSet<Key> =
+        [("default".to_string(), "a".to_string()), ("default".to_string(), "d".to_string())].into();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (pods, a_app, policies, rejected, pod_cidr) = loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let a = agent.lock().unwrap();
+        let pods: BTreeSet<Key> = a.model.pods.keys().cloned().collect();
+        let a_app = a
+            .model
+            .pods
+            .get(&("default".into(), "a".into()))
+            .and_then(|p| p.metadata.labels.clone())
+            .and_then(|l| l.get("app").cloned());
+        let snapshot = (
+            pods,
+            a_app,
+            a.model.policies.keys().cloned().collect::<Vec<_>>(),
+            a.model.rejected.keys().cloned().collect::<Vec<_>>(),
+            a.node.pod_cidr.clone(),
+        );
+        let events = script.lock().unwrap().events.len();
+        if (snapshot.0 == want_pods && snapshot.1.as_deref() == Some("api") && events > 0)
+            || Instant::now() > deadline
+        {
+            break snapshot;
+        }
+    };
+    let s = script.lock().unwrap();
+    assert_eq!(pods, want_pods, "b (deleted while the watch was down) or c (deleted by an event) survived");
+    assert_eq!(a_app.as_deref(), Some("api"), "the relabel after the relist was missed");
+    assert!(s.pod_lists >= 2, "no relist after 410 Gone");
+    assert!(s.pod_watches >= 3, "no reconnect: {} watches", s.pod_watches);
+    assert_eq!(policies, vec![("default".to_string(), "good".to_string())]);
+    assert_eq!(rejected, vec![("default".to_string(), "bad".to_string())]);
+    assert_eq!(pod_cidr.as_deref(), Some("10.244.3.0/24"), "the Node's podCIDR was not taken");
+    let ev = &s.events[0];
+    assert_eq!(ev["type"], "Warning", "{ev}");
+    assert_eq!(ev["reason"], "InvalidNetworkPolicy");
+    assert_eq!(ev["regarding"]["name"], "bad");
+    assert!(ev["note"].as_str().unwrap().contains("spec.ingress[0].from[0].ipBlock.except[0]"), "{ev}");
+    // The compiled state reflects the model: the good policy isolates nothing local here,
+    // but the cluster's pods are in the ipcache.
+    let a = agent.lock().unwrap();
+    assert!(
+        a.compiled.state.ipcache.keys().any(|n| n.to_string() == "10.1.0.5/32"),
+        "d is not in the ipcache"
+    );
+    drop(a);
+    drop(s);
+    rt.shutdown_background();
+    let _ = std::fs::remove_dir_all(cfg.root());
+    let _ = std::fs::remove_dir_all(&state_dir);
+}
