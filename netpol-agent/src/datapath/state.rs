@@ -1,8 +1,10 @@
 //! Desired vs realized datapath state, and the sync that moves one to the other.
 //!
 //! The sync orders its writes so that no flow both states allow is ever dropped on the way:
-//! entries that allow traffic go in first, then endpoint changes (new isolation), then
-//! deletions, and only then the policy generations of the touched endpoints are bumped —
+//! policy entries that allow traffic go in first, then ipcache changes (an address moving to
+//! a new identity finds that identity's entries in place), then endpoint changes (new
+//! isolation), then deletions, and only then the policy generations of the touched
+//! endpoints are bumped —
 //! after the deletions, so a flow re-checked in between cannot be re-approved by an entry
 //! that is about to disappear.
 
@@ -156,16 +158,18 @@ impl Datapath {
         let mut bump_all = false;
         let mut bump = BTreeSet::new();
 
-        for (net, e) in &desired.ipcache {
-            if cur.ipcache.get(net) != Some(e) {
-                bump_all |= self.put_ipcache(*net, *e)?;
-                report.ipcache_upserted += 1;
-            }
-        }
+        // Entries first: an address may move to a new identity below, and that identity's
+        // entries must already be there when it does.
         for (k, v) in &desired.policy {
             if cur.policy.get(k) != Some(v) {
                 self.put_policy_key(*k, *v)?;
                 report.policy_upserted += 1;
+            }
+        }
+        for (net, e) in &desired.ipcache {
+            if cur.ipcache.get(net) != Some(e) {
+                bump_all |= self.put_ipcache(*net, *e)?;
+                report.ipcache_upserted += 1;
             }
         }
         for (index, ep) in &desired.endpoints {

@@ -1,0 +1,343 @@
+//! The agent process with real traffic (root): pods wired in namespaces, handed to the
+//! agent through its API (as netpol-cni does), objects applied to its local store.
+//! - a SIGKILL under continuous probing: allowed traffic keeps flowing, denied traffic stays
+//!   denied, and the restarted agent converges without rewriting anything;
+//! - churn: while policies and labels change, flows allowed by every state never drop and
+//!   flows denied by every state never pass.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use netpol_tests::{
+    need_root,
+    topology::Node,
+    traffic::{tcp_probe, tcp_server, Conn, Server},
+};
+use serde_json::{json, Value};
+
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 70, 255, 1);
+const ALLOWED: Duration = Duration::from_secs(3);
+const DENIED: Duration = Duration::from_millis(400);
+
+struct Lab {
+    prefix: String,
+    dir: PathBuf,
+    agent: Option<Child>,
+    _servers: Vec<Server>,
+    node: Node,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.kill();
+        self._servers.clear();
+        let _ = Command::new(env!("CARGO_BIN_EXE_netpol-agent"))
+            .args(["--name", &self.pins(), "datapath", "teardown"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Lab {
+    fn new(prefix: &str, pods: &[(&str, Ipv4Addr)]) -> Option<Lab> {
+        if need_root() {
+            return None;
+        }
+        let mut node = Node::new(prefix, NODE_IP);
+        for (name, ip) in pods {
+            node.add_pod(name, *ip);
+        }
+        let dir = std::env::temp_dir().join(format!("netpol-agent-{prefix}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut lab = Lab { prefix: prefix.into(), dir, agent: None, _servers: Vec::new(), node };
+        let _ = std::fs::remove_dir_all(PathBuf::from("/sys/fs/bpf").join(lab.pins()));
+        lab.start();
+        for (name, ip) in pods {
+            let pod = lab.node.pod(name);
+            let ifindex = lab.node.ns.ip(&["-o", "link", "show", &pod.host_if]);
+            let ifindex: u32 = ifindex.split(':').next().unwrap().trim().parse().unwrap();
+            let req = json!({"containerId": format!("c-{name}"), "ifname": "eth0", "netns": pod.ns.path(),
+                "podNamespace": "default", "podName": name, "ip": ip.to_string(),
+                "hostIfname": pod.host_if, "hostIfindex": ifindex});
+            let st = lab.api("POST", "/v1/endpoints", Some(req));
+            assert_eq!(st["enforced"], true, "{st}");
+        }
+        Some(lab)
+    }
+
+    fn pins(&self) -> String {
+        format!("test-agent-{}", self.prefix)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    /// Starts the agent process in the node's namespace; returns once it answers.
+    fn start(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        let child = self
+            .node
+            .ns
+            .cmd(env!("CARGO_BIN_EXE_netpol-agent"))
+            .args(["--name", &self.pins(), "run", "--node-name", "n1"])
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.socket().exists() && self.try_api("GET", "/healthz", None).is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the agent did not come up");
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn try_api(&self, method: &str, path: &str, body: Option<Value>) -> Option<String> {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--fail-with-body", "-X", method, "--unix-socket"]).arg(self.socket());
+        if let Some(b) = body {
+            cmd.args(["-H", "content-type: application/json", "-d", &b.to_string()]);
+        }
+        let out = cmd.arg(format!("http://agent{path}")).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn api(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let text = self
+            .try_api(method, path, body.clone())
+            .unwrap_or_else(|| panic!("{method} {path} {body:?} failed"));
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// Applies objects; every one must be accepted.
+    fn apply(&self, objects: Value) {
+        let res = self.api("POST", "/v1/objects", Some(objects));
+        for r in res.as_array().unwrap() {
+            assert!(r["error"].is_null(), "{r}");
+        }
+    }
+
+    fn ns(&self, pod: &str) -> String {
+        self.node.pod(pod).ns.name.clone()
+    }
+
+    fn datapath_show(&self) -> String {
+        let out = self
+            .node
+            .ns
+            .cmd(env!("CARGO_BIN_EXE_netpol-agent"))
+            .args(["--name", &self.pins(), "datapath", "show", "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn pod(name: &str, ip: Ipv4Addr, app: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+           "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 80}]}]},
+           "status": {"podIP": ip.to_string()}})
+}
+
+fn policy(name: &str, selector: Value, ingress: Value) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": {"name": name, "namespace": "default"},
+           "spec": {"podSelector": selector, "ingress": ingress}})
+}
+
+/// Probes flows continuously; counts allowed flows that failed and denied flows that passed.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicUsize>,
+    leaked: Arc<AtomicUsize>,
+    rounds: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Prober {
+    fn start(allowed: Vec<(String, SocketAddrV4)>, denied: Vec<(String, SocketAddrV4)>) -> Prober {
+        let (stop, failed, leaked, rounds) = (Arc::default(), Arc::default(), Arc::default(), Arc::default());
+        let (s, f, l, r): (Arc<AtomicBool>, Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicUsize>) =
+            (Arc::clone(&stop), Arc::clone(&failed), Arc::clone(&leaked), Arc::clone(&rounds));
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                for (ns, to) in &allowed {
+                    if !tcp_probe(ns, *to, ALLOWED) {
+                        f.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                for (ns, to) in &denied {
+                    if tcp_probe(ns, *to, DENIED) {
+                        l.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Prober { stop, failed, leaked, rounds, thread: Some(thread) }
+    }
+
+    /// Stops; returns (rounds, allowed failures, denied leaks).
+    fn finish(mut self) -> (usize, usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap();
+        (
+            self.rounds.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+            self.leaked.load(Ordering::SeqCst),
+        )
+    }
+}
+
+#[test]
+fn a_killed_agent_leaves_enforcement_intact_and_converges_on_restart() {
+    let (a, b, c) = (Ipv4Addr::new(10, 70, 0, 2), Ipv4Addr::new(10, 70, 0, 3), Ipv4Addr::new(10, 70, 0, 4));
+    let Some(mut lab) = Lab::new("agrst", &[("a", a), ("b", b), ("c", c)]) else { return };
+    lab._servers.push(tcp_server(&lab.ns("b"), 80));
+    lab.apply(json!([
+        pod("a", a, "a"),
+        pod("b", b, "b"),
+        pod("c", c, "c"),
+        policy(
+            "b-from-a",
+            json!({"matchLabels": {"app": "b"}}),
+            json!([{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}], "ports": [{"port": "http"}]}])
+        ),
+    ]));
+    let to_b = SocketAddrV4::new(b, 80);
+    assert!(tcp_probe(&lab.ns("a"), to_b, ALLOWED));
+    assert!(!tcp_probe(&lab.ns("c"), to_b, DENIED));
+    let before = lab.datapath_show();
+
+    let prober = Prober::start(vec![(lab.ns("a"), to_b)], vec![(lab.ns("c"), to_b)]);
+    let mut conn = Conn::open(&lab.ns("a"), to_b, ALLOWED).expect("long-lived connection");
+    std::thread::sleep(Duration::from_millis(300));
+    lab.kill();
+    // Nobody runs: the datapath enforces on its own.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(conn.exchange("while dead", ALLOWED));
+    lab.start();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(conn.exchange("after restart", ALLOWED));
+    let (rounds, failed, leaked) = prober.finish();
+    assert!(rounds >= 3, "only {rounds} probe rounds");
+    assert_eq!((failed, leaked), (0, 0), "allowed probes failed / denied probes passed across the restart");
+    // The restart rewrote nothing: not even a policy generation moved.
+    assert_eq!(lab.datapath_show(), before);
+
+    // And it converges on new state.
+    lab.apply(json!([policy(
+        "b-from-c",
+        json!({"matchLabels": {"app": "b"}}),
+        json!([{"from": [{"podSelector": {"matchLabels": {"app": "c"}}}]}])
+    )]));
+    assert!(tcp_probe(&lab.ns("c"), to_b, ALLOWED));
+    let metrics = lab.try_api("GET", "/metrics", None).unwrap();
+    assert!(metrics.contains("netpol_endpoints 3"), "{metrics}");
+    assert!(metrics.contains("netpol_policies{state=\"accepted\"} 2"), "{metrics}");
+}
+
+#[test]
+fn churn_never_drops_what_every_state_allows_nor_passes_what_every_state_denies() {
+    let ips: Vec<Ipv4Addr> = (2..6).map(|i| Ipv4Addr::new(10, 70, 1, i)).collect();
+    let names = ["a", "b", "c", "d"];
+    let pods: Vec<(&str, Ipv4Addr)> = names.iter().copied().zip(ips.iter().copied()).collect();
+    let Some(mut lab) = Lab::new("agchurn", &pods) else { return };
+    lab._servers.push(tcp_server(&lab.ns("b"), 80));
+    let b_sel = json!({"matchLabels": {"app": "b"}});
+    // Always: a may reach b on 80 (two policies over time say so), d never may.
+    lab.apply(json!([
+        pod("a", ips[0], "a"),
+        pod("b", ips[1], "b"),
+        pod("c", ips[2], "c"),
+        pod("d", ips[3], "d"),
+        policy(
+            "always",
+            b_sel.clone(),
+            json!([{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}], "ports": [{"port": 80}]}])
+        ),
+    ]));
+    let to_b = SocketAddrV4::new(ips[1], 80);
+    let prober = Prober::start(vec![(lab.ns("a"), to_b)], vec![(lab.ns("d"), to_b)]);
+    let mut conn = Conn::open(&lab.ns("a"), to_b, ALLOWED).expect("long-lived connection");
+    let mut exchanges_failed = 0;
+    for i in 0..40 {
+        let step = match i % 5 {
+            // Another policy also allowing a (and c); then its removal.
+            0 => json!([policy(
+                "also",
+                b_sel.clone(),
+                json!([{"from": [{"podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["a", "c"]}]}}]}])
+            )]),
+            // Relabel c in and out of "also"; and a, keeping app=a (its identity changes
+            // under its allowed flows).
+            1 => {
+                let mut a = pod("a", ips[0], "a");
+                a["metadata"]["labels"]["round"] = json!(i.to_string());
+                json!([pod("c", ips[2], if i % 2 == 0 { "x" } else { "c" }), a])
+            }
+            // "always" rewritten (a superset), then back.
+            2 => json!([policy(
+                "always",
+                b_sel.clone(),
+                json!([{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}], "ports": [{"port": 80}, {"port": 81}]}])
+            )]),
+            3 => json!([policy(
+                "always",
+                b_sel.clone(),
+                json!([{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}], "ports": [{"port": 80}]}])
+            )]),
+            // a becomes egress-isolated, allowed to b:80 only.
+            _ => json!([{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                         "metadata": {"name": "egress-a", "namespace": "default"},
+                         "spec": {"podSelector": {"matchLabels": {"app": "a"}}, "policyTypes": ["Egress"],
+                                  "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "b"}}}], "ports": [{"port": 80}]}]}}]),
+        };
+        lab.apply(step);
+        if i % 5 == 0 && i > 0 {
+            let res =
+                lab.try_api("DELETE", "/v1/objects?kind=NetworkPolicy&namespace=default&name=also", None);
+            assert!(res.is_some());
+        }
+        if !conn.exchange(&format!("churn {i}"), ALLOWED) {
+            exchanges_failed += 1;
+        }
+    }
+    let (rounds, failed, leaked) = prober.finish();
+    assert!(rounds >= 5, "only {rounds} probe rounds");
+    assert_eq!(exchanges_failed, 0, "the long-lived allowed connection was cut");
+    assert_eq!((failed, leaked), (0, 0), "invariant flows broke during churn");
+    // The churn did move what it should: c is allowed only while "also" exists and c is labelled c.
+    lab.apply(json!([pod("c", ips[2], "c"),
+        policy("also", b_sel.clone(), json!([{"from": [{"podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["a", "c"]}]}}]}]))]));
+    assert!(tcp_probe(&lab.ns("c"), to_b, ALLOWED));
+    lab.apply(json!([pod("c", ips[2], "x")]));
+    assert!(!tcp_probe(&lab.ns("c"), to_b, DENIED));
+}
