@@ -36,6 +36,9 @@ struct Cli {
     /// auto (TCX, clsact fallback), tcx or netlink.
     #[arg(long, global = true, default_value = "auto")]
     attach: AttachMode,
+    /// Log lines as text or as JSON objects (one per line); RUST_LOG filters them.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -69,6 +72,12 @@ struct RunArgs {
     /// This node's name (default: the hostname).
     #[arg(long)]
     node_name: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -114,13 +123,13 @@ enum DpCmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -141,6 +150,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         return Ok(Datapath::open(cfg)?.teardown()?);
+    }
+    // Looking must not create: only `apply` may make a datapath where there is none.
+    if !matches!(cmd, DpCmd::Apply { .. }) && !cfg.pin_dir().exists() {
+        bail!(
+            "no datapath is pinned at {} (is the agent running, with the same --name?)",
+            cfg.pin_dir().display()
+        );
     }
     let mut dp = Datapath::open(cfg).context("opening the datapath")?;
     match cmd {

@@ -42,6 +42,7 @@ impl Drop for Lab {
         let _ = Command::new(env!("CARGO_BIN_EXE_netpol-agent"))
             .args(["--name", &self.pins(), "datapath", "teardown"])
             .output();
+        let _ = std::fs::remove_dir_all(PathBuf::from("/sys/fs/bpf").join(self.pins()));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -547,6 +547,7 @@ fn a_pinned_map_of_another_layout_is_refused() {
         return;
     }
     let cfg = config("layout");
+    let _cleanup = netpol_tests::RemoveOnDrop(vec![cfg.root()]);
     let _ = std::fs::remove_dir_all(cfg.root());
     mount_bpffs(&cfg.bpffs).unwrap();
     std::fs::create_dir_all(cfg.pin_dir()).unwrap();

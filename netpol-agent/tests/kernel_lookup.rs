@@ -13,6 +13,7 @@ use netpol_common::{DIR_EGRESS, DIR_INGRESS};
 use netpol_tests::{
     need_root,
     packet::{Ip, L4, SYN},
+    RemoveOnDrop,
 };
 use proptest::{
     strategy::{Strategy, ValueTree},
@@ -35,6 +36,7 @@ fn the_lookup_model_matches_the_kernel_programs() {
         return;
     }
     let cfg = Config { name: "test-kernel-lookup".into(), ..Default::default() };
+    let _cleanup = RemoveOnDrop(vec![cfg.root()]);
     let _ = std::fs::remove_dir_all(cfg.root());
     let mut dp = Datapath::open(cfg.clone()).unwrap();
     let lo = ifindex("lo").unwrap();
@@ -88,5 +90,4 @@ fn the_lookup_model_matches_the_kernel_programs() {
     }
     eprintln!("{checked} packets, {dropped} dropped");
     assert!(dropped * 10 > checked && dropped < checked, "lopsided: {dropped} of {checked} dropped");
-    dp.teardown().unwrap();
 }

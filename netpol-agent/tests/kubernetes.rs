@@ -20,7 +20,7 @@ use axum::{
 use futures::stream;
 use netpol_agent::{controller::Agent, datapath::Config, model::Key};
 use netpol_api::NodeInfo;
-use netpol_tests::need_root;
+use netpol_tests::{need_root, RemoveOnDrop};
 use serde_json::{json, Value};
 
 /// What the scripted server has served and received.
@@ -159,8 +159,9 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
     rt.spawn(async move { axum::serve(listener, app).await });
 
     let cfg = Config { name: "test-k8s-source".into(), ..Default::default() };
-    let _ = std::fs::remove_dir_all(cfg.root());
     let state_dir = std::env::temp_dir().join("netpol-test-k8s-source");
+    let _cleanup = RemoveOnDrop(vec![cfg.root(), state_dir.clone()]);
+    let _ = std::fs::remove_dir_all(cfg.root());
     let _ = std::fs::remove_dir_all(&state_dir);
     let dp = netpol_agent::datapath::Datapath::open(cfg.clone()).unwrap();
     let agent =
@@ -223,6 +224,4 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
     drop(a);
     drop(s);
     rt.shutdown_background();
-    let _ = std::fs::remove_dir_all(cfg.root());
-    let _ = std::fs::remove_dir_all(&state_dir);
 }

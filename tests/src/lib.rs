@@ -34,3 +34,14 @@ pub fn need_root() -> bool {
     }
     false
 }
+
+/// Removes paths (pin directories, scratch directories) when dropped, also on panic.
+pub struct RemoveOnDrop(pub Vec<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
