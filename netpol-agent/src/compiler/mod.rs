@@ -22,7 +22,7 @@ use std::{
 use ipnet::Ipv4Net;
 use netpol_common::{identity, Endpoint, IpcacheEntry, PolicyValue, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
 
-pub use alloc::Allocators;
+pub use alloc::{Allocators, FIRST_POD_IN_BLOCK};
 
 use crate::{
     datapath::{state::MapState, Direction, PolicyEntry, Protocol},
