@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::{
     controller::{Agent, AgentError},
     endpoints::EndpointError,
-    sources::local::{kind_of, StoreError},
+    sources::local::{StoreError, KINDS},
 };
 
 pub type Shared = Arc<Mutex<Agent>>;
@@ -120,8 +120,12 @@ async fn apply(State(st): State<Shared>, Json(objects): Json<Vec<Value>>) -> Res
     reply(blocking(st, move |a| a.apply_objects(objects)).await)
 }
 
-fn store_kind(q: &ObjectQuery) -> Result<crate::model::Kind, Failure> {
-    kind_of(&q.kind).ok_or_else(|| Failure(StatusCode::BAD_REQUEST, format!("unknown kind {:?}", q.kind)))
+fn store_kind(q: &ObjectQuery) -> Result<String, Failure> {
+    KINDS
+        .iter()
+        .find(|k| k.0 == q.kind)
+        .map(|k| k.0.to_string())
+        .ok_or_else(|| Failure(StatusCode::BAD_REQUEST, format!("unknown kind {:?}", q.kind)))
 }
 
 async fn objects(State(st): State<Shared>, Query(q): Query<ObjectQuery>) -> Response {
@@ -129,7 +133,7 @@ async fn objects(State(st): State<Shared>, Query(q): Query<ObjectQuery>) -> Resp
         Ok(k) => k,
         Err(f) => return f.into_response(),
     };
-    reply(blocking(st, move |a| Ok(a.objects(kind))).await)
+    reply(blocking(st, move |a| Ok(a.objects(&kind))).await)
 }
 
 async fn delete_object(State(st): State<Shared>, Query(q): Query<ObjectQuery>) -> Response {

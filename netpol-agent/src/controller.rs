@@ -19,7 +19,7 @@ use crate::{
     compiler::{compile, Allocators, Compiled},
     datapath::{state::SyncReport, Datapath, DatapathError},
     endpoints::{EndpointError, Registry},
-    model::{Kind, Model, Object},
+    model::{Model, Object},
     policy::PolicyError,
     sources::local::{key_of, to_object, LocalStore, StoreError, StoreKey},
 };
@@ -125,9 +125,13 @@ impl Agent {
             agent.model.upsert(Object::Node(Box::new(node)))?;
             let store = LocalStore::load(state_dir)?;
             for (key, v) in store.objects() {
-                match to_object(v).map(|o| agent.model.upsert(o)) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => warn!("stored {key:?} rejected: {e}"),
+                match to_object(v) {
+                    Ok(Some(o)) => {
+                        if let Err(e) = agent.model.upsert(o) {
+                            warn!("stored {key:?} rejected: {e}");
+                        }
+                    }
+                    Ok(None) => {}
                     Err(e) => warn!("stored {key:?} unreadable: {e}"),
                 }
             }
@@ -223,16 +227,11 @@ impl Agent {
                     continue;
                 }
             };
-            let mut r = ObjectResult {
-                kind: format!("{kind:?}"),
-                namespace: namespace.clone(),
-                name: name.clone(),
-                result: None,
-                error: None,
-            };
-            let outcome = to_object(&v)
-                .map_err(AgentError::from)
-                .and_then(|o| self.upsert(o).map_err(AgentError::from));
+            let mut r = ObjectResult { kind, namespace, name, result: None, error: None };
+            let outcome = to_object(&v).map_err(AgentError::from).and_then(|o| match o {
+                Some(o) => self.upsert(o).map_err(AgentError::from),
+                None => Ok(()),
+            });
             match outcome {
                 Ok(()) => {
                     let action = self.store.as_mut().expect("local").put(v)?;
@@ -253,17 +252,19 @@ impl Agent {
             return Ok(false);
         }
         let (kind, ns, name) = key;
-        self.model.delete(*kind, if ns.is_empty() { "" } else { ns }, name);
-        self.reconcile()?;
+        if let Some(kind) = crate::sources::local::kind_of(kind) {
+            self.model.delete(kind, ns, name);
+            self.reconcile()?;
+        }
         Ok(true)
     }
 
     /// Objects of the local store, of one kind.
-    pub fn objects(&self, kind: Kind) -> Vec<Value> {
+    pub fn objects(&self, kind: &str) -> Vec<Value> {
         self.store
             .iter()
             .flat_map(|s| s.objects())
-            .filter(|((k, _, _), _)| *k == kind)
+            .filter(|((k, _, _), _)| k == kind)
             .map(|(_, v)| v.clone())
             .collect()
     }

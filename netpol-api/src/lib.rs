@@ -15,6 +15,9 @@
 //!
 //! Errors come back with a 4xx/5xx status and an [`ApiError`] body.
 
+#[cfg(feature = "client")]
+pub mod client;
+
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};

@@ -2,12 +2,9 @@
 
 use std::{path::Path, time::Duration};
 
-use http_body_util::{BodyExt, Full};
-use hyper::{body::Bytes, Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use netpol_api::{
-    endpoint_path, ApiError, EndpointRequest, EndpointStatus, NodeInfo, PATH_ENDPOINTS, PATH_HEALTH,
-    PATH_NODE,
+    client::{self, ClientError, Method, StatusCode},
+    endpoint_path, EndpointRequest, EndpointStatus, NodeInfo, PATH_ENDPOINTS, PATH_HEALTH, PATH_NODE,
 };
 use serde::de::DeserializeOwned;
 
@@ -36,42 +33,18 @@ impl<'a> Agent<'a> {
         .with_details("is netpol-agent running on this node?")
     }
 
-    fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes)> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| internal("tokio runtime", e))?;
-        rt.block_on(async {
-            let exchange = async {
-                let stream =
-                    tokio::net::UnixStream::connect(self.socket).await.map_err(|e| self.unreachable(e))?;
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| self.unreachable(e))?;
-                tokio::spawn(conn);
-                let req = Request::builder()
-                    .method(method)
-                    .uri(path)
-                    .header("host", "netpol-agent")
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(body.unwrap_or_default())))
-                    .map_err(|e| internal("building the request", e))?;
-                let resp = sender.send_request(req).await.map_err(|e| self.unreachable(e))?;
-                let status = resp.status();
-                let bytes = resp.into_body().collect().await.map_err(|e| self.unreachable(e))?.to_bytes();
-                Ok((status, bytes))
-            };
-            tokio::time::timeout(TIMEOUT, exchange)
-                .await
-                .map_err(|_| self.unreachable(format!("no answer in {TIMEOUT:?}")))?
+    fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Vec<u8>)> {
+        client::call(self.socket, method, path, body, TIMEOUT).map(|(s, b)| (s, b.to_vec())).map_err(|e| {
+            match e {
+                ClientError::Unreachable(m) => self.unreachable(m),
+                ClientError::Other(m) => internal("calling the agent", m),
+            }
         })
     }
 
     fn json<T: DeserializeOwned>(&self, what: &str, status: StatusCode, body: &[u8]) -> Result<T> {
         if !status.is_success() {
-            let msg = serde_json::from_slice::<ApiError>(body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+            let msg = client::error_message(body);
             return Err(CniError::new(code::INTERNAL, format!("the agent refused {what}: {msg}")));
         }
         serde_json::from_slice(body)

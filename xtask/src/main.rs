@@ -32,6 +32,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Setup, build, then the user's NetworkPolicy lab (Tasks 2.2.1-2.2.6) in local mode
+    /// (needs root); exits non-zero on any mismatch with the lab's outcomes.
+    Lab,
     /// Setup, then the benchmarks: the datapath (BPF_PROG_TEST_RUN; needs root) and the
     /// policy compiler.
     Bench,
@@ -58,6 +61,13 @@ fn main() -> Result<()> {
                 cmd.arg("--").args(args);
             }
             run(&mut cmd)
+        }
+        Cmd::Lab => {
+            setup(&root)?;
+            build(&root)?;
+            run(Command::new(root.join("target/release/netpol"))
+                .args(["local", "lab", "--examples"])
+                .arg(root.join("examples/lab")))
         }
         Cmd::Bench => {
             setup(&root)?;

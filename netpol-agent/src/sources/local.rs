@@ -1,5 +1,7 @@
-//! The local store: the objects `netpol local` applies (Namespaces, Pods, NetworkPolicies,
-//! Nodes), persisted as JSON in the agent's state directory so a restart recovers them.
+//! The local store: the objects `netpol local` applies, persisted as JSON in the agent's
+//! state directory so a restart recovers them. Namespaces, Pods, NetworkPolicies and Nodes
+//! feed the model; Deployments and Services are kept for the local runtime (which turns
+//! them into pods and name resolution) and for `get`.
 
 use std::{
     collections::BTreeMap,
@@ -18,8 +20,8 @@ pub enum StoreError {
     Io { path: PathBuf, msg: String },
 }
 
-/// kind, namespace ("" for cluster-scoped kinds), name
-pub type StoreKey = (Kind, String, String);
+/// kind (as the API names it), namespace ("" for cluster-scoped kinds), name
+pub type StoreKey = (String, String, String);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -34,6 +36,17 @@ pub struct LocalStore {
     objects: BTreeMap<StoreKey, Value>,
 }
 
+/// The kinds the store takes, with their apiVersion and whether they are namespaced.
+pub const KINDS: [(&str, &str, bool); 6] = [
+    ("Namespace", "v1", false),
+    ("Node", "v1", false),
+    ("Pod", "v1", true),
+    ("Service", "v1", true),
+    ("Deployment", "apps/v1", true),
+    ("NetworkPolicy", "networking.k8s.io/v1", true),
+];
+
+/// The model kind of a store kind (None for Deployments and Services).
 pub fn kind_of(name: &str) -> Option<Kind> {
     match name {
         "Namespace" => Some(Kind::Namespace),
@@ -47,38 +60,54 @@ pub fn kind_of(name: &str) -> Option<Kind> {
 /// The store key of a JSON object, checking kind, apiVersion and name.
 pub fn key_of(v: &Value) -> Result<StoreKey, StoreError> {
     let bad = |m: String| StoreError::Invalid(m);
-    let kind_name = v.get("kind").and_then(Value::as_str).ok_or_else(|| bad("object has no kind".into()))?;
-    let kind = kind_of(kind_name)
-        .ok_or_else(|| bad(format!("unknown kind {kind_name:?} (Namespace, Pod, NetworkPolicy, Node)")))?;
+    let kind = v.get("kind").and_then(Value::as_str).ok_or_else(|| bad("object has no kind".into()))?;
+    let names: Vec<&str> = KINDS.iter().map(|k| k.0).collect();
+    let (_, want, namespaced) = KINDS
+        .iter()
+        .find(|k| k.0 == kind)
+        .ok_or_else(|| bad(format!("unknown kind {kind:?} (known: {})", names.join(", "))))?;
     let api = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    let want = if kind == Kind::NetworkPolicy { "networking.k8s.io/v1" } else { "v1" };
-    if api != want {
-        return Err(bad(format!("{kind_name} needs apiVersion {want}, not {api:?}")));
+    if api != *want {
+        return Err(bad(format!("{kind} needs apiVersion {want}, not {api:?}")));
     }
     let meta = v.get("metadata");
     let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("");
     if name.is_empty() {
-        return Err(bad(format!("{kind_name} has no metadata.name")));
+        return Err(bad(format!("{kind} has no metadata.name")));
     }
-    let ns = match kind {
-        Kind::Namespace | Kind::Node => String::new(),
-        _ => meta.and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or("default").to_string(),
+    let ns = if *namespaced {
+        meta.and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or("default").to_string()
+    } else {
+        String::new()
     };
-    Ok((kind, ns, name.to_string()))
+    Ok((kind.to_string(), ns, name.to_string()))
 }
 
-/// The typed object of a JSON object.
-pub fn to_object(v: &Value) -> Result<Object, StoreError> {
+/// The model object of a JSON object; None for the kinds the model does not use.
+pub fn to_object(v: &Value) -> Result<Option<Object>, StoreError> {
     let (kind, _, name) = key_of(v)?;
-    let err = |e: serde_json::Error| StoreError::Invalid(format!("{kind:?} {name}: {e}"));
-    Ok(match kind {
-        Kind::Namespace => Object::Namespace(Box::new(serde_json::from_value(v.clone()).map_err(err)?)),
-        Kind::Pod => Object::Pod(Box::new(serde_json::from_value(v.clone()).map_err(err)?)),
-        Kind::NetworkPolicy => {
+    let err = |e: serde_json::Error| StoreError::Invalid(format!("{kind} {name}: {e}"));
+    Ok(Some(match kind_of(&kind) {
+        Some(Kind::Namespace) => Object::Namespace(Box::new(serde_json::from_value(v.clone()).map_err(err)?)),
+        Some(Kind::Pod) => Object::Pod(Box::new(serde_json::from_value(v.clone()).map_err(err)?)),
+        Some(Kind::NetworkPolicy) => {
             Object::NetworkPolicy(Box::new(serde_json::from_value(v.clone()).map_err(err)?))
         }
-        Kind::Node => Object::Node(Box::new(serde_json::from_value(v.clone()).map_err(err)?)),
-    })
+        Some(Kind::Node) => Object::Node(Box::new(serde_json::from_value(v.clone()).map_err(err)?)),
+        None => {
+            // Still a valid object of its type.
+            match kind.as_str() {
+                "Deployment" => drop(
+                    serde_json::from_value::<k8s_openapi::api::apps::v1::Deployment>(v.clone())
+                        .map_err(err)?,
+                ),
+                _ => drop(
+                    serde_json::from_value::<k8s_openapi::api::core::v1::Service>(v.clone()).map_err(err)?,
+                ),
+            }
+            return Ok(None);
+        }
+    }))
 }
 
 impl LocalStore {

@@ -1,0 +1,70 @@
+//! A blocking client for the agent's socket: one HTTP/1.1 exchange per call, on a
+//! current-thread runtime of its own (callers are short-lived commands).
+
+use std::{path::Path, time::Duration};
+
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Bytes, Request};
+use hyper_util::rt::TokioIo;
+
+pub use hyper::{Method, StatusCode};
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// The agent could not be reached (no socket, refused, no answer in time).
+    Unreachable(String),
+    Other(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Unreachable(m) | ClientError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Sends `body` (JSON) to `path` and returns the status and body of the answer.
+pub fn call(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), ClientError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Other(format!("tokio runtime: {e}")))?;
+    let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable(e.to_string());
+    rt.block_on(async {
+        let exchange = async {
+            let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| unreachable(&e))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| unreachable(&e))?;
+            tokio::spawn(conn);
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", "netpol-agent")
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.unwrap_or_default())))
+                .map_err(|e| ClientError::Other(e.to_string()))?;
+            let resp = sender.send_request(req).await.map_err(|e| unreachable(&e))?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.map_err(|e| unreachable(&e))?.to_bytes();
+            Ok((status, bytes))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| unreachable(&format!("no answer in {timeout:?}")))?
+    })
+}
+
+/// The error message of a failed call's body.
+pub fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<crate::ApiError>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
+}

@@ -1,0 +1,301 @@
+//! The user's NetworkPolicy lab (Tasks 2.2.1 – 2.2.6) in local mode: every command as the
+//! lab writes it, with `kubectl` replaced by `netpol local`, run for real, its output shown;
+//! then the lab's expected outcomes against the observed ones.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::Result;
+
+/// What a step must show.
+#[derive(Clone, Copy)]
+enum Expect {
+    /// Exit status 0.
+    Ok,
+    /// `curl -I` got `HTTP/1.1 200 OK`.
+    Http200,
+    /// curl timed out: exit 28.
+    TimedOut,
+    /// A probe connected (exit 0) or was blocked (exit 1).
+    Connected(bool),
+}
+
+impl Expect {
+    fn describe(self) -> &'static str {
+        match self {
+            Expect::Ok => "succeeds",
+            Expect::Http200 => "HTTP/1.1 200 OK",
+            Expect::TimedOut => "curl: (28) timed out",
+            Expect::Connected(true) => "connected",
+            Expect::Connected(false) => "blocked",
+        }
+    }
+}
+
+struct Outcome {
+    task: &'static str,
+    what: String,
+    expected: &'static str,
+    observed: String,
+    pass: bool,
+}
+
+pub struct Lab<'a> {
+    root: &'a str,
+    pod_cidr: Option<&'a str>,
+    examples: &'a Path,
+    vars: BTreeMap<&'static str, String>,
+    outcomes: Vec<Outcome>,
+}
+
+impl<'a> Lab<'a> {
+    pub fn new(root: &'a str, examples: &'a Path, pod_cidr: Option<&'a str>) -> Self {
+        Lab { root, pod_cidr, examples, vars: BTreeMap::new(), outcomes: Vec::new() }
+    }
+
+    /// Runs `netpol local ARGS` (shown as the lab writes it); returns (exit code, output).
+    fn run(&mut self, shown: &str, args: &[&str]) -> Result<(i32, String)> {
+        println!("$ {shown}");
+        let out = Command::new(std::env::current_exe()?)
+            .args(["local", "--root", self.root])
+            .args(args)
+            .current_dir(self.examples)
+            .stdin(Stdio::null())
+            .output()?;
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        for line in text.lines() {
+            println!("{line}");
+        }
+        let code = out.status.code().unwrap_or(-1);
+        if code != 0 && !text.contains("curl") && !text.ends_with('\n') {
+            println!("command terminated with exit code {code}");
+        }
+        println!();
+        Ok((code, text))
+    }
+
+    fn check(
+        &mut self,
+        task: &'static str,
+        what: &str,
+        shown: &str,
+        args: &[&str],
+        expect: Expect,
+    ) -> Result<String> {
+        let (code, text) = self.run(shown, args)?;
+        let (pass, observed) = match expect {
+            Expect::Ok => {
+                (code == 0, if code == 0 { "succeeds".into() } else { format!("exit code {code}") })
+            }
+            Expect::Http200 => {
+                let ok = text.lines().any(|l| l.trim_end() == "HTTP/1.1 200 OK");
+                (ok, if ok { "HTTP/1.1 200 OK".into() } else { format!("exit code {code}") })
+            }
+            Expect::TimedOut => {
+                let ok = code == 28 && text.contains("curl: (28)");
+                (
+                    ok,
+                    if code == 28 {
+                        "curl: (28) timed out".into()
+                    } else if text.contains("200 OK") {
+                        "HTTP/1.1 200 OK".into()
+                    } else {
+                        format!("exit code {code}")
+                    },
+                )
+            }
+            Expect::Connected(want) => {
+                let got = code == 0;
+                (
+                    got == want && (code == 0 || code == 1),
+                    if got { "connected".into() } else { "blocked".into() },
+                )
+            }
+        };
+        self.outcomes.push(Outcome {
+            task,
+            what: what.to_string(),
+            expected: expect.describe(),
+            observed,
+            pass,
+        });
+        Ok(text)
+    }
+
+    /// `export NAME=$(netpol local get pods -l SEL -o jsonpath='{.items[0].metadata.name}')`
+    fn export(&mut self, task: &'static str, var: &'static str, ns: &str, selector: &str) -> Result<()> {
+        let jsonpath = "jsonpath={.items[0].metadata.name}";
+        let ns_flag = if ns == "default" { String::new() } else { format!("-n {ns} ") };
+        let shown = format!("export {var}=$(netpol local get pods {ns_flag}-l {selector} -o jsonpath='{{.items[0].metadata.name}}')");
+        let text = self.check(
+            task,
+            &format!("{var} names a pod"),
+            &shown,
+            &["get", "pods", "-n", ns, "-l", selector, "-o", jsonpath],
+            Expect::Ok,
+        )?;
+        let name = text.trim().to_string();
+        println!("$ echo ${{{var}}}\n{name}\n");
+        self.vars.insert(var, format!("{ns}/{name}"));
+        Ok(())
+    }
+
+    fn pod(&self, var: &str) -> String {
+        self.vars.get(var).cloned().unwrap_or_default()
+    }
+
+    fn curl(&mut self, task: &'static str, var: &'static str, expect: Expect) -> Result<()> {
+        let pod = self.pod(var);
+        let name = pod.split_once('/').map(|x| x.1).unwrap_or("").to_string();
+        let shown = format!("netpol local exec -ti ${{{var}}} -- curl -I --connect-timeout 5 backend:8080");
+        let what = format!("{} -> backend:8080", var.to_lowercase().replace('_', "-"));
+        self.check(
+            task,
+            &what,
+            &shown,
+            &["exec", "-ti", &name, "--", "curl", "-I", "--connect-timeout", "5", "backend:8080"],
+            expect,
+        )?;
+        Ok(())
+    }
+
+    fn probe(
+        &mut self,
+        task: &'static str,
+        from: &'static str,
+        to: &'static str,
+        port: &str,
+        want: bool,
+    ) -> Result<()> {
+        let (f, t) = (self.pod(from), self.pod(to));
+        let target = format!("{t}:{port}");
+        let shown = format!("netpol local probe ${{{from}}} ${{{to}}}:{port} --timeout 2s");
+        let what = format!(
+            "{} -> {}:{port}",
+            from.to_lowercase().replace('_', "-"),
+            to.to_lowercase().replace('_', "-")
+        );
+        self.check(task, &what, &shown, &["probe", &f, &target, "--timeout", "2s"], Expect::Connected(want))?;
+        Ok(())
+    }
+
+    fn apply(&mut self, task: &'static str, file: &str) -> Result<()> {
+        self.check(
+            task,
+            &format!("apply {file}"),
+            &format!("netpol local apply -f {file}"),
+            &["apply", "-f", file],
+            Expect::Ok,
+        )?;
+        Ok(())
+    }
+
+    /// Runs the lab; true when every outcome matched the lab's.
+    pub fn run_all(&mut self) -> Result<bool> {
+        const T1: &str = "2.2.1";
+        const T2: &str = "2.2.2";
+        const T3: &str = "2.2.3";
+        const T4: &str = "2.2.4";
+        const T5: &str = "2.2.5";
+        const T6: &str = "2.2.6";
+        println!("== netpol local: the NetworkPolicy lab (Tasks 2.2.1 - 2.2.6)\n");
+        let mut up = vec!["up"];
+        if let Some(c) = self.pod_cidr {
+            up.extend(["--pod-cidr", c]);
+        }
+        self.check(T1, "local node up", "netpol local up", &up, Expect::Ok)?;
+
+        println!("== Task 2.2.1: Deploy a second frontend/backend application\n");
+        self.apply(T1, "simple-app.yaml")?;
+        self.check(
+            T1,
+            "get deployment,svc",
+            "netpol local get deployment,svc",
+            &["get", "deployment,svc"],
+            Expect::Ok,
+        )?;
+        self.export(T1, "FRONTEND", "default", "app=frontend")?;
+        self.export(T1, "NOT_FRONTEND", "default", "app=not-frontend")?;
+
+        println!("== Task 2.2.2: Verify connectivity\n");
+        self.curl(T2, "FRONTEND", Expect::Http200)?;
+        self.curl(T2, "NOT_FRONTEND", Expect::Http200)?;
+
+        println!("== Task 2.2.3: Deny traffic with a Network Policy\n");
+        self.apply(T3, "backend-ingress-deny.yaml")?;
+        self.check(T3, "get netpol", "netpol local get netpol", &["get", "netpol"], Expect::Ok)?;
+
+        println!("== Task 2.2.4: Verify connectivity again\n");
+        self.curl(T4, "FRONTEND", Expect::TimedOut)?;
+        self.curl(T4, "NOT_FRONTEND", Expect::TimedOut)?;
+
+        println!("== Task 2.2.5: Allow traffic from frontend to backend\n");
+        self.apply(T5, "backend-allow-ingress-frontend.yaml")?;
+        self.curl(T5, "FRONTEND", Expect::Http200)?;
+        self.curl(T5, "NOT_FRONTEND", Expect::TimedOut)?;
+        self.check(T5, "get netpol", "netpol local get netpol", &["get", "netpol"], Expect::Ok)?;
+        self.check(
+            T5,
+            "delete both policies",
+            "netpol local delete netpol backend-allow-ingress-frontend, backend-ingress-deny",
+            &["delete", "netpol", "backend-allow-ingress-frontend,", "backend-ingress-deny"],
+            Expect::Ok,
+        )?;
+        self.check(
+            T5,
+            "delete the app",
+            "netpol local delete -f simple-app.yaml",
+            &["delete", "-f", "simple-app.yaml"],
+            Expect::Ok,
+        )?;
+
+        println!("== Task 2.2.6: Network Isolation for our example frontend/backend\n");
+        println!("(example-app.yaml stands in for the app of the lab's earlier chapters: example-frontend,");
+        println!(" mariadb on 3306, the webshell, the ingress-haproxy namespace, kube-dns in kube-system)\n");
+        self.apply(T6, "example-app.yaml")?;
+        self.export(T6, "EXAMPLE_FRONTEND", "default", "app=example-frontend")?;
+        self.export(T6, "MARIADB", "default", "app=mariadb")?;
+        self.export(T6, "WEBSHELL", "default", "app.kubernetes.io/name=webshell")?;
+        self.export(T6, "INGRESS", "ingress-haproxy", "app.kubernetes.io/name=haproxy-ingress")?;
+        self.export(T6, "KUBE_DNS", "kube-system", "k8s-app=kube-dns")?;
+        self.probe(T6, "EXAMPLE_FRONTEND", "MARIADB", "3306", true)?;
+        self.apply(T6, "deny-netpol.yaml")?;
+        // "Now we have broken the communication from our front- to the backend."
+        self.probe(T6, "EXAMPLE_FRONTEND", "MARIADB", "3306", false)?;
+        self.probe(T6, "EXAMPLE_FRONTEND", "KUBE_DNS", "53/UDP", true)?;
+        self.probe(T6, "INGRESS", "WEBSHELL", "7681", true)?;
+        self.probe(T6, "EXAMPLE_FRONTEND", "WEBSHELL", "7681", false)?;
+        self.apply(T6, "frontend-netpol.yaml")?;
+        // "Try out if your app is still working": front to back, and the frontend reachable.
+        self.probe(T6, "EXAMPLE_FRONTEND", "MARIADB", "3306", true)?;
+        self.probe(T6, "INGRESS", "EXAMPLE_FRONTEND", "5000", true)?;
+        self.probe(T6, "WEBSHELL", "MARIADB", "3306", false)?;
+
+        let all = self.outcomes.iter().all(|o| o.pass);
+        println!("== Expected vs observed\n");
+        let w = self.outcomes.iter().map(|o| o.what.len()).max().unwrap_or(10);
+        println!("{:<6} {:<w$} {:<22} {:<22} result", "task", "check", "expected", "observed");
+        for o in &self.outcomes {
+            println!(
+                "{:<6} {:<w$} {:<22} {:<22} {}",
+                o.task,
+                o.what,
+                o.expected,
+                o.observed,
+                if o.pass { "ok" } else { "MISMATCH" }
+            );
+        }
+        let bad = self.outcomes.iter().filter(|o| !o.pass).count();
+        println!("\n{} checks, {} mismatches", self.outcomes.len(), bad);
+        Ok(all)
+    }
+
+    pub fn down(&mut self) -> Result<()> {
+        self.run("netpol local down", &["down"])?;
+        Ok(())
+    }
+}

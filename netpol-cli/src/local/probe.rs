@@ -1,0 +1,121 @@
+//! Connectivity probes between pods: a TCP connect, or a UDP datagram and its echo, from
+//! inside the source pod's network namespace. The matrix runs them concurrently.
+
+use std::{
+    fs::File,
+    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    time::Duration,
+};
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+/// Runs `f` on a thread inside the network namespace `netns`.
+fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let path = format!("/run/netns/{netns}");
+    let file = File::open(&path).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+    std::thread::spawn(move || {
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(anyhow::anyhow!("setns: {}", std::io::Error::last_os_error()));
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("probe thread panicked"))?
+}
+
+/// Whether `from` reaches `ip:port` over `protocol` ("TCP" or "UDP") within `timeout`.
+pub fn probe(from: &str, ip: Ipv4Addr, port: u16, protocol: &str, timeout: Duration) -> Result<bool> {
+    let to = SocketAddrV4::new(ip, port);
+    match protocol {
+        "TCP" => in_netns(from, move || TcpStream::connect_timeout(&to.into(), timeout).is_ok()),
+        "UDP" => in_netns(from, move || {
+            let Ok(s) = UdpSocket::bind("0.0.0.0:0") else { return false };
+            let _ = s.set_read_timeout(Some(timeout));
+            if s.send_to(b"netpol probe", to).is_err() {
+                return false;
+            }
+            let mut buf = [0u8; 64];
+            matches!(s.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"netpol probe")
+        }),
+        p => bail!("error: unsupported protocol {p:?} (TCP or UDP)"),
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Cell {
+    pub from: String,
+    pub to: String,
+    pub port: u16,
+    pub protocol: String,
+    pub connected: bool,
+}
+
+/// One probe of the matrix: source pod (ns/name, netns), destination pod (ns/name, ip).
+pub struct Job {
+    pub from: (String, String),
+    pub to: (String, Ipv4Addr),
+    pub port: u16,
+    pub protocol: String,
+}
+
+/// Runs every job, many at a time.
+pub fn run_all(jobs: Vec<Job>, timeout: Duration) -> Result<Vec<Cell>> {
+    const PARALLEL: usize = 128;
+    let mut cells = Vec::with_capacity(jobs.len());
+    let mut it = jobs.into_iter().peekable();
+    while it.peek().is_some() {
+        let batch: Vec<Job> = it.by_ref().take(PARALLEL).collect();
+        let handles: Vec<_> = batch
+            .into_iter()
+            .map(|j| {
+                std::thread::spawn(move || {
+                    let ok = probe(&j.from.1, j.to.1, j.port, &j.protocol, timeout).unwrap_or(false);
+                    Cell { from: j.from.0, to: j.to.0, port: j.port, protocol: j.protocol, connected: ok }
+                })
+            })
+            .collect();
+        for h in handles {
+            cells.push(h.join().map_err(|_| anyhow::anyhow!("probe panicked"))?);
+        }
+    }
+    Ok(cells)
+}
+
+/// The e2e suite's layout: one grid per port/protocol, rows from, columns to,
+/// `.` connected, `X` blocked.
+pub fn table(cells: &[Cell]) -> String {
+    let mut out = String::new();
+    let mut keys: Vec<(u16, String)> = cells.iter().map(|c| (c.port, c.protocol.clone())).collect();
+    keys.sort();
+    keys.dedup();
+    let mut pods: Vec<String> = cells.iter().flat_map(|c| [c.from.clone(), c.to.clone()]).collect();
+    pods.sort();
+    pods.dedup();
+    let w = pods.iter().map(|p| p.len()).max().unwrap_or(4).max(4);
+    for (port, proto) in keys {
+        out.push_str(&format!("{proto}/{port}\n{:<w$}", ""));
+        for p in &pods {
+            out.push_str(&format!(" {p:<w$}"));
+        }
+        out.push('\n');
+        for from in &pods {
+            out.push_str(&format!("{from:<w$}"));
+            for to in &pods {
+                let c = cells
+                    .iter()
+                    .find(|c| c.from == *from && c.to == *to && c.port == port && c.protocol == proto);
+                let mark = match c {
+                    Some(c) if c.connected => ".",
+                    Some(_) => "X",
+                    None => "-",
+                };
+                out.push_str(&format!(" {mark:<w$}"));
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,227 @@
+//! Local mode end to end (root): the lab, kubectl-like errors, `down` leaving nothing, and
+//! `up` after an agent crash. Each test runs its own local node (`--root`, pod range), and
+//! takes it down on drop, also when it fails.
+//!
+//! netpol-agent and netpol-cni must sit next to the netpol binary: `cargo xtask test` builds
+//! every binary before it runs the tests.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use netpol_tests::need_root;
+
+fn netpol() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_netpol"));
+    for tool in ["netpol-agent", "netpol-cni"] {
+        assert!(
+            bin.with_file_name(tool).exists(),
+            "{tool} is not built next to netpol: run `cargo xtask test`"
+        );
+    }
+    bin
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lab")
+}
+
+/// A local node of the test's own; `down` on drop.
+struct Node {
+    root: String,
+}
+
+impl Node {
+    fn up(root: &str, cidr: &str) -> Node {
+        let node = Node { root: root.into() };
+        let out = node.run(&["up", "--pod-cidr", cidr]);
+        assert!(out.status.success(), "up: {}", text(&out));
+        node
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(netpol())
+            .args(["local", "--root", &self.root])
+            .args(args)
+            .current_dir(examples())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        text(&out)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Everything a local node named `root` could leave on the machine.
+fn leftovers(root: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    left.extend(
+        String::from_utf8_lossy(&netns.stdout)
+            .lines()
+            .filter(|l| l.starts_with(root))
+            .map(|l| format!("netns {l}")),
+    );
+    for p in
+        [format!("/sys/fs/bpf/{root}"), format!("/var/lib/netpol/{root}"), format!("/run/netpol/{root}.sock")]
+    {
+        if Path::new(&p).exists() {
+            left.push(p);
+        }
+    }
+    // The agent runs with --name ROOT, responders with --node ROOT.
+    let procs =
+        Command::new("pgrep").args(["-af", "--", &format!("--(name|node) {root}( |$)")]).output().unwrap();
+    left.extend(String::from_utf8_lossy(&procs.stdout).lines().map(|l| format!("process {l}")));
+    let netns_etc = Path::new("/etc/netns");
+    if let Ok(d) = std::fs::read_dir(netns_etc) {
+        left.extend(
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(root))
+                .map(|e| format!("{:?}", e.path())),
+        );
+    }
+    left
+}
+
+#[test]
+fn the_lab_runs_end_to_end_with_the_labs_outcomes() {
+    if need_root() {
+        return;
+    }
+    let root = "test-lab";
+    let out = Command::new(netpol())
+        .args(["local", "--root", root, "lab", "--pod-cidr", "10.244.201.0/24", "--examples"])
+        .arg(examples())
+        .output()
+        .unwrap();
+    let t = text(&out);
+    let _cleanup = Node { root: root.into() };
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("0 mismatches"), "{t}");
+    // The lab's own words, as local mode prints them.
+    assert!(t.contains("deployment.apps/frontend created"));
+    assert!(t.contains("HTTP/1.1 200 OK"));
+    // curl's wording of exit 28 varies by version ("Connection timed out", "Timeout was reached").
+    assert!(t.contains("curl: (28) "), "{t}");
+    assert!(t.contains("backend-ingress-deny   app=backend"), "{t}");
+    assert!(t.contains("networkpolicy.networking.k8s.io \"backend-ingress-deny\" deleted"));
+    drop(_cleanup);
+    assert_eq!(leftovers(root), Vec::<String>::new());
+}
+
+#[test]
+fn errors_are_kubectl_like_and_leave_nothing_half_made() {
+    if need_root() {
+        return;
+    }
+    let node = Node::up("test-errs", "10.244.202.0/24");
+    let dir = std::env::temp_dir().join("netpol-test-errs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad_yaml = dir.join("bad.yaml");
+    std::fs::write(&bad_yaml, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: [unclosed\n").unwrap();
+    let bad_kind = dir.join("kind.yaml");
+    std::fs::write(&bad_kind, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n").unwrap();
+    let bad_policy = dir.join("policy.yaml");
+    std::fs::write(
+        &bad_policy,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad}\nspec:\n  podSelector: {}\n  ingress:\n  - ports: [{port: 90, endPort: 80}]\n",
+    )
+    .unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["apply".into(), "-f".into(), bad_yaml.display().to_string()], "line 4"),
+        (
+            vec!["apply".into(), "-f".into(), bad_kind.display().to_string()],
+            "no matches for kind \"ConfigMap\"",
+        ),
+        (
+            vec!["apply".into(), "-f".into(), bad_policy.display().to_string()],
+            "spec.ingress[0].ports[0].endPort",
+        ),
+        (vec!["get".into(), "frobs".into()], "doesn't have a resource type \"frobs\""),
+        (vec!["exec".into(), "nope".into(), "--".into(), "true".into()], "pods \"nope\" not found"),
+        (vec!["delete".into(), "pod".into(), "nope".into()], "pods \"nope\" not found"),
+        (vec!["apply".into(), "-f".into(), "/nonexistent.yaml".into()], "does not exist"),
+    ];
+    for (args, want) in cases {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = node.run(&a);
+        let t = text(&out);
+        assert!(!out.status.success(), "{args:?} succeeded: {t}");
+        assert!(t.contains(want), "{args:?}: {t}");
+        assert_eq!(t.trim().lines().count(), 1, "{args:?}: not one line: {t}");
+    }
+    // Nothing was made by the failed applies.
+    let pods = node.ok(&["get", "pods", "-A", "-o", "name"]);
+    assert!(pods.trim().is_empty() || pods.contains("No resources"), "{pods}");
+    let policies = node.ok(&["get", "netpol", "-o", "name"]);
+    assert!(!policies.contains("bad"), "{policies}");
+    // up without root.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(netpol())
+        .args(["local", "--root", "test-errs-nobody", "up"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("needs root"), "{}", text(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(node);
+    assert_eq!(leftovers("test-errs"), Vec::<String>::new());
+}
+
+#[test]
+fn up_after_a_crash_recovers_pods_and_policies_and_down_leaves_nothing() {
+    if need_root() {
+        return;
+    }
+    let root = "test-crash";
+    let node = Node::up(root, "10.244.203.0/24");
+    node.ok(&["apply", "-f", "simple-app.yaml", "-f", "backend-allow-ingress-frontend.yaml"]);
+    let pod = |sel: &str| {
+        node.ok(&["get", "pods", "-l", sel, "-o", "jsonpath={.items[0].metadata.name}"]).trim().to_string()
+    };
+    let (front, not_front, back) = (pod("app=frontend"), pod("app=not-frontend"), pod("app=backend"));
+    let probe = |from: &str| {
+        node.run(&["probe", &format!("default/{from}"), &format!("default/{back}:8080"), "--timeout", "1s"])
+            .status
+            .success()
+    };
+    assert!(probe(&front) && !probe(&not_front));
+    // The agent dies hard, and a responder too.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("/var/lib/netpol/{root}/runtime.json")).unwrap(),
+    )
+    .unwrap();
+    let agent = state["agentPid"].as_u64().unwrap() as i32;
+    let responder = state["pods"][format!("default/{back}")]["responderPid"].as_u64().unwrap() as i32;
+    unsafe {
+        libc::kill(agent, libc::SIGKILL);
+        libc::kill(responder, libc::SIGKILL);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Enforcement holds while nothing runs (the responder is gone, so nothing answers).
+    assert!(!probe(&not_front));
+    let out = node.ok(&["up"]);
+    assert!(out.contains("1 responders restarted"), "{out}");
+    assert!(probe(&front), "the allowed flow did not come back");
+    assert!(!probe(&not_front), "the denied flow passes after the restart");
+    let policies = node.ok(&["get", "netpol"]);
+    assert!(policies.contains("backend-allow-ingress-frontend"), "{policies}");
+    drop(node);
+    assert_eq!(leftovers(root), Vec::<String>::new());
+}
