@@ -62,7 +62,8 @@ pub struct Job {
 
 /// Runs every job, many at a time.
 pub fn run_all(jobs: Vec<Job>, timeout: Duration) -> Result<Vec<Cell>> {
-    const PARALLEL: usize = 128;
+    // A whole 9x9x2x2 matrix in one round: blocked probes all wait out the timeout together.
+    const PARALLEL: usize = 512;
     let mut cells = Vec::with_capacity(jobs.len());
     let mut it = jobs.into_iter().peekable();
     while it.peek().is_some() {
