@@ -67,11 +67,21 @@ impl<'a> Lab<'a> {
             .output()?;
         let text =
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        for line in text.lines() {
+        // curl draws a progress meter when its output is not a terminal (it is one under
+        // `kubectl exec -ti`); it is noise here.
+        let meter = |l: &str| l.contains("% Total") || l.contains("Dload  Upload") || l.contains("--:--:--");
+        let mut shown_lines: Vec<&str> =
+            text.lines().flat_map(|l| l.split('\r')).filter(|l| !meter(l)).collect();
+        // What the meter leaves behind: blank lines around the real output.
+        while shown_lines.last().is_some_and(|l| l.trim().is_empty()) {
+            shown_lines.pop();
+        }
+        let start = shown_lines.iter().position(|l| !l.trim().is_empty()).unwrap_or(shown_lines.len());
+        for line in &shown_lines[start..] {
             println!("{line}");
         }
         let code = out.status.code().unwrap_or(-1);
-        if code != 0 && !text.contains("curl") && !text.ends_with('\n') {
+        if args.first() == Some(&"exec") && code != 0 {
             println!("command terminated with exit code {code}");
         }
         println!();
