@@ -6,6 +6,9 @@
 //! Traffic from a pod to itself never leaves its namespace (the kernel loops it back inside
 //! the pod), so no datapath sees it; those cells are not compared.
 
+mod common;
+
+use common::netpol;
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, process::Command, time::Instant};
 
 use netpol_agent::{
@@ -14,17 +17,6 @@ use netpol_agent::{
 };
 use netpol_tests::{need_root, RemoveOnDrop};
 use serde_json::{json, Value};
-
-fn netpol() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_netpol"));
-    for tool in ["netpol-agent", "netpol-cni"] {
-        assert!(
-            bin.with_file_name(tool).exists(),
-            "{tool} is not built next to netpol: run `cargo xtask test`"
-        );
-    }
-    bin
-}
 
 const ROOT: &str = "test-e2e";
 

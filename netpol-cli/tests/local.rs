@@ -5,23 +5,15 @@
 //! netpol-agent and netpol-cni must sit next to the netpol binary: `cargo xtask test` builds
 //! every binary before it runs the tests.
 
+mod common;
+
+use common::netpol;
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
 };
 
 use netpol_tests::need_root;
-
-fn netpol() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_netpol"));
-    for tool in ["netpol-agent", "netpol-cni"] {
-        assert!(
-            bin.with_file_name(tool).exists(),
-            "{tool} is not built next to netpol: run `cargo xtask test`"
-        );
-    }
-    bin
-}
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lab")

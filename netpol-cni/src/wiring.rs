@@ -218,42 +218,46 @@ pub fn del(host_name: &str) -> Result<bool> {
     })
 }
 
+/// The up link named `name`, or what is wrong with it.
+async fn up_link(h: &Handle, name: &str, side: &str) -> Result<u32> {
+    let mismatch = |m: String| CniError::new(code::CHECK_MISMATCH, m);
+    let link = link_by_name(h, name)
+        .await?
+        .ok_or_else(|| mismatch(format!("{side} interface {name} is missing")))?;
+    if !link.header.flags.contains(LinkFlags::Up) {
+        return Err(mismatch(format!("{side} interface {name} is down")));
+    }
+    Ok(link.header.index)
+}
+
+/// Whether an IPv4 route with this prefix length, attribute and output interface exists.
+async fn has_route(h: &Handle, prefix_len: u8, attr: RouteAttribute, oif: u32) -> Result<bool> {
+    let routes: Vec<_> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("listing routes"))?;
+    Ok(routes.iter().any(|r| {
+        r.header.destination_prefix_length == prefix_len
+            && r.attributes.contains(&attr)
+            && r.attributes.contains(&RouteAttribute::Oif(oif))
+    }))
+}
+
 /// Verifies what ADD made; the error says what differs.
 pub fn check(netns: &File, ifname: &str, host_name: &str, ip: Ipv4Addr) -> Result<()> {
     let mismatch = |m: String| CniError::new(code::CHECK_MISMATCH, m);
     netlink(|h| async move {
-        let link = link_by_name(&h, host_name)
-            .await?
-            .ok_or_else(|| mismatch(format!("host interface {host_name} is missing")))?;
-        if !link.header.flags.contains(LinkFlags::Up) {
-            return Err(mismatch(format!("host interface {host_name} is down")));
-        }
-        let index = link.header.index;
-        let routes: Vec<_> = h
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("listing routes"))?;
-        let has = routes.iter().any(|r| {
-            r.header.destination_prefix_length == 32
-                && r.attributes.contains(&RouteAttribute::Destination(RouteAddress::Inet(ip)))
-                && r.attributes.contains(&RouteAttribute::Oif(index))
-        });
-        if !has {
+        let index = up_link(&h, host_name, "host").await?;
+        if !has_route(&h, 32, RouteAttribute::Destination(RouteAddress::Inet(ip)), index).await? {
             return Err(mismatch(format!("host route {ip}/32 via {host_name} is missing")));
         }
         Ok(())
     })?;
     netlink_in(netns, |h| async move {
-        let link = link_by_name(&h, ifname)
-            .await?
-            .ok_or_else(|| mismatch(format!("pod interface {ifname} is missing")))?;
-        if !link.header.flags.contains(LinkFlags::Up) {
-            return Err(mismatch(format!("pod interface {ifname} is down")));
-        }
-        let index = link.header.index;
+        let index = up_link(&h, ifname, "pod").await?;
         let addrs: Vec<_> = h
             .address()
             .get()
@@ -265,19 +269,7 @@ pub fn check(netns: &File, ifname: &str, host_name: &str, ip: Ipv4Addr) -> Resul
         if !addrs.iter().any(|a| a.attributes.contains(&AddressAttribute::Address(IpAddr::V4(ip)))) {
             return Err(mismatch(format!("pod interface {ifname} does not have {ip}")));
         }
-        let routes: Vec<_> = h
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("listing routes"))?;
-        let default = routes.iter().any(|r| {
-            r.header.destination_prefix_length == 0
-                && r.attributes.contains(&RouteAttribute::Gateway(RouteAddress::Inet(GATEWAY)))
-                && r.attributes.contains(&RouteAttribute::Oif(index))
-        });
-        if !default {
+        if !has_route(&h, 0, RouteAttribute::Gateway(RouteAddress::Inet(GATEWAY)), index).await? {
             return Err(mismatch(format!("the pod has no default route via {GATEWAY} on {ifname}")));
         }
         Ok(())
