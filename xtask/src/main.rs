@@ -60,7 +60,13 @@ fn main() -> Result<()> {
             if !args.is_empty() {
                 cmd.arg("--").args(args);
             }
-            run(&mut cmd)
+            // The tests mount bpffs where it is absent; leave the machine as it was.
+            let had_bpffs = bpffs_mounted();
+            let result = run(&mut cmd);
+            if !had_bpffs && bpffs_mounted() && only_kernel_entries() {
+                let _ = Command::new("umount").arg(BPFFS).status();
+            }
+            result
         }
         Cmd::Lab => {
             setup(&root)?;
@@ -189,4 +195,18 @@ fn lint(root: &Path) -> Result<()> {
     run(cargo(root).args(["fmt", "--all", "--check"]))?;
     run(cargo(root).args(["fmt", "--check", "--manifest-path", "netpol-ebpf/Cargo.toml"]))?;
     run(cargo(root).args(["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"]))
+}
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+fn bpffs_mounted() -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(BPFFS)))
+}
+
+/// bpffs holds only what the kernel puts there itself (maps.debug, progs.debug).
+fn only_kernel_entries() -> bool {
+    std::fs::read_dir(BPFFS)
+        .map(|d| d.flatten().all(|e| matches!(e.file_name().to_str(), Some("maps.debug" | "progs.debug"))))
+        .unwrap_or(false)
 }
