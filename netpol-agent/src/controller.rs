@@ -235,7 +235,7 @@ impl Agent {
             match outcome {
                 Ok(()) => {
                     let action = self.store.as_mut().expect("local").put(v)?;
-                    r.result = Some(serde_json::to_value(action).unwrap().as_str().unwrap().to_string());
+                    r.result = Some(action.as_str().to_string());
                 }
                 Err(e) => r.error = Some(e.to_string()),
             }

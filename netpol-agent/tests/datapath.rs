@@ -56,20 +56,24 @@ fn fixture(name: &str, isolated_ingress: bool, isolated_egress: bool) -> Option<
     let _ = std::fs::remove_dir_all(&root);
     let mut f = Fixture { dp: Some(Datapath::open(cfg).expect("open datapath")), root };
     let dp = f.dp();
-    dp.upsert_endpoint(&EndpointSpec {
+    dp.upsert_endpoint(&pod_on_lo(isolated_ingress, isolated_egress)).unwrap();
+    for (ip, id) in [(POD, POD_ID), (PEER, PEER_ID), (OTHER, OTHER_ID)] {
+        dp.upsert_ipcache(&ipc(&format!("{ip}/32"), id, None)).unwrap();
+    }
+    dp.upsert_ipcache(&ipc(&format!("{NODE}/32"), identity::HOST, None)).unwrap();
+    Some(f)
+}
+
+/// The endpoint under test, on the loopback device BPF_PROG_TEST_RUN delivers to.
+fn pod_on_lo(isolated_ingress: bool, isolated_egress: bool) -> EndpointSpec {
+    EndpointSpec {
         interface: "lo".into(),
         id: EP,
         ip: POD,
         identity: POD_ID,
         isolated_ingress,
         isolated_egress,
-    })
-    .unwrap();
-    for (ip, id) in [(POD, POD_ID), (PEER, PEER_ID), (OTHER, OTHER_ID)] {
-        dp.upsert_ipcache(&ipc(&format!("{ip}/32"), id, None)).unwrap();
     }
-    dp.upsert_ipcache(&ipc(&format!("{NODE}/32"), identity::HOST, None)).unwrap();
-    Some(f)
 }
 
 fn ipc(cidr: &str, identity: u32, cidr_identity: Option<u32>) -> IpcacheSpec {
@@ -346,15 +350,7 @@ fn new_isolation_re_checks_established_flows() {
     f.inbound(&syn(PEER, 3100, POD, 80), reason::ALLOW_NOT_ISOLATED);
     f.inbound(&syn(OTHER, 3101, POD, 80), reason::ALLOW_NOT_ISOLATED);
     f.dp().add_policy(&allow(Direction::Ingress, PEER_ID, Protocol::Tcp, Some(80), None), 1).unwrap();
-    let spec = EndpointSpec {
-        interface: "lo".into(),
-        id: EP,
-        ip: POD,
-        identity: POD_ID,
-        isolated_ingress: true,
-        isolated_egress: false,
-    };
-    f.dp().upsert_endpoint(&spec).unwrap();
+    f.dp().upsert_endpoint(&pod_on_lo(true, false)).unwrap();
     f.inbound(&ack(PEER, 3100, POD, 80), reason::ALLOW_ESTABLISHED);
     f.inbound(&ack(OTHER, 3101, POD, 80), reason::DROP_POLICY_REVOKED);
 }
@@ -377,15 +373,7 @@ fn non_ipv4_arp_ipv6_and_other_ethertypes() {
     f.check(Hook::ToPod, &arp(PEER, POD), reason::ALLOW_ARP);
     f.check(Hook::FromPod, &ipv6_udp(), reason::ALLOW_NOT_ISOLATED);
     f.check(Hook::FromPod, &ether(0x88cc, &[0; 46]), reason::ALLOW_NOT_ISOLATED);
-    let spec = EndpointSpec {
-        interface: "lo".into(),
-        id: EP,
-        ip: POD,
-        identity: POD_ID,
-        isolated_ingress: true,
-        isolated_egress: true,
-    };
-    f.dp().upsert_endpoint(&spec).unwrap();
+    f.dp().upsert_endpoint(&pod_on_lo(true, true)).unwrap();
     f.check(Hook::ToPod, &arp(PEER, POD), reason::ALLOW_ARP);
     f.check(Hook::FromPod, &arp(POD, PEER), reason::ALLOW_ARP);
     f.check(Hook::FromPod, &ipv6_udp(), reason::DROP_IPV6);

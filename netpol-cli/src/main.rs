@@ -5,6 +5,7 @@
 //! a built-in responder in the pod's network namespace — HTTP/1.1 answering 200 to HEAD and
 //! GET on TCP ports, an echo on UDP ports.
 
+mod calendar;
 mod lab;
 mod local;
 mod responder;

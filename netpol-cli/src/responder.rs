@@ -6,28 +6,7 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::{TcpListener, TcpStream, UdpSocket},
-    time::{SystemTime, UNIX_EPOCH},
 };
-
-/// An RFC 7231 date (the `Date` header), computed without a calendar crate.
-pub fn http_date(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + if month <= 2 { 1 } else { 0 };
-    let mon = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        [(month - 1) as usize];
-    format!("{weekday}, {day:02} {mon} {year} {:02}:{:02}:{:02} GMT", rem / 3600, rem % 3600 / 60, rem % 60)
-}
 
 fn serve_http(stream: TcpStream, pod: String) {
     let mut w = match stream.try_clone() {
@@ -56,7 +35,7 @@ fn serve_http(stream: TcpStream, pod: String) {
             "HTTP/1.1 {status}\r\nX-Powered-By: netpol local responder\r\nContent-Type: text/html; charset=UTF-8\r\n\
              Content-Length: {}\r\nDate: {}\r\nConnection: keep-alive\r\n\r\n",
             body.len(),
-            http_date(SystemTime::now())
+            crate::calendar::http_date(crate::calendar::unix_now())
         );
         if w.write_all(head.as_bytes()).is_err() || (send_body && w.write_all(body.as_bytes()).is_err()) {
             return;
@@ -90,20 +69,4 @@ pub fn run(pod: &str, tcp: &[u16], udp: &[u16]) -> anyhow::Result<()> {
         let _ = t.join();
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn dates_are_rfc7231() {
-        assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(http_date(UNIX_EPOCH + Duration::from_secs(499_162_500)), "Sat, 26 Oct 1985 08:15:00 GMT");
-        assert_eq!(
-            http_date(UNIX_EPOCH + Duration::from_secs(1_637_671_844)),
-            "Tue, 23 Nov 2021 12:50:44 GMT"
-        );
-    }
 }

@@ -23,12 +23,21 @@ pub enum StoreError {
 /// kind (as the API names it), namespace ("" for cluster-scoped kinds), name
 pub type StoreKey = (String, String, String);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Created,
     Configured,
     Unchanged,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Configured => "configured",
+            Action::Unchanged => "unchanged",
+        }
+    }
 }
 
 pub struct LocalStore {

@@ -14,7 +14,7 @@ use std::{
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -66,13 +66,7 @@ pub const DEFAULT_POD_CIDR: &str = "10.244.1.0/24";
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn now_rfc3339() -> String {
-    let secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let d = crate::responder::http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
-    // "Tue, 23 Nov 2021 12:50:44 GMT" → "2021-11-23T12:50:44Z"
-    let p: Vec<&str> = d.split_whitespace().collect();
-    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let m = months.iter().position(|x| *x == p[2]).unwrap_or(0) + 1;
-    format!("{}-{m:02}-{}T{}Z", p[3], p[1], p[4])
+    crate::calendar::rfc3339(crate::calendar::unix_now())
 }
 
 /// A running process (a zombie waiting for its reaper is not).

@@ -1,8 +1,6 @@
 //! `get` as kubectl prints it: tables (plain and wide), JSON/YAML Lists, names, and the
 //! jsonpath subset the lab uses (`{.items[0].metadata.name}`, `[*]`, literal text).
 
-use std::time::SystemTime;
-
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
@@ -57,23 +55,9 @@ pub fn selector_matches(sel: &str, labels: &Value) -> bool {
 }
 
 fn age(obj: &Value) -> String {
-    let Some(ts) = obj["metadata"]["creationTimestamp"].as_str() else { return "<unknown>".into() };
-    // 2021-11-23T12:50:44Z
-    let p: Vec<u64> =
-        ts.split(['-', 'T', ':', 'Z']).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect();
-    if p.len() < 6 {
-        return "<unknown>".into();
-    }
-    let (y, m, d) = (p[0] as i64, p[1] as i64, p[2] as i64);
-    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * m2 + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let then = days as u64 * 86_400 + p[3] * 3600 + p[4] * 60 + p[5];
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let s = now.saturating_sub(then);
+    let then = obj["metadata"]["creationTimestamp"].as_str().and_then(crate::calendar::parse_rfc3339);
+    let Some(then) = then else { return "<unknown>".into() };
+    let s = crate::calendar::unix_now().saturating_sub(then);
     match s {
         0..=119 => format!("{s}s"),
         120..=7199 => format!("{}m", s / 60),
