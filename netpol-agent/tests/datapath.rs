@@ -107,7 +107,7 @@ impl Fixture {
             .map(|r| reason::name(r as u8))
             .collect();
         assert_eq!(moved, vec![reason::name(expect)], "{hook:?}: wrong reason");
-        let want = if expect >= reason::DROP_POLICY { 2 } else { 0 };
+        let want = if reason::is_drop(expect) { 2 } else { 0 };
         assert_eq!(ret, want, "{hook:?}: TC action for {}", reason::name(expect));
         assert_eq!(after.events_lost(), 0);
         dp.drain_events()
@@ -248,6 +248,10 @@ fn replies_of_allowed_flows_pass_both_ways() {
     f.outbound(&syn(POD, 41001, OTHER, 443), reason::DROP_POLICY);
 }
 
+fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, kind: u8, code: u8, quoted: &Ip) -> Ip {
+    Ip::new(src, dst, L4::Icmp { kind, code, id: 0, quoted: quoted.ip_bytes()[..28].to_vec() })
+}
+
 #[test]
 fn icmp_errors_pass_only_for_tracked_flows() {
     let Some(mut f) = fixture("icmp", true, true) else { return };
@@ -255,24 +259,49 @@ fn icmp_errors_pass_only_for_tracked_flows() {
     let out = Ip::udp(POD, 5353, PEER, 53);
     f.outbound(&out, reason::ALLOW_POLICY);
     // Port unreachable from the peer, and "fragmentation needed" from a router on the way.
-    let unreach =
-        Ip::new(PEER, POD, L4::Icmp { kind: 3, code: 3, id: 0, quoted: out.ip_bytes()[..28].to_vec() });
-    f.inbound(&unreach, reason::ALLOW_RELATED);
+    f.inbound(&icmp_error(PEER, POD, 3, 3, &out), reason::ALLOW_RELATED);
     let router = Ipv4Addr::new(10, 9, 9, 9);
-    let frag_needed =
-        Ip::new(router, POD, L4::Icmp { kind: 3, code: 4, id: 0, quoted: out.ip_bytes()[..28].to_vec() });
-    f.inbound(&frag_needed, reason::ALLOW_RELATED);
+    f.inbound(&icmp_error(router, POD, 3, 4, &out), reason::ALLOW_RELATED);
+    f.inbound(&icmp_error(router, POD, 11, 0, &out), reason::ALLOW_RELATED);
     // An error about a flow that never existed is an ordinary (denied) packet.
     let stray = Ip::udp(POD, 6000, OTHER, 53);
-    let forged =
-        Ip::new(OTHER, POD, L4::Icmp { kind: 3, code: 3, id: 0, quoted: stray.ip_bytes()[..28].to_vec() });
-    f.inbound(&forged, reason::DROP_POLICY);
+    f.inbound(&icmp_error(OTHER, POD, 3, 3, &stray), reason::DROP_POLICY);
     // A quoted packet cut short is malformed.
     let short =
         Ip::new(PEER, POD, L4::Icmp { kind: 3, code: 3, id: 0, quoted: out.ip_bytes()[..22].to_vec() });
     let mut frame = short.frame();
     frame.truncate(14 + 20 + 8 + 22);
     f.check(Hook::ToPod, &frame, reason::DROP_MALFORMED);
+}
+
+#[test]
+fn icmp_errors_must_come_from_where_the_kernel_would_send_them() {
+    let Some(mut f) = fixture("icmpsrc", true, true) else { return };
+    f.dp().add_policy(&allow(Direction::Egress, PEER_ID, Protocol::Udp, Some(53), None), 1).unwrap();
+    f.dp().add_policy(&allow(Direction::Ingress, OTHER_ID, Protocol::Udp, Some(5000), None), 2).unwrap();
+    let out = Ip::udp(POD, 5353, PEER, 53);
+    f.outbound(&out, reason::ALLOW_POLICY);
+    let inb = Ip::udp(OTHER, 7000, POD, 5000);
+    f.inbound(&inb, reason::ALLOW_POLICY);
+    // Towards the pod: another pod posing as a router on the pod's flow, a code no end host
+    // sends, an error sent to someone other than the quoted sender, an oversized error.
+    f.inbound(&icmp_error(OTHER, POD, 3, 4, &out), reason::DROP_POLICY);
+    f.inbound(&icmp_error(PEER, POD, 3, 4, &out), reason::DROP_POLICY);
+    f.inbound(&icmp_error(PEER, POD, 5, 0, &out), reason::DROP_POLICY);
+    let mut big = icmp_error(PEER, POD, 3, 3, &out);
+    big.payload = 1000;
+    f.inbound(&big, reason::DROP_POLICY);
+    let mut sized = icmp_error(PEER, POD, 3, 3, &out);
+    sized.payload = 576 - 20 - 8 - 28;
+    f.inbound(&sized, reason::ALLOW_RELATED);
+    // From the pod (egress isolated, nothing allowed to PEER but UDP 53): an error about
+    // OTHER's flow goes to OTHER only, from the pod as the quoted destination.
+    f.outbound(&icmp_error(POD, PEER, 3, 3, &inb), reason::DROP_POLICY);
+    let mut exfil = icmp_error(POD, OTHER, 3, 3, &inb);
+    exfil.payload = 1000;
+    f.outbound(&exfil, reason::DROP_POLICY);
+    f.outbound(&icmp_error(POD, OTHER, 3, 4, &inb), reason::DROP_POLICY);
+    f.outbound(&icmp_error(POD, OTHER, 3, 3, &inb), reason::ALLOW_RELATED);
 }
 
 #[test]
@@ -316,8 +345,14 @@ fn withdrawn_rules_cut_established_flows() {
     f.dp().remove_policy(&rule).unwrap();
     let ev = f.inbound(&ack(PEER, 3000, POD, 80), reason::DROP_POLICY_REVOKED);
     assert_eq!(ev[0].peer, PEER_ID);
-    f.inbound(&ack(PEER, 3000, POD, 80), reason::DROP_POLICY);
-    f.outbound(&ack(POD, 80, PEER, 3000), reason::DROP_POLICY);
+    // The revoked flow stays known: neither side's segments get it adopted again.
+    f.inbound(&ack(PEER, 3000, POD, 80), reason::DROP_POLICY_REVOKED);
+    f.outbound(&ack(POD, 80, PEER, 3000), reason::DROP_POLICY_REVOKED);
+    // Allowed again, the same flow resumes.
+    f.dp().add_policy(&rule, 1).unwrap();
+    f.inbound(&ack(PEER, 3000, POD, 80), reason::ALLOW_ESTABLISHED);
+    f.dp().remove_policy(&rule).unwrap();
+    f.inbound(&ack(PEER, 3000, POD, 80), reason::DROP_POLICY_REVOKED);
 
     // A reply whose egress rule went away stops too.
     let out = allow(Direction::Egress, PEER_ID, Protocol::Tcp, Some(443), None);
@@ -368,17 +403,36 @@ fn spoofed_sources_are_dropped_even_when_not_isolated() {
 }
 
 #[test]
-fn non_ipv4_arp_ipv6_and_other_ethertypes() {
+fn non_ipv4_arp_ipv6_vlan_and_other_ethertypes() {
     let Some(mut f) = fixture("l2", false, false) else { return };
-    f.check(Hook::ToPod, &arp(PEER, POD), reason::ALLOW_ARP);
-    f.check(Hook::FromPod, &ipv6_udp(), reason::ALLOW_NOT_ISOLATED);
-    f.check(Hook::FromPod, &ether(0x88cc, &[0; 46]), reason::ALLOW_NOT_ISOLATED);
-    f.dp().upsert_endpoint(&pod_on_lo(true, true)).unwrap();
-    f.check(Hook::ToPod, &arp(PEER, POD), reason::ALLOW_ARP);
-    f.check(Hook::FromPod, &arp(POD, PEER), reason::ALLOW_ARP);
-    f.check(Hook::FromPod, &ipv6_udp(), reason::DROP_IPV6);
-    f.check(Hook::ToPod, &ipv6_udp(), reason::DROP_IPV6);
-    f.check(Hook::ToPod, &ether(0x88cc, &[0; 46]), reason::DROP_UNSUPPORTED_L3);
+    for isolated in [false, true] {
+        f.dp().upsert_endpoint(&pod_on_lo(isolated, isolated)).unwrap();
+        f.check(Hook::ToPod, &arp(PEER, POD), reason::ALLOW_ARP);
+        f.check(Hook::FromPod, &arp(POD, PEER), reason::ALLOW_ARP);
+        // ARP from the pod about another address, or not IPv4 over Ethernet.
+        f.check(Hook::FromPod, &arp(OTHER, PEER), reason::DROP_ARP_SPOOFED);
+        let mut odd = arp(POD, PEER);
+        odd[14 + 2..14 + 4].copy_from_slice(&0x86ddu16.to_be_bytes());
+        f.check(Hook::FromPod, &odd, reason::DROP_ARP_SPOOFED);
+        f.check(Hook::FromPod, &arp(POD, PEER)[..14 + 10], reason::DROP_MALFORMED);
+        // IPv6 is not enforced: dropped both ways, whatever the isolation.
+        f.check(Hook::FromPod, &ipv6_udp(), reason::DROP_IPV6);
+        f.check(Hook::ToPod, &ipv6_udp(), reason::DROP_IPV6);
+        for hook in [Hook::FromPod, Hook::ToPod] {
+            f.check(hook, &ether(0x88cc, &[0; 46]), reason::DROP_UNSUPPORTED_L3);
+            // A spoofed IPv4 packet behind one or two tags (802.1Q, 802.1ad, old QinQ).
+            let inner = syn(OTHER, 1, PEER, 80).ip_bytes();
+            for outer in [0x8100u16, 0x88a8, 0x9100] {
+                let mut tagged = vec![0, 0];
+                tagged.extend_from_slice(&0x8100u16.to_be_bytes());
+                tagged.extend_from_slice(&[0, 0]);
+                tagged.extend_from_slice(&0x0800u16.to_be_bytes());
+                tagged.extend_from_slice(&inner);
+                f.check(hook, &ether(outer, &tagged), reason::DROP_VLAN);
+                f.check(hook, &ether(outer, &tagged[4..]), reason::DROP_VLAN);
+            }
+        }
+    }
 }
 
 #[test]
@@ -449,12 +503,19 @@ fn fragments_follow_their_first_fragment() {
     let mut later = first.clone();
     later.frag = 185; // offset 1480 bytes, last fragment
     f.inbound(&first, reason::ALLOW_POLICY);
-    f.inbound(&later, reason::ALLOW_ESTABLISHED);
+    f.inbound(&later, reason::ALLOW_FRAGMENT);
     // The next datagram of the same (now established) flow fragments too.
     first.id = 0x1235;
     later.id = 0x1235;
     f.inbound(&first, reason::ALLOW_ESTABLISHED);
-    f.inbound(&later, reason::ALLOW_ESTABLISHED);
+    f.inbound(&later, reason::ALLOW_FRAGMENT);
+    // The same datagram id seen by the pod in the other direction vouches for nothing here.
+    let mut back = Ip::udp(PEER, 999, POD, 53);
+    back.id = 0x7777;
+    back.frag = MF;
+    f.outbound(&Ip { id: 0x7777, frag: MF, ..Ip::udp(POD, 53, PEER, 999) }, reason::ALLOW_REPLY);
+    back.frag = 185;
+    f.inbound(&back, reason::DROP_FRAGMENT);
     // A later fragment whose first fragment was never seen (or was denied).
     later.id = 0x9999;
     f.inbound(&later, reason::DROP_FRAGMENT);
@@ -464,11 +525,31 @@ fn fragments_follow_their_first_fragment() {
     f.inbound(&denied, reason::DROP_POLICY);
     denied.frag = 185;
     f.inbound(&denied, reason::DROP_FRAGMENT);
-    // Not isolated (egress): unknown later fragments pass.
+    // ICMP echo replies fragment too (a large ping): the later fragments follow the first.
+    f.outbound(
+        &Ip::new(POD, PEER, L4::Icmp { kind: 8, code: 0, id: 44, quoted: vec![] }),
+        reason::ALLOW_NOT_ISOLATED,
+    );
+    let mut reply = Ip::new(PEER, POD, L4::Icmp { kind: 0, code: 0, id: 44, quoted: vec![] });
+    reply.id = 0x4000;
+    reply.frag = MF;
+    reply.payload = 1472;
+    f.inbound(&reply, reason::ALLOW_REPLY);
+    reply.frag = 185;
+    f.inbound(&reply, reason::ALLOW_FRAGMENT);
+}
+
+#[test]
+fn unknown_later_fragments_pass_only_where_not_isolated() {
+    let Some(mut f) = fixture("fragopen", true, false) else { return };
     let mut out = Ip::udp(POD, 999, PEER, 53);
     out.id = 0x3000;
     out.frag = 185;
     f.outbound(&out, reason::ALLOW_NOT_ISOLATED);
+    let mut inb = Ip::udp(PEER, 53, POD, 999);
+    inb.id = 0x3001;
+    inb.frag = 185;
+    f.inbound(&inb, reason::DROP_FRAGMENT);
 }
 
 #[test]
@@ -479,6 +560,13 @@ fn the_host_may_always_reach_its_pods() {
     f.outbound(&Ip::tcp(POD, 8080, NODE, 1, SYN | ACK), reason::ALLOW_REPLY);
     // But the pod's own egress to the host is policy like any other.
     f.outbound(&syn(POD, 2, NODE, 22), reason::DROP_POLICY);
+    // A policy change re-checks established flows: the host's still pass, both ways.
+    let rule = allow(Direction::Ingress, PEER_ID, Protocol::Tcp, Some(80), None);
+    f.dp().add_policy(&rule, 1).unwrap();
+    f.dp().remove_policy(&rule).unwrap();
+    f.inbound(&ack(NODE, 1, POD, 8080), reason::ALLOW_ESTABLISHED);
+    f.dp().remove_policy(&rule).unwrap();
+    f.outbound(&ack(POD, 8080, NODE, 1), reason::ALLOW_REPLY);
 }
 
 #[test]
@@ -552,19 +640,51 @@ fn a_pinned_map_of_another_layout_is_refused() {
 }
 
 #[test]
-fn only_a_syn_starts_a_tcp_flow_where_policy_was_not_checked() {
+fn mid_stream_segments_are_adopted_where_their_direction_allows_them() {
     let Some(mut f) = fixture("midstream", true, false) else { return };
-    // The pod's own mid-stream segment (egress is not isolated) passes, but tracks nothing,
-    // so the peer's next segment is not taken for a reply.
-    let ev = f.outbound(&ack(POD, 80, PEER, 5000), reason::ALLOW_NOT_ISOLATED);
-    assert!(ev.is_empty() && f.dp().conntrack().unwrap().is_empty());
+    // An evicted (or pre-agent) flow of the pod's own: its next segment out re-creates the
+    // entry (egress is not isolated), so the peer's answer is a reply again.
+    f.outbound(&ack(POD, 41000, PEER, 80), reason::ALLOW_NOT_ISOLATED);
+    f.inbound(&ack(PEER, 80, POD, 41000), reason::ALLOW_REPLY);
+    // The peer speaking first into a flow the pod's ingress does not allow stays dropped.
     f.inbound(&ack(PEER, 5000, POD, 80), reason::DROP_POLICY);
-    f.outbound(&Ip::tcp(POD, 80, PEER, 5001, SYN | ACK), reason::ALLOW_NOT_ISOLATED);
-    f.inbound(&ack(PEER, 5001, POD, 80), reason::DROP_POLICY);
-    // Where policy allows it, a mid-stream segment is adopted (after a revoke and re-add, an
-    // LRU eviction, or an agent installed under running connections).
+    // Where policy allows it, the peer's mid-stream segment is adopted too.
     f.dp().add_policy(&allow(Direction::Ingress, PEER_ID, Protocol::Tcp, Some(80), None), 3).unwrap();
     f.inbound(&ack(PEER, 5000, POD, 80), reason::ALLOW_POLICY);
     f.inbound(&ack(PEER, 5000, POD, 80), reason::ALLOW_ESTABLISHED);
     f.outbound(&ack(POD, 80, PEER, 5000), reason::ALLOW_REPLY);
+    // Revoked, the flow is not re-adopted by the pod's own (unisolated) segments.
+    f.dp().remove_policy(&allow(Direction::Ingress, PEER_ID, Protocol::Tcp, Some(80), None)).unwrap();
+    f.outbound(&ack(POD, 80, PEER, 5000), reason::DROP_POLICY_REVOKED);
+    f.inbound(&ack(PEER, 5000, POD, 80), reason::DROP_POLICY_REVOKED);
+}
+
+#[test]
+fn icmp_routing_messages_from_a_pod_are_refused() {
+    let Some(mut f) = fixture("icmprt", false, false) else { return };
+    for kind in [5u8, 9] {
+        let msg = Ip::new(
+            POD,
+            PEER,
+            L4::Icmp { kind, code: 0, id: 0, quoted: syn(PEER, 1, POD, 2).ip_bytes()[..28].to_vec() },
+        );
+        f.outbound(&msg, reason::DROP_ICMP_ROUTING);
+    }
+    // To the pod (the node may send redirects) they are ordinary packets.
+    let redirect = Ip::new(NODE, POD, L4::Icmp { kind: 5, code: 1, id: 0, quoted: vec![0; 28] });
+    f.inbound(&redirect, reason::ALLOW_NOT_ISOLATED);
+}
+
+#[test]
+fn a_local_pods_address_is_accepted_only_from_its_own_interface() {
+    let Some(mut f) = fixture("localsrc", true, false) else { return };
+    f.dp().add_policy(&allow(Direction::Ingress, identity::ANY, Protocol::Any, None, None), 1).unwrap();
+    // TEST_RUN packets do not come from the pod's interface (lo): the pod's own address as
+    // a source is forged.
+    f.inbound(&Ip::udp(POD, 1, POD, 53), reason::DROP_SPOOFED_LOCAL);
+    f.inbound(&Ip::udp(PEER, 1, POD, 53), reason::ALLOW_POLICY);
+    let lo = ifindex("lo").unwrap();
+    assert_eq!(f.dp().endpoint_ips().unwrap(), vec![(POD, lo)]);
+    f.dp().remove_endpoint(lo).unwrap();
+    assert!(f.dp().endpoint_ips().unwrap().is_empty());
 }

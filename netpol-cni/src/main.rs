@@ -11,6 +11,7 @@ mod config;
 mod error;
 mod ipam;
 mod result;
+mod sysctl;
 mod wiring;
 
 use std::{fs::File, io::Read, process::ExitCode};

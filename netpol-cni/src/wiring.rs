@@ -6,7 +6,9 @@
 //!   default route via it, plus a permanent neighbour entry for the gateway pointing at the
 //!   host-side veth: no ARP for the gateway, no proxy_arp, and the host needs no address in
 //!   the pod range;
-//! - the host gets a /32 route to the pod through the veth, and forwarding on.
+//! - the host gets a /32 route to the pod through the veth, and forwarding on;
+//! - both ends get their [`sysctl`] settings before they come up, so a pod never has an
+//!   interface on which it could configure the node.
 
 use std::{
     fs::File,
@@ -27,7 +29,10 @@ use rtnetlink::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::error::{code, internal, io, CniError, Result};
+use crate::{
+    error::{code, internal, io, CniError, Result},
+    sysctl,
+};
 
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
@@ -160,6 +165,7 @@ fn add_inner(netns: &File, ifname: &str, host_name: &str, ip: Ipv4Addr, mtu: u32
             .await?
             .ok_or_else(|| CniError::new(code::INTERNAL, format!("{host_name} vanished")))?;
         let index = link.header.index;
+        sysctl::apply(host_name, &sysctl::HOST)?;
         set_up(&h, index).await?;
         Ok((index, link_mac(&link)))
     })?;
@@ -173,6 +179,7 @@ fn add_inner(netns: &File, ifname: &str, host_name: &str, ip: Ipv4Addr, mtu: u32
             .await?
             .ok_or_else(|| CniError::new(code::INTERNAL, format!("{ifname} did not appear in the pod")))?;
         let index = link.header.index;
+        sysctl::apply(ifname, &sysctl::POD)?;
         set_up(&h, index).await?;
         h.address().add(index, IpAddr::V4(ip), 32).execute().await.map_err(nl("adding the pod address"))?;
         let to_gw = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -251,6 +258,7 @@ pub fn check(netns: &File, ifname: &str, host_name: &str, ip: Ipv4Addr) -> Resul
     let mismatch = |m: String| CniError::new(code::CHECK_MISMATCH, m);
     netlink(|h| async move {
         let index = up_link(&h, host_name, "host").await?;
+        sysctl::verify(host_name, "host", &sysctl::HOST)?;
         if !has_route(&h, 32, RouteAttribute::Destination(RouteAddress::Inet(ip)), index).await? {
             return Err(mismatch(format!("host route {ip}/32 via {host_name} is missing")));
         }
@@ -258,6 +266,7 @@ pub fn check(netns: &File, ifname: &str, host_name: &str, ip: Ipv4Addr) -> Resul
     })?;
     netlink_in(netns, |h| async move {
         let index = up_link(&h, ifname, "pod").await?;
+        sysctl::verify(ifname, "pod", &sysctl::POD)?;
         let addrs: Vec<_> = h
             .address()
             .get()

@@ -17,7 +17,8 @@ use netpol_api::NodeInfo;
 use netpol_tests::{
     need_root,
     netns::{spawn_in_netns, NetNs},
-    traffic::{tcp_probe, tcp_server},
+    packet::router_advert,
+    traffic::{inject_frame, mac_of, tcp_probe, tcp_server},
 };
 use serde_json::{json, Value};
 
@@ -691,5 +692,64 @@ fn gc_releases_what_no_valid_attachment_owns() {
     old["cni.dev/valid-attachments"] = json!([]);
     assert_eq!(node.cni("GC", &old, "", "").json["code"], 1);
     assert!(node.cni("DEL", &conf, "gc0", &nss[0]).ok);
+    node.assert_clean();
+}
+
+/// The node's IPv6 addresses and routes on `dev`.
+fn ipv6_state(node: &Node, dev: &str) -> String {
+    let addrs = node.ns.ip(&["-6", "addr", "show", "dev", dev]);
+    let routes = node.ns.ip(&["-6", "route", "show", "dev", dev]);
+    format!("{addrs}{routes}")
+}
+
+#[test]
+fn router_advertisements_from_a_pod_never_configure_the_node() {
+    let Some(mut node) = Node::new("cnira") else { return };
+    let netns = node.pod("p1");
+    let conf = node.conf("1.0.0");
+    let res = node.add(&conf, "ra01", &netns);
+    let host_if = res["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let pod = format!("{}-p1", node.prefix);
+    let prefix: std::net::Ipv6Addr = "2001:db8:1::".parse().unwrap();
+    // The pod sends router advertisements: a prefix to autoconfigure, and itself as the
+    // default router.
+    let ra = router_advert(mac_of(node.pod_ns("p1"), "eth0"), 1800, prefix);
+    for _ in 0..5 {
+        inject_frame(&pod, "eth0", ra.clone());
+    }
+    // Control: the same advertisement over a veth without the plugin's settings (and no
+    // datapath) configures the node.
+    let ctl = node.pod("ctl");
+    let ctl_if = format!("{}c", node.prefix);
+    node.ns.ip(&["link", "add", &ctl_if, "type", "veth", "peer", "name", "eth0", "netns", &ctl]);
+    node.ns.ip(&["link", "set", &ctl_if, "up"]);
+    node.pod_ns("ctl").ip(&["link", "set", "eth0", "up"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let ctl_ra = router_advert(mac_of(node.pod_ns("ctl"), "eth0"), 1800, prefix);
+    let ctl_pod = format!("{}-ctl", node.prefix);
+    let mut configured = String::new();
+    for _ in 0..20 {
+        inject_frame(&ctl_pod, "eth0", ctl_ra.clone());
+        std::thread::sleep(Duration::from_millis(100));
+        configured = ipv6_state(&node, &ctl_if);
+        if configured.contains("2001:db8:1:") && configured.contains("default") {
+            break;
+        }
+    }
+    assert!(configured.contains("2001:db8:1:"), "control: the RA added no address: {configured}");
+    assert!(configured.contains("default"), "control: the RA added no default route: {configured}");
+    let state = ipv6_state(&node, &host_if);
+    assert!(!state.contains("2001:db8") && !state.contains("default"), "a pod configured the node: {state}");
+    assert!(!node.ns.ip(&["-6", "route"]).contains(&format!("dev {host_if}")));
+    // No IPv6 on either end; CHECK verifies the settings and names one that drifted.
+    assert!(node.pod_ns("p1").ip(&["-6", "addr", "show", "dev", "eth0"]).trim().is_empty());
+    let check = node.cni("CHECK", &with_prev(&conf, &res), "ra01", &netns);
+    assert!(check.ok, "CHECK: {} {}", check.json, check.stderr);
+    node.ns.sysctl(&format!("net.ipv6.conf.{host_if}.accept_ra"), "1");
+    let check = node.cni("CHECK", &with_prev(&conf, &res), "ra01", &netns);
+    assert_eq!(check.json["code"], 100, "{}", check.json);
+    assert!(check.json["msg"].as_str().unwrap().contains("accept_ra"), "{}", check.json);
+    node.ns.ip(&["link", "del", &ctl_if]);
+    assert!(node.cni("DEL", &conf, "ra01", &netns).ok);
     node.assert_clean();
 }

@@ -11,7 +11,7 @@
 /// Bumped whenever a key, value or map definition below changes. The pin directory is
 /// versioned with it, because the kernel would otherwise silently reuse an old pinned map with
 /// a different layout (aya does not compare key/value sizes when it reuses a pin).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Program names in the object.
 pub mod programs {
@@ -26,6 +26,10 @@ pub mod programs {
 /// Map names in the object (also their pin names).
 pub mod maps {
     pub const ENDPOINTS: &str = "ENDPOINTS";
+    /// A local endpoint's address (network order) → the ifindex of its host-side veth. A
+    /// packet delivered to a pod whose source is a local endpoint's address must have entered
+    /// the node through that endpoint's interface (`skb->ingress_ifindex`).
+    pub const ENDPOINT_IPS: &str = "ENDPOINT_IPS";
     pub const IPCACHE: &str = "IPCACHE";
     pub const IPCACHE_LPM: &str = "IPCACHE_LPM";
     pub const POLICY: &str = "POLICY";
@@ -34,13 +38,25 @@ pub mod maps {
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
-    pub const ALL: [&str; 9] =
-        [ENDPOINTS, IPCACHE, IPCACHE_LPM, POLICY, POLICY_RANGES, CONNTRACK, FRAGMENTS, EVENTS, COUNTERS];
+    pub const ALL: [&str; 10] = [
+        ENDPOINTS,
+        ENDPOINT_IPS,
+        IPCACHE,
+        IPCACHE_LPM,
+        POLICY,
+        POLICY_RANGES,
+        CONNTRACK,
+        FRAGMENTS,
+        EVENTS,
+        COUNTERS,
+    ];
 }
 
 /// Map sizes. Hash maps are preallocated by the kernel, so these are memory, not just limits.
 pub mod sizes {
     pub const ENDPOINTS: u32 = 4096;
+    /// One address per endpoint.
+    pub const ENDPOINT_IPS: u32 = ENDPOINTS;
     /// Exact /32 entries: every pod of the cluster plus /32 CIDRs.
     pub const IPCACHE: u32 = 131_072;
     pub const IPCACHE_LPM: u32 = 65_536;
@@ -176,22 +192,30 @@ pub struct CtValue {
 
 /// `CtValue::flags`: a FIN or RST was seen, the entry expires quickly.
 pub const CT_CLOSING: u32 = 1;
+/// `CtValue::flags`: the policy that allowed the flow was withdrawn. The entry stays as a
+/// tombstone: every packet of the flow is re-judged against the policy of the entry's
+/// direction (and dropped while it is not allowed), so neither side's mid-stream segments
+/// can adopt the flow again from the other direction.
+pub const CT_REVOKED: u32 = 2;
 
 pub const CT_TOUCH_NS: u64 = 1_000_000_000;
 pub const CT_TIMEOUT_TCP_NS: u64 = 6 * 3600 * 1_000_000_000;
 pub const CT_TIMEOUT_CLOSING_NS: u64 = 10 * 1_000_000_000;
 pub const CT_TIMEOUT_OTHER_NS: u64 = 60 * 1_000_000_000;
 
-/// `FRAGMENTS`: the first fragment of an allowed datagram records its ports so later
-/// fragments (which carry no L4 header) can be matched to the flow.
+/// `FRAGMENTS`: the first fragment of a datagram an endpoint let through in a direction
+/// records its ports; later fragments (which carry no L4 header) of that datagram follow its
+/// verdict. Keyed per endpoint and direction, so one pod's fragments never vouch for
+/// another's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragKey {
+    pub ep_id: u32,
     pub saddr: u32,
     pub daddr: u32,
     pub id: u16,
     pub proto: u8,
-    pub _pad: u8,
+    pub dir: u8,
 }
 
 #[repr(C)]
@@ -226,27 +250,45 @@ pub struct Event {
     pub reason: u8,
 }
 
-/// Why a packet got its verdict. Also the index of its `COUNTERS` slot.
+/// Why a packet got its verdict. Also the index of its `COUNTERS` slot. Allow reasons come
+/// first: a reason is a drop exactly when it is at least `FIRST_DROP`.
 pub mod reason {
     pub const ALLOW_NOT_ISOLATED: u8 = 0;
     pub const ALLOW_POLICY: u8 = 1;
     pub const ALLOW_ESTABLISHED: u8 = 2;
     pub const ALLOW_REPLY: u8 = 3;
-    /// ICMP error about a tracked flow.
+    /// ICMP error about a tracked flow, sent by the flow's other end (or a path error from a
+    /// router that is not a pod).
     pub const ALLOW_RELATED: u8 = 4;
     pub const ALLOW_HOST: u8 = 5;
+    /// ARP to a pod, or from a pod with its own sender address.
     pub const ALLOW_ARP: u8 = 6;
-    pub const DROP_POLICY: u8 = 7;
+    /// A later fragment of a datagram whose first fragment this endpoint let through.
+    pub const ALLOW_FRAGMENT: u8 = 7;
+    pub const DROP_POLICY: u8 = 8;
     /// An established flow whose allowing entry was withdrawn.
-    pub const DROP_POLICY_REVOKED: u8 = 8;
-    pub const DROP_SPOOFED: u8 = 9;
-    pub const DROP_MALFORMED: u8 = 10;
-    pub const DROP_FRAGMENT: u8 = 11;
-    pub const DROP_IP_OPTIONS: u8 = 12;
-    pub const DROP_IPV6: u8 = 13;
-    pub const DROP_UNSUPPORTED_L3: u8 = 14;
-    pub const DROP_NO_ENDPOINT: u8 = 15;
-    pub const COUNT: usize = 16;
+    pub const DROP_POLICY_REVOKED: u8 = 9;
+    /// From a pod: an IPv4 source address that is not the pod's own.
+    pub const DROP_SPOOFED: u8 = 10;
+    pub const DROP_MALFORMED: u8 = 11;
+    pub const DROP_FRAGMENT: u8 = 12;
+    pub const DROP_IP_OPTIONS: u8 = 13;
+    /// IPv6 is not enforced: dropped both ways (the CNI disables it on both veth ends).
+    pub const DROP_IPV6: u8 = 14;
+    pub const DROP_UNSUPPORTED_L3: u8 = 15;
+    pub const DROP_NO_ENDPOINT: u8 = 16;
+    /// An 802.1Q / 802.1ad tagged frame (a tag in the frame or already taken off by the kernel).
+    pub const DROP_VLAN: u8 = 17;
+    /// From a pod: ARP whose sender protocol address is not the pod's own, or not IPv4 over
+    /// Ethernet.
+    pub const DROP_ARP_SPOOFED: u8 = 18;
+    /// From a pod: ICMP redirect or router advertisement (a pod is nobody's router).
+    pub const DROP_ICMP_ROUTING: u8 = 19;
+    /// To a pod: the source is a local pod's address, but the packet did not come from that
+    /// pod's interface.
+    pub const DROP_SPOOFED_LOCAL: u8 = 20;
+    pub const COUNT: usize = 21;
+    pub const FIRST_DROP: u8 = DROP_POLICY;
 
     pub const NAMES: [&str; COUNT] = [
         "allow-not-isolated",
@@ -256,6 +298,7 @@ pub mod reason {
         "allow-related",
         "allow-host",
         "allow-arp",
+        "allow-fragment",
         "drop-policy",
         "drop-policy-revoked",
         "drop-spoofed",
@@ -265,10 +308,18 @@ pub mod reason {
         "drop-ipv6",
         "drop-unsupported-l3",
         "drop-no-endpoint",
+        "drop-vlan",
+        "drop-arp-spoofed",
+        "drop-icmp-routing",
+        "drop-spoofed-local",
     ];
 
     pub fn name(r: u8) -> &'static str {
         NAMES.get(r as usize).copied().unwrap_or("unknown")
+    }
+
+    pub fn is_drop(r: u8) -> bool {
+        r >= FIRST_DROP
     }
 }
 
@@ -289,7 +340,7 @@ const _: () = {
     assert!(RANGE_FIXED_BITS as usize == (core::mem::size_of::<RangeKey>() - 2) * 8);
     assert!(core::mem::size_of::<CtKey>() == 20);
     assert!(core::mem::size_of::<CtValue>() == 24);
-    assert!(core::mem::size_of::<FragKey>() == 12);
+    assert!(core::mem::size_of::<FragKey>() == 16);
     assert!(core::mem::size_of::<Event>() == 40);
 };
 

@@ -1,7 +1,8 @@
-//! Crafted Ethernet frames for BPF_PROG_TEST_RUN. Checksums are left zero: TC programs
-//! never see them verified.
+//! Crafted Ethernet frames: for BPF_PROG_TEST_RUN, and for pods to send through a packet
+//! socket. IPv4 header and ICMP checksums are filled in (a forwarding node drops IPv4 with a
+//! bad header checksum); UDP checksums are left 0 ("none"), TCP's are not computed.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;
@@ -121,6 +122,12 @@ impl Ip {
         ip[12..16].copy_from_slice(&self.src.octets());
         ip[16..20].copy_from_slice(&self.dst.octets());
         ip[20..].copy_from_slice(&self.options);
+        let sum = checksum(&ip);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        if matches!(self.l4, L4::Icmp { .. }) && self.frag & 0x1fff == 0 {
+            let sum = checksum(&l4);
+            l4[2..4].copy_from_slice(&sum.to_be_bytes());
+        }
         ip.extend(l4);
         ip
     }
@@ -131,12 +138,97 @@ impl Ip {
     }
 }
 
-/// An Ethernet frame of `ethertype` around `payload`.
+/// The Internet checksum (RFC 1071) of `data`.
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 =
+        data.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+pub type Mac = [u8; 6];
+
+/// An Ethernet frame of `ethertype` around `payload` (fixed test MACs).
 pub fn ether(ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+    ether_to([0x02, 0, 0, 0, 0, 0x02], [0x02, 0, 0, 0, 0, 0x01], ethertype, payload)
+}
+
+/// An Ethernet frame from `src` to `dst`.
+pub fn ether_to(dst: Mac, src: Mac, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
     f.extend_from_slice(&ethertype.to_be_bytes());
     f.extend_from_slice(payload);
     f
+}
+
+/// `frame` with VLAN tags (vid 0) inserted after the MACs, outermost first: e.g.
+/// `[0x88a8, 0x8100]` for an 802.1ad outer tag around an 802.1Q tag.
+pub fn vlan_tagged(frame: &[u8], tpids: &[u16]) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    for tpid in tpids {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+    }
+    f.extend_from_slice(&frame[12..]);
+    f
+}
+
+/// The link-local address EUI-64 derives from `mac`.
+pub fn link_local(mac: Mac) -> Ipv6Addr {
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 2,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ])
+}
+
+/// An ICMPv6 router advertisement from `src` (link-local, from `mac`) to all nodes: router
+/// lifetime `lifetime_s` (0 = not a default router) and one autonomous on-link /64 prefix.
+pub fn router_advert(mac: Mac, lifetime_s: u16, prefix: Ipv6Addr) -> Vec<u8> {
+    let src = link_local(mac);
+    let dst: Ipv6Addr = "ff02::1".parse().unwrap();
+    let mut icmp = vec![134, 0, 0, 0, 64, 0];
+    icmp.extend_from_slice(&lifetime_s.to_be_bytes());
+    icmp.extend_from_slice(&[0; 8]); // reachable time, retransmit timer
+                                     // Prefix information: type 3, length 4 (32 bytes), /64, on-link + autonomous.
+    icmp.extend_from_slice(&[3, 4, 64, 0xc0]);
+    icmp.extend_from_slice(&86400u32.to_be_bytes());
+    icmp.extend_from_slice(&14400u32.to_be_bytes());
+    icmp.extend_from_slice(&[0; 4]);
+    icmp.extend_from_slice(&prefix.octets());
+    // Source link-layer address.
+    icmp.extend_from_slice(&[1, 1]);
+    icmp.extend_from_slice(&mac);
+    let mut pseudo = src.octets().to_vec();
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(&icmp);
+    let sum = checksum(&pseudo);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[58, 255]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    ip.extend_from_slice(&icmp);
+    ether_to([0x33, 0x33, 0, 0, 0, 1], mac, 0x86dd, &ip)
 }
 
 /// An ARP request for `target` from `sender`.

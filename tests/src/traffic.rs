@@ -200,3 +200,90 @@ pub fn inject_frame(ns: &str, ifname: &str, frame: Vec<u8>) {
         assert_eq!(n, frame.len() as isize, "sendto: {err}");
     })
 }
+
+/// Every frame a pod's interface receives (not those it sends), captured with a packet
+/// socket until [`Sniffer::frames`] stops it: what the pod actually got.
+pub struct Sniffer {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Vec<Vec<u8>>>>,
+}
+
+impl Sniffer {
+    pub fn start(ns: &str, ifname: &str) -> Sniffer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let ifname = std::ffi::CString::new(ifname).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = spawn_in_netns(ns, move || unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (libc::ETH_P_ALL as u16).to_be() as i32);
+            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+            addr.sll_ifindex = libc::if_nametoindex(ifname.as_ptr()) as i32;
+            let rc = libc::bind(
+                fd,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+            let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+            tx.send(()).unwrap();
+            let mut frames = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            while !s.load(Ordering::SeqCst) {
+                let mut from: libc::sockaddr_ll = std::mem::zeroed();
+                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                let n = libc::recvfrom(
+                    fd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut len,
+                );
+                if n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING {
+                    frames.push(buf[..n as usize].to_vec());
+                }
+            }
+            libc::close(fd);
+            frames
+        });
+        rx.recv().expect("sniffer started");
+        Sniffer { stop, handle: Some(handle) }
+    }
+
+    /// Stops capturing (after a moment for frames in flight) and returns what arrived.
+    pub fn frames(mut self) -> Vec<Vec<u8>> {
+        std::thread::sleep(POLL * 4);
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().map(|h| h.join().expect("sniffer")).unwrap_or_default()
+    }
+}
+
+impl Drop for Sniffer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The MAC address of `ifname` in `ns`.
+pub fn mac_of(ns: &NetNs, ifname: &str) -> crate::packet::Mac {
+    let out = ns.ip(&["-br", "link", "show", ifname]);
+    let text = out.split_whitespace().nth(2).expect("mac");
+    let mut mac = [0u8; 6];
+    for (b, h) in mac.iter_mut().zip(text.split(':')) {
+        *b = u8::from_str_radix(h, 16).expect("mac byte");
+    }
+    mac
+}

@@ -26,7 +26,8 @@ enum Cmd {
     Setup,
     /// Setup, then build the eBPF object and every release binary into target/release/.
     Build,
-    /// Setup, build, formatting and lint checks, then every test (needs root).
+    /// Setup, build, formatting and lint checks, every test, then the benchmarks in their
+    /// quick form so they never rot (needs root).
     Test {
         /// Extra arguments for `cargo test` (after --).
         #[arg(last = true)]
@@ -35,9 +36,13 @@ enum Cmd {
     /// Setup, build, then the user's NetworkPolicy lab (Tasks 2.2.1-2.2.6) in local mode
     /// (needs root); exits non-zero on any mismatch with the lab's outcomes.
     Lab,
-    /// Setup, then the benchmarks: the datapath (BPF_PROG_TEST_RUN; needs root) and the
-    /// policy compiler.
-    Bench,
+    /// Setup, then the benchmarks (needs root): pod-to-pod traffic under netpol, iptables and
+    /// nftables; the programs through BPF_PROG_TEST_RUN; the policy compiler.
+    Bench {
+        /// Short runs, fewer sizes: checks that every benchmark still works (CI).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -62,7 +67,7 @@ fn main() -> Result<()> {
             }
             // The tests mount bpffs where it is absent; leave the machine as it was.
             let had_bpffs = bpffs_mounted();
-            let result = run(&mut cmd);
+            let result = run(&mut cmd).and_then(|()| bench(&root, true));
             while !had_bpffs && bpffs_mounted() && only_kernel_entries() {
                 if !Command::new("umount").arg(BPFFS).status().is_ok_and(|s| s.success()) {
                     break;
@@ -77,19 +82,24 @@ fn main() -> Result<()> {
                 .args(["local", "lab", "--examples"])
                 .arg(root.join("examples/lab")))
         }
-        Cmd::Bench => {
+        Cmd::Bench { quick } => {
             setup(&root)?;
-            run(cargo(&root).args([
-                "bench",
-                "-p",
-                "netpol-agent",
-                "--bench",
-                "datapath",
-                "--bench",
-                "compile",
-            ]))
+            bench(&root, quick)
         }
     }
+}
+
+/// The benchmarks, one after the other (they must not share the machine's two cores).
+fn bench(root: &Path, quick: bool) -> Result<()> {
+    for name in ["pod2pod", "datapath", "compile"] {
+        let mut cmd = cargo(root);
+        cmd.args(["bench", "-p", "netpol-agent", "--bench", name]);
+        if quick {
+            cmd.args(["--", "--quick"]);
+        }
+        run(&mut cmd)?;
+    }
+    Ok(())
 }
 
 fn root() -> PathBuf {
@@ -150,6 +160,7 @@ fn setup(root: &Path) -> Result<()> {
     apt_install(&[
         "containernetworking-plugins",
         "iptables",
+        "nftables",
         "rustc-web",
         "cargo-web",
         "rust-web-src",

@@ -26,8 +26,8 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use netpol_common::{
-    counter, maps, programs, sizes, CtKey, CtValue, Endpoint, Event, IpcacheEntry, PolicyKey, PolicyValue,
-    RangeKey, LAYOUT_VERSION,
+    counter, maps, programs, sizes, CtKey, CtValue, Endpoint, Event, FragKey, FragValue, IpcacheEntry,
+    PolicyKey, PolicyValue, RangeKey, LAYOUT_VERSION,
 };
 
 pub use attach::{ifindex, ifname, AttachMode, Hook};
@@ -109,12 +109,13 @@ fn expected_layout(name: &str) -> (u32, u32, u32) {
     let s = |k: usize, v: usize, n: u32| (k as u32, v as u32, n);
     match name {
         maps::ENDPOINTS => s(4, size_of::<Endpoint>(), sizes::ENDPOINTS),
+        maps::ENDPOINT_IPS => s(4, 4, sizes::ENDPOINT_IPS),
         maps::IPCACHE => s(4, size_of::<IpcacheEntry>(), sizes::IPCACHE),
         maps::IPCACHE_LPM => s(8, size_of::<IpcacheEntry>(), sizes::IPCACHE_LPM),
         maps::POLICY => s(size_of::<PolicyKey>(), size_of::<PolicyValue>(), sizes::POLICY),
         maps::POLICY_RANGES => s(4 + size_of::<RangeKey>(), size_of::<PolicyValue>(), sizes::POLICY_RANGES),
         maps::CONNTRACK => s(size_of::<CtKey>(), size_of::<CtValue>(), sizes::CONNTRACK),
-        maps::FRAGMENTS => s(12, 4, sizes::FRAGMENTS),
+        maps::FRAGMENTS => s(size_of::<FragKey>(), size_of::<FragValue>(), sizes::FRAGMENTS),
         maps::EVENTS => s(0, 0, sizes::EVENTS_BYTES),
         maps::COUNTERS => s(4, 8, counter::COUNT),
         other => unreachable!("unknown map {other}"),
@@ -150,6 +151,8 @@ pub struct Datapath {
     pin_dir: PathBuf,
     bpf: Ebpf,
     endpoints: HashMap<MapData, u32, Endpoint>,
+    /// Pod address (network order) → ifindex: where packets from that address must come from.
+    endpoint_ips: HashMap<MapData, u32, u32>,
     ipcache: HashMap<MapData, u32, IpcacheEntry>,
     ipcache_lpm: LpmTrie<MapData, u32, IpcacheEntry>,
     policy: HashMap<MapData, PolicyKey, PolicyValue>,
@@ -189,6 +192,8 @@ impl Datapath {
                 .ok_or(DatapathError::Map { map: name, source: MapError::InvalidName { name: name.into() } })
         };
         let endpoints = HashMap::try_from(take(maps::ENDPOINTS)?).map_err(map_err(maps::ENDPOINTS))?;
+        let endpoint_ips =
+            HashMap::try_from(take(maps::ENDPOINT_IPS)?).map_err(map_err(maps::ENDPOINT_IPS))?;
         let ipcache = HashMap::try_from(take(maps::IPCACHE)?).map_err(map_err(maps::IPCACHE))?;
         let ipcache_lpm = LpmTrie::try_from(take(maps::IPCACHE_LPM)?).map_err(map_err(maps::IPCACHE_LPM))?;
         let policy = HashMap::try_from(take(maps::POLICY)?).map_err(map_err(maps::POLICY))?;
@@ -201,6 +206,7 @@ impl Datapath {
             pin_dir,
             bpf,
             endpoints,
+            endpoint_ips,
             ipcache,
             ipcache_lpm,
             policy,
@@ -235,6 +241,17 @@ impl Datapath {
         Ok((r.return_value, r.duration))
     }
 
+    /// The cumulative run time and run count of one of the programs: what real traffic
+    /// costs per invocation. The kernel counts only while BPF run-time statistics are on
+    /// (`aya::sys::enable_stats(Stats::RunTime)`, or kernel.bpf_stats_enabled).
+    pub fn program_stats(&mut self, hook: Hook) -> Result<(Duration, u64)> {
+        let info = self
+            .program(hook)?
+            .info()
+            .map_err(|source| DatapathError::Program { prog: hook.program(), source })?;
+        Ok((info.run_time(), info.run_count()))
+    }
+
     // ---------------------------------------------------------------- endpoints
 
     /// Adds or updates the endpoint of `spec.interface` (which must exist here).
@@ -254,9 +271,15 @@ impl Datapath {
     /// Writes an endpoint, keeping its policy generation; a change that can only take
     /// traffic away (a new isolation, another id or address) bumps it so established flows
     /// are re-checked.
+    /// The endpoint's address is bound to its interface first, so it is never enforced
+    /// without its anti-spoofing binding.
     pub(crate) fn put_endpoint(&mut self, ifindex: u32, mut ep: Endpoint) -> Result<()> {
         ep.policy_gen = 0;
-        if let Ok(old) = self.endpoints.get(&ifindex, 0) {
+        let old = self.endpoints.get(&ifindex, 0).ok();
+        if self.endpoint_ips.get(&ep.ip, 0).ok() != Some(ifindex) {
+            self.endpoint_ips.insert(ep.ip, ifindex, 0).map_err(map_err(maps::ENDPOINT_IPS))?;
+        }
+        if let Some(old) = old {
             ep.policy_gen = old.policy_gen;
             if ep.flags & !old.flags != 0 || ep.ep_id != old.ep_id || ep.ip != old.ip {
                 ep.policy_gen = old.policy_gen.wrapping_add(1);
@@ -265,7 +288,30 @@ impl Datapath {
                 return Ok(());
             }
         }
-        self.endpoints.insert(ifindex, ep, 0).map_err(map_err(maps::ENDPOINTS))
+        self.endpoints.insert(ifindex, ep, 0).map_err(map_err(maps::ENDPOINTS))?;
+        match old {
+            Some(old) if old.ip != ep.ip => self.unbind_ip(old.ip, ifindex),
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets that `ip` belongs to `ifindex`, unless another endpoint has taken it since.
+    fn unbind_ip(&mut self, ip: u32, ifindex: u32) -> Result<()> {
+        if self.endpoint_ips.get(&ip, 0).ok() == Some(ifindex) {
+            remove_quiet(&mut self.endpoint_ips, &ip, maps::ENDPOINT_IPS)?;
+        }
+        Ok(())
+    }
+
+    /// The address → interface bindings the programs check sources against.
+    pub fn endpoint_ips(&self) -> Result<Vec<(Ipv4Addr, u32)>> {
+        let mut out = Vec::new();
+        for kv in self.endpoint_ips.iter() {
+            let (ip, ifindex) = kv.map_err(map_err(maps::ENDPOINT_IPS))?;
+            out.push((Ipv4Addr::from(ip.to_ne_bytes()), ifindex));
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Removes the endpoint on `ifindex` with its policy entries and conntrack entries.
@@ -276,6 +322,7 @@ impl Datapath {
             Err(e) => return Err(map_err(maps::ENDPOINTS)(e)),
         };
         remove_quiet(&mut self.endpoints, &ifindex, maps::ENDPOINTS)?;
+        self.unbind_ip(ep.ip, ifindex)?;
         let keys: Vec<PolicyKey> =
             self.policy.keys().filter_map(|k| k.ok()).filter(|k| k.ep_id == ep.ep_id).collect();
         for k in keys {

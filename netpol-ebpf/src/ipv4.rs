@@ -1,0 +1,244 @@
+//! IPv4: header checks, anti-spoofing, fragments, the L4 tuple, then the verdict from
+//! conntrack and policy.
+
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
+use netpol_common::{
+    reason, CtKey, Endpoint, FragKey, FragValue, DIR_EGRESS, IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP,
+    IPPROTO_UDP,
+};
+
+use crate::{
+    conntrack::{self, other_dir, CtHit},
+    headers::*,
+    icmp::{self, IcmpError},
+    maps::{ENDPOINT_IPS, FRAGMENTS},
+    policy::{admits, isolated, resolve},
+    verdict::{finish, verdict, Decision, Flow, NO_FLOW},
+};
+
+/// What the L4 parse found.
+enum L4 {
+    /// A flow conntrack follows (TCP, UDP, SCTP, ICMP echo).
+    Tracked,
+    /// An ICMP error, related or not.
+    Error(IcmpError),
+    /// Judged packet by packet (other protocols, other ICMP).
+    Untracked,
+    Malformed,
+    /// A packet refused for what it is, whatever the policy.
+    Refused(u8),
+}
+
+#[inline(always)]
+pub fn enforce(ctx: &TcContext, ep: &Endpoint, dir: u8) -> i32 {
+    let ip = match ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) {
+        Some(ip) => ip,
+        None => return refuse(ctx, ep, dir, &NO_FLOW, reason::DROP_MALFORMED),
+    };
+    let (ver_ihl, tot_len, ip_id, frag_off, proto, saddr, daddr) = unsafe {
+        (
+            (*ip).ver_ihl,
+            u16::from_be((*ip).tot_len),
+            (*ip).id,
+            u16::from_be((*ip).frag_off),
+            (*ip).proto,
+            (*ip).saddr,
+            (*ip).daddr,
+        )
+    };
+    let mut f = Flow { saddr, daddr, sport: 0, dport: 0, proto, tcp_flags: 0 };
+    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+    if ver_ihl >> 4 != 4
+        || ihl < IPV4_HLEN
+        || (tot_len as usize) < ihl
+        || ETH_HLEN + tot_len as usize > ctx.len() as usize
+    {
+        return refuse(ctx, ep, dir, &f, reason::DROP_MALFORMED);
+    }
+    if let Some(r) = source_check(ctx, ep, dir, saddr) {
+        return refuse(ctx, ep, dir, &f, r);
+    }
+    let iso = isolated(ep, dir);
+    // No Kubernetes workload needs IP options, and source-route options are an evasion
+    // vector: an isolated pod gets none.
+    if ihl > IPV4_HLEN && iso {
+        return refuse(ctx, ep, dir, &f, reason::DROP_IP_OPTIONS);
+    }
+    let frag_key = FragKey { ep_id: ep.ep_id, saddr, daddr, id: ip_id, proto, dir };
+    if frag_off & IP_OFFSET != 0 {
+        return later_fragment(ctx, ep, dir, &mut f, &frag_key, iso);
+    }
+    let l4 = ETH_HLEN + ihl;
+    if ihl > IPV4_HLEN {
+        ensure_linear(ctx, l4 + 20);
+    }
+    let (d, event) = match parse_l4(ctx, dir, l4, &mut f) {
+        L4::Tracked => judge(ep, dir, &f, true),
+        L4::Untracked => judge(ep, dir, &f, false),
+        L4::Error(e) => match icmp::related(ctx, ep, dir, &f, tot_len, &e) {
+            Some(true) => (verdict(false, reason::ALLOW_RELATED), false),
+            Some(false) => judge(ep, dir, &f, false),
+            None => (verdict(true, reason::DROP_MALFORMED), true),
+        },
+        L4::Malformed => return refuse(ctx, ep, dir, &f, reason::DROP_MALFORMED),
+        L4::Refused(r) => return refuse(ctx, ep, dir, &f, r),
+    };
+    if frag_off & IP_MF != 0 && !d.drop {
+        let _ = FRAGMENTS.insert(&frag_key, &FragValue { sport: f.sport, dport: f.dport }, 0);
+    }
+    finish(ctx, ep.ep_id, dir, &f, &d, event)
+}
+
+#[inline(always)]
+fn refuse(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow, r: u8) -> i32 {
+    finish(ctx, ep.ep_id, dir, f, &verdict(true, r), true)
+}
+
+/// From a pod: only its own address. To a pod: a local pod's address only from that pod's
+/// own interface (a packet from outside the node cannot pose as a local pod).
+#[inline(always)]
+fn source_check(ctx: &TcContext, ep: &Endpoint, dir: u8, saddr: u32) -> Option<u8> {
+    if dir == DIR_EGRESS {
+        return (saddr != ep.ip).then_some(reason::DROP_SPOOFED);
+    }
+    match unsafe { ENDPOINT_IPS.get(&saddr) } {
+        Some(ifx) if *ifx != ingress_ifindex(ctx) => Some(reason::DROP_SPOOFED_LOCAL),
+        _ => None,
+    }
+}
+
+/// A later fragment carries no L4 header: it follows the verdict its first fragment got
+/// from this endpoint in this direction.
+#[inline(always)]
+fn later_fragment(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &mut Flow, key: &FragKey, iso: bool) -> i32 {
+    let d = match unsafe { FRAGMENTS.get(key) } {
+        Some(v) => {
+            f.sport = v.sport;
+            f.dport = v.dport;
+            verdict(false, reason::ALLOW_FRAGMENT)
+        }
+        None if iso => verdict(true, reason::DROP_FRAGMENT),
+        None => verdict(false, reason::ALLOW_NOT_ISOLATED),
+    };
+    finish(ctx, ep.ep_id, dir, f, &d, d.drop)
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, dir: u8, l4: usize, f: &mut Flow) -> L4 {
+    match f.proto {
+        IPPROTO_TCP => match ptr_at::<TcpHead>(ctx, l4) {
+            Some(t) if unsafe { (*t).doff } >> 4 >= 5 => {
+                unsafe {
+                    f.sport = (*t).sport;
+                    f.dport = (*t).dport;
+                    f.tcp_flags = (*t).flags;
+                }
+                L4::Tracked
+            }
+            _ => L4::Malformed,
+        },
+        // Both headers start with the two ports; UDP's is 8 bytes, SCTP's common header 12.
+        IPPROTO_UDP | IPPROTO_SCTP => {
+            let whole = if f.proto == IPPROTO_UDP {
+                ptr_at::<[u8; 8]>(ctx, l4).is_some()
+            } else {
+                ptr_at::<[u8; 12]>(ctx, l4).is_some()
+            };
+            match ptr_at::<Ports>(ctx, l4) {
+                Some(p) if whole => {
+                    unsafe {
+                        f.sport = (*p).sport;
+                        f.dport = (*p).dport;
+                    }
+                    L4::Tracked
+                }
+                _ => L4::Malformed,
+            }
+        }
+        IPPROTO_ICMP => {
+            let h = match ptr_at::<IcmpHdr>(ctx, l4) {
+                Some(h) => h,
+                None => return L4::Malformed,
+            };
+            let (kind, code, id) = unsafe { ((*h).kind, (*h).code, (*h).id) };
+            match kind {
+                ICMP_ECHO => {
+                    f.sport = id;
+                    L4::Tracked
+                }
+                ICMP_ECHOREPLY => {
+                    f.dport = id;
+                    L4::Tracked
+                }
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB => {
+                    L4::Error(IcmpError { kind, code, inner_off: l4 + 8 })
+                }
+                ICMP_REDIRECT | ICMP_ROUTERADVERT if dir == DIR_EGRESS => {
+                    L4::Refused(reason::DROP_ICMP_ROUTING)
+                }
+                _ => L4::Untracked,
+            }
+        }
+        _ => L4::Untracked,
+    }
+}
+
+/// The verdict for a parsed IPv4 packet, and whether it is worth an event.
+#[inline(always)]
+fn judge(ep: &Endpoint, dir: u8, f: &Flow, tracked: bool) -> (Decision, bool) {
+    let remote = if dir == DIR_EGRESS { f.daddr } else { f.saddr };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let fwd = CtKey {
+        ep_id: ep.ep_id,
+        saddr: f.saddr,
+        daddr: f.daddr,
+        sport: f.sport,
+        dport: f.dport,
+        proto: f.proto,
+        dir,
+        _pad: 0,
+    };
+    if tracked {
+        let rev = CtKey {
+            saddr: f.daddr,
+            daddr: f.saddr,
+            sport: f.dport,
+            dport: f.sport,
+            dir: other_dir(dir),
+            ..fwd
+        };
+        for (key, key_dir, hit) in
+            [(&fwd, dir, reason::ALLOW_ESTABLISHED), (&rev, other_dir(dir), reason::ALLOW_REPLY)]
+        {
+            match conntrack::check(ep, key_dir, key, remote, now, f.tcp_flags) {
+                CtHit::Pass => return (verdict(false, hit), false),
+                CtHit::Revoked(peer) => {
+                    let d = Decision { drop: true, reason: reason::DROP_POLICY_REVOKED, rule_id: 0, peer };
+                    return (d, true);
+                }
+                CtHit::Miss => {}
+            }
+        }
+    }
+
+    // A new flow, or a tracked one whose entry is gone (evicted, or older than the agent):
+    // judged in its own direction and, when allowed, tracked from here on.
+    let peer = resolve(remote);
+    let mut d = if !isolated(ep, dir) {
+        verdict(false, reason::ALLOW_NOT_ISOLATED)
+    } else {
+        match admits(ep, dir, &peer, f.proto, f.dport) {
+            Some((reason, rule_id)) => Decision { drop: false, reason, rule_id, peer: 0 },
+            None => verdict(true, reason::DROP_POLICY),
+        }
+    };
+    d.peer = peer.identity;
+    let track = tracked && !d.drop;
+    if track {
+        conntrack::create(ep, &fwd, now, d.rule_id, peer.identity, f.tcp_flags);
+    }
+    // Untracked packets (ICMP errors, other protocols) are judged one by one; an event for
+    // each allowed one would flood the ring, so only their drops are reported.
+    let event = d.drop || track;
+    (d, event)
+}
