@@ -16,6 +16,9 @@
 //!
 //! Workloads: TCP request/response on one connection (64-byte messages; rate, p50, p99),
 //! new connections (connect, one request/response, close; rate), one stream (throughput).
+//! One thread, pinned to one CPU, drives both ends through non-blocking sockets (the
+//! server's created in the server pod): a veth delivers in the sender's softirq, so each
+//! round trip is the kernel's path and the filters' cost, with no scheduler wake-up in it.
 //! Repetitions are interleaved (every filter once per round), so drift on the machine hits
 //! all of them alike; each figure is the median of the rounds with its min–max spread, and a
 //! ratio to `none` from the same round. Then, with BPF run-time statistics on, the programs'
@@ -24,13 +27,9 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    io::{Read, Write},
+    io::{ErrorKind, Read, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
     path::PathBuf,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     time::{Duration, Instant},
 };
 
@@ -44,7 +43,7 @@ use netpol_agent::datapath::{
 };
 use netpol_common::{identity, programs};
 use netpol_tests::{
-    netns::{in_netns, spawn_in_netns, Entered},
+    netns::{in_netns, Entered},
     sh,
     topology::Node,
 };
@@ -58,6 +57,9 @@ const RR_PORT: u16 = 5001;
 const STREAM_PORT: u16 = 5002;
 const MSG: usize = 64;
 const NFT_SET: u32 = 10_000;
+/// Traffic before each measurement, unmeasured: a freshly attached filter is slower for a
+/// moment (caches, the conntrack table after its flush).
+const WARM_UP: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Filter {
@@ -109,7 +111,7 @@ impl Opts {
         if quick {
             Opts { quick, rounds: 1, duration: Duration::from_millis(300), sizes: vec![10, 10_000] }
         } else {
-            Opts { quick, rounds: 5, duration: Duration::from_secs(2), sizes: vec![10, 10_000, 100_000] }
+            Opts { quick, rounds: 11, duration: Duration::from_secs(1), sizes: vec![10, 10_000, 100_000] }
         }
     }
 }
@@ -120,28 +122,14 @@ struct Bench {
     /// The pass-through program and, while it is attached, its links.
     pass: (Ebpf, Vec<SchedClassifierLinkId>),
     pass_pins: PathBuf,
-    stop: Arc<AtomicBool>,
-    servers: Vec<std::thread::JoinHandle<()>>,
+    /// Listening in the server pod (non-blocking).
+    listeners: [TcpListener; 2],
     entered: Option<Entered>,
     node: Node,
 }
 
 impl Drop for Bench {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // The accept loops block: wake them.
-        let client = self.node.pod("cl").ns.name.clone();
-        in_netns(&client, || {
-            for port in [RR_PORT, STREAM_PORT] {
-                let _ = TcpStream::connect_timeout(
-                    &SocketAddrV4::new(SERVER, port).into(),
-                    Duration::from_secs(1),
-                );
-            }
-        });
-        for s in self.servers.drain(..) {
-            let _ = s.join();
-        }
         for (_, dp) in std::mem::take(&mut self.datapaths) {
             let _ = dp.teardown();
         }
@@ -171,6 +159,7 @@ fn main() {
             let mut base = 0.0;
             for &f in &filters {
                 bench.set_filter(f);
+                bench.run(w, WARM_UP);
                 let s = bench.run(w, opts.duration);
                 bench.set_filter(Filter::None);
                 if f == Filter::None {
@@ -200,7 +189,13 @@ impl Bench {
         node.pod("cl").ns.sysctl("net.ipv4.tcp_tw_reuse", "1");
         node.pod("cl").ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000");
         let entered = Some(node.ns.enter());
-        let stop = Arc::new(AtomicBool::new(false));
+        let listeners = in_netns(&node.pod("sv").ns.name, || {
+            [RR_PORT, STREAM_PORT].map(|port| {
+                let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+                l.set_nonblocking(true).unwrap();
+                l
+            })
+        });
         // The object's maps are pinned by name: give this copy a directory of its own.
         let pass_pins = PathBuf::from("/sys/fs/bpf/bench-pod2pod-pass");
         let _ = std::fs::remove_dir_all(&pass_pins);
@@ -212,12 +207,10 @@ impl Bench {
             datapaths: BTreeMap::new(),
             pass: (ebpf, Vec::new()),
             pass_pins,
-            stop,
-            servers: Vec::new(),
+            listeners,
             entered,
             node,
         };
-        bench.start_servers();
         for &n in &opts.sizes {
             eprintln!("filling a datapath with {n} policy entries");
             let dp = bench.datapath(n);
@@ -271,24 +264,6 @@ impl Bench {
             dp.add_policy(&rule(2, Direction::Ingress, peer, 6000 + (i % 1000) as u16), 100 + i).unwrap();
         }
         dp
-    }
-
-    fn start_servers(&mut self) {
-        for (port, serve) in [(RR_PORT, echo as fn(TcpStream)), (STREAM_PORT, sink as fn(TcpStream))] {
-            let stop = self.stop.clone();
-            let (tx, rx) = std::sync::mpsc::channel();
-            let h = spawn_in_netns(&self.node.pod("sv").ns.name, move || {
-                let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
-                tx.send(()).unwrap();
-                while !stop.load(Ordering::SeqCst) {
-                    if let Ok((c, _)) = l.accept() {
-                        std::thread::spawn(move || serve(c));
-                    }
-                }
-            });
-            rx.recv().unwrap();
-            self.servers.push(h);
-        }
     }
 
     fn set_filter(&mut self, f: Filter) {
@@ -365,10 +340,14 @@ impl Bench {
 
     fn run(&self, w: Workload, d: Duration) -> Sample {
         let ns = self.node.pod("cl").ns.name.clone();
-        in_netns(&ns, move || match w {
-            Workload::RequestResponse => request_response(d),
-            Workload::NewConnections => new_connections(d),
-            Workload::Stream => stream(d),
+        let [rr, st] = self.listeners.each_ref().map(|l| l.try_clone().unwrap());
+        in_netns(&ns, move || {
+            pin_to_cpu(1);
+            match w {
+                Workload::RequestResponse => request_response(&rr, d),
+                Workload::NewConnections => new_connections(&rr, d),
+                Workload::Stream => stream(&st, d),
+            }
         })
     }
 
@@ -379,6 +358,7 @@ impl Bench {
         let mut out = Vec::new();
         for w in [Workload::RequestResponse, Workload::NewConnections] {
             self.set_filter(Filter::PassThrough);
+            self.run(w, WARM_UP);
             let stats = |b: &mut Bench| {
                 let prog: &mut SchedClassifier =
                     b.pass.0.program_mut(programs::PASS).unwrap().try_into().unwrap();
@@ -394,6 +374,7 @@ impl Bench {
         for n in opts.sizes.clone() {
             for w in [Workload::RequestResponse, Workload::NewConnections] {
                 self.set_filter(Filter::Netpol(n));
+                self.run(w, WARM_UP);
                 let dp = self.datapaths.get_mut(&n).unwrap();
                 let before =
                     [dp.program_stats(Hook::FromPod).unwrap(), dp.program_stats(Hook::ToPod).unwrap()];
@@ -416,39 +397,75 @@ fn ipc(ip: Ipv4Addr, identity: u32) -> IpcacheSpec {
     IpcacheSpec { cidr: format!("{ip}/32").parse().unwrap(), identity, cidr_identity: None }
 }
 
-fn echo(mut c: TcpStream) {
-    let _ = c.set_nodelay(true);
-    let mut buf = [0u8; MSG];
-    while c.read_exact(&mut buf).is_ok() && c.write_all(&buf).is_ok() {}
+/// Pins the calling thread to one CPU (the last one, where the machine has fewer).
+fn pin_to_cpu(cpu: usize) {
+    let cpu = cpu.min(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) - 1);
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
-fn sink(mut c: TcpStream) {
-    let mut buf = vec![0u8; 1 << 16];
-    while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+/// Retries a non-blocking operation until it is done (a stuck filter fails the benchmark).
+fn spin<T>(mut op: impl FnMut() -> std::io::Result<T>) -> T {
+    let start = Instant::now();
+    loop {
+        match op() {
+            Ok(v) => return v,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(2),
+                    "no progress for 2 s: is the filter dropping?"
+                );
+                std::hint::spin_loop();
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
-fn connect(port: u16) -> TcpStream {
+fn read_all(c: &mut TcpStream, buf: &mut [u8]) {
+    let mut got = 0;
+    while got < buf.len() {
+        got += spin(|| match c.read(&mut buf[got..]) {
+            Ok(0) => Err(std::io::Error::other("connection closed")),
+            r => r,
+        });
+    }
+}
+
+/// A connection from the client pod (the calling thread's namespace) and its accepted
+/// end in the server pod, both non-blocking.
+fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+    let port = listener.local_addr().unwrap().port();
     let c = TcpStream::connect_timeout(&SocketAddrV4::new(SERVER, port).into(), Duration::from_secs(2))
         .expect("connect to the server");
-    c.set_nodelay(true).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    c
+    let (s, _) = spin(|| listener.accept());
+    for x in [&c, &s] {
+        x.set_nodelay(true).unwrap();
+        x.set_nonblocking(true).unwrap();
+    }
+    (c, s)
 }
 
-fn exchange(c: &mut TcpStream) {
+/// One request and its response.
+fn exchange(c: &mut TcpStream, s: &mut TcpStream) {
     let mut buf = [7u8; MSG];
-    c.write_all(&buf).expect("send");
-    c.read_exact(&mut buf).expect("receive");
+    c.write_all(&buf).expect("request");
+    read_all(s, &mut buf);
+    s.write_all(&buf).expect("response");
+    read_all(c, &mut buf);
 }
 
-fn request_response(d: Duration) -> Sample {
-    let mut c = connect(RR_PORT);
-    exchange(&mut c);
+fn request_response(l: &TcpListener, d: Duration) -> Sample {
+    let (mut c, mut s) = pair(l);
+    exchange(&mut c, &mut s);
     let mut lat = Vec::new();
     let start = Instant::now();
     while start.elapsed() < d {
         let t = Instant::now();
-        exchange(&mut c);
+        exchange(&mut c, &mut s);
         lat.push(t.elapsed());
     }
     lat.sort();
@@ -456,25 +473,31 @@ fn request_response(d: Duration) -> Sample {
     Sample { rate: lat.len() as f64 / start.elapsed().as_secs_f64(), p50_us: pct(0.5), p99_us: pct(0.99) }
 }
 
-fn new_connections(d: Duration) -> Sample {
+fn new_connections(l: &TcpListener, d: Duration) -> Sample {
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < d {
-        let mut c = connect(RR_PORT);
-        exchange(&mut c);
+        let (mut c, mut s) = pair(l);
+        exchange(&mut c, &mut s);
         n += 1;
     }
     Sample { rate: n as f64 / start.elapsed().as_secs_f64(), ..Default::default() }
 }
 
-fn stream(d: Duration) -> Sample {
-    let mut c = connect(STREAM_PORT);
-    let buf = vec![1u8; 1 << 17];
+fn stream(l: &TcpListener, d: Duration) -> Sample {
+    let (mut c, mut s) = pair(l);
+    let out = vec![1u8; 1 << 16];
+    let mut buf = vec![0u8; 1 << 16];
     let start = Instant::now();
     let mut bytes = 0u64;
     while start.elapsed() < d {
-        c.write_all(&buf).expect("stream");
-        bytes += buf.len() as u64;
+        while c.write(&out).is_ok() {}
+        loop {
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 => bytes += n as u64,
+                _ => break,
+            }
+        }
     }
     Sample { rate: bytes as f64 / start.elapsed().as_secs_f64(), ..Default::default() }
 }

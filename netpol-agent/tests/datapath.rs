@@ -14,6 +14,7 @@ use netpol_agent::datapath::{
 use netpol_common::{identity, reason, Event, CT_CLOSING, IPPROTO_TCP, VERDICT_ALLOW, VERDICT_DROP};
 use netpol_tests::{
     need_root,
+    netns::NetNs,
     packet::{arp, ether, ipv6_udp, Ip, ACK, FIN, L4, MF, SYN},
 };
 
@@ -687,4 +688,34 @@ fn a_local_pods_address_is_accepted_only_from_its_own_interface() {
     assert_eq!(f.dp().endpoint_ips().unwrap(), vec![(POD, lo)]);
     f.dp().remove_endpoint(lo).unwrap();
     assert!(f.dp().endpoint_ips().unwrap().is_empty());
+}
+
+#[test]
+fn local_addresses_sharing_a_slot_are_still_told_apart() {
+    if need_root() {
+        return;
+    }
+    // Its own namespace, so the second endpoint can have an interface (a veth) of its own.
+    let ns = NetNs::new("dpslot");
+    ns.ip(&["link", "add", "slotdummy", "type", "veth", "peer", "name", "slotpeer"]);
+    let _inside = ns.enter();
+    let Some(mut f) = fixture("slot", true, false) else { return };
+    f.dp().add_policy(&allow(Direction::Ingress, identity::ANY, Protocol::Any, None, None), 1).unwrap();
+    // 10.2.0.2 and 10.3.0.2 fall in POD's (10.1.0.2) direct-mapped slot.
+    let (twin, stranger) = (Ipv4Addr::new(10, 2, 0, 2), Ipv4Addr::new(10, 3, 0, 2));
+    let spec = EndpointSpec {
+        interface: "slotdummy".into(),
+        id: 8,
+        ip: twin,
+        identity: 400,
+        ..pod_on_lo(false, false)
+    };
+    f.dp().upsert_endpoint(&spec).unwrap();
+    for local in [POD, twin] {
+        f.inbound(&Ip::udp(local, 1, POD, 53), reason::DROP_SPOOFED_LOCAL);
+    }
+    f.inbound(&Ip::udp(stranger, 1, POD, 53), reason::ALLOW_POLICY);
+    f.dp().remove_endpoint(ifindex("slotdummy").unwrap()).unwrap();
+    f.inbound(&Ip::udp(twin, 2, POD, 53), reason::ALLOW_POLICY);
+    f.inbound(&Ip::udp(POD, 2, POD, 53), reason::DROP_SPOOFED_LOCAL);
 }

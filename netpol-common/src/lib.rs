@@ -30,6 +30,11 @@ pub mod maps {
     /// packet delivered to a pod whose source is a local endpoint's address must have entered
     /// the node through that endpoint's interface (`skb->ingress_ifindex`).
     pub const ENDPOINT_IPS: &str = "ENDPOINT_IPS";
+    /// The same, direct-mapped for the per-packet check (an array lookup the verifier
+    /// inlines): slot = the address's low 16 bits (host order), holding the one local
+    /// address of that slot, or `LOCAL_SLOT_SHARED` when several share it (then
+    /// `ENDPOINT_IPS` answers).
+    pub const LOCAL_SLOTS: &str = "LOCAL_SLOTS";
     pub const IPCACHE: &str = "IPCACHE";
     pub const IPCACHE_LPM: &str = "IPCACHE_LPM";
     pub const POLICY: &str = "POLICY";
@@ -38,9 +43,10 @@ pub mod maps {
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         ENDPOINTS,
         ENDPOINT_IPS,
+        LOCAL_SLOTS,
         IPCACHE,
         IPCACHE_LPM,
         POLICY,
@@ -57,6 +63,7 @@ pub mod sizes {
     pub const ENDPOINTS: u32 = 4096;
     /// One address per endpoint.
     pub const ENDPOINT_IPS: u32 = ENDPOINTS;
+    pub const LOCAL_SLOTS: u32 = 1 << 16;
     /// Exact /32 entries: every pod of the cluster plus /32 CIDRs.
     pub const IPCACHE: u32 = 131_072;
     pub const IPCACHE_LPM: u32 = 65_536;
@@ -115,6 +122,24 @@ pub struct Endpoint {
     pub _pad: u32,
 }
 
+/// `LOCAL_SLOTS` value: the local endpoint address of a slot and its interface; all zero
+/// for a slot no local address falls in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalSlot {
+    /// Network order.
+    pub ip: u32,
+    pub ifindex: u32,
+}
+
+/// `LocalSlot::ifindex` of a slot several local addresses fall in.
+pub const LOCAL_SLOT_SHARED: u32 = u32::MAX;
+
+/// The `LOCAL_SLOTS` slot of an address (network order).
+pub const fn local_slot(ip: u32) -> u32 {
+    (u32::from_be(ip)) & (sizes::LOCAL_SLOTS - 1)
+}
+
 /// `IPCACHE` (exact /32, key = address in network order) and `IPCACHE_LPM` (prefixes shorter
 /// than /32) values.
 #[repr(C)]
@@ -164,18 +189,22 @@ pub struct RangeKey {
 /// of significant port bits.
 pub const RANGE_FIXED_BITS: u32 = 80;
 
-/// `CONNTRACK` key: a flow as first seen by an endpoint in a direction.
+/// `CONNTRACK` key: a flow of an endpoint, from the endpoint's side, so both directions of
+/// the flow find the same entry with one lookup. For a packet from the pod the local side is
+/// its source, for a packet to the pod its destination. For ICMP echo the identifier stands
+/// in for the port of the side that sent the request (the other port is 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CtKey {
     pub ep_id: u32,
-    pub saddr: u32,
-    pub daddr: u32,
-    pub sport: u16,
-    pub dport: u16,
+    /// Network order.
+    pub local_addr: u32,
+    pub remote_addr: u32,
+    /// Network order.
+    pub local_port: u16,
+    pub remote_port: u16,
     pub proto: u8,
-    pub dir: u8,
-    pub _pad: u16,
+    pub _pad: [u8; 3],
 }
 
 #[repr(C)]
@@ -187,16 +216,21 @@ pub struct CtValue {
     /// `Endpoint::policy_gen` when the flow was last verified against the policy.
     pub policy_gen: u32,
     pub peer: u32,
-    pub flags: u32,
+    /// `CT_CLOSING`, `CT_REVOKED`.
+    pub flags: u16,
+    /// The direction the flow started in (`DIR_INGRESS`: the remote side opened it), whose
+    /// policy allowed it and re-judges it.
+    pub dir: u8,
+    pub _pad: u8,
 }
 
 /// `CtValue::flags`: a FIN or RST was seen, the entry expires quickly.
-pub const CT_CLOSING: u32 = 1;
+pub const CT_CLOSING: u16 = 1;
 /// `CtValue::flags`: the policy that allowed the flow was withdrawn. The entry stays as a
 /// tombstone: every packet of the flow is re-judged against the policy of the entry's
 /// direction (and dropped while it is not allowed), so neither side's mid-stream segments
 /// can adopt the flow again from the other direction.
-pub const CT_REVOKED: u32 = 2;
+pub const CT_REVOKED: u16 = 2;
 
 pub const CT_TOUCH_NS: u64 = 1_000_000_000;
 pub const CT_TIMEOUT_TCP_NS: u64 = 6 * 3600 * 1_000_000_000;
@@ -341,6 +375,8 @@ const _: () = {
     assert!(core::mem::size_of::<CtKey>() == 20);
     assert!(core::mem::size_of::<CtValue>() == 24);
     assert!(core::mem::size_of::<FragKey>() == 16);
+    assert!(core::mem::size_of::<LocalSlot>() == 8);
+    assert!(sizes::LOCAL_SLOTS.is_power_of_two());
     assert!(core::mem::size_of::<Event>() == 40);
 };
 
@@ -358,5 +394,6 @@ mod user {
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
+    unsafe impl aya::Pod for LocalSlot {}
     unsafe impl aya::Pod for Event {}
 }

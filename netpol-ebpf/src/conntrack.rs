@@ -1,7 +1,9 @@
-//! Connection tracking: one LRU table for the node, keyed per endpoint and direction.
+//! Connection tracking: one LRU table for the node, keyed per endpoint by the flow as the
+//! endpoint sees it (local side, remote side), so a packet finds its flow with one lookup
+//! whichever way it goes; the entry records the direction the flow started in.
 //!
 //! Invariants:
-//! - an entry exists only for a flow its creating direction allowed (by policy, or because
+//! - an entry exists only for a flow its starting direction allowed (by policy, or because
 //!   that direction is not isolated);
 //! - an entry verified under an older policy generation is re-judged before it passes
 //!   anything, and a flow that is no longer allowed keeps a *revoked* tombstone, so its
@@ -15,27 +17,29 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use netpol_common::{
     counter, CtKey, CtValue, Endpoint, CT_CLOSING, CT_REVOKED, CT_TIMEOUT_CLOSING_NS, CT_TIMEOUT_OTHER_NS,
-    CT_TIMEOUT_TCP_NS, CT_TOUCH_NS, DIR_EGRESS, DIR_INGRESS, IPPROTO_TCP,
+    CT_TIMEOUT_TCP_NS, CT_TOUCH_NS, DIR_EGRESS, IPPROTO_TCP,
 };
 
 use crate::{
     headers::{TCP_FIN, TCP_RST},
     maps::CONNTRACK,
     policy::{admits, isolated, resolve},
-    verdict::count,
+    verdict::{count, Flow},
 };
 
+/// The conntrack key of a packet travelling in `dir` (seen from `ep`).
 #[inline(always)]
-pub fn other_dir(dir: u8) -> u8 {
-    if dir == DIR_INGRESS {
-        DIR_EGRESS
+pub fn key(ep_id: u32, dir: u8, f: &Flow) -> CtKey {
+    let (local_addr, remote_addr, local_port, remote_port) = if dir == DIR_EGRESS {
+        (f.saddr, f.daddr, f.sport, f.dport)
     } else {
-        DIR_INGRESS
-    }
+        (f.daddr, f.saddr, f.dport, f.sport)
+    };
+    CtKey { ep_id, local_addr, remote_addr, local_port, remote_port, proto: f.proto, _pad: [0; 3] }
 }
 
 #[inline(always)]
-fn timeout(proto: u8, flags: u32) -> u64 {
+fn timeout(proto: u8, flags: u16) -> u64 {
     if flags & CT_CLOSING != 0 {
         CT_TIMEOUT_CLOSING_NS
     } else if proto == IPPROTO_TCP {
@@ -67,25 +71,29 @@ fn touch(ct: *mut CtValue, now: u64, tcp_flags: u8) {
 
 pub enum CtHit {
     Miss,
-    Pass,
+    /// A packet of a tracked flow, going the way the flow started (true) or back.
+    Pass {
+        forward: bool,
+    },
     Revoked(u32),
 }
 
-/// Looks a flow up in conntrack as seen by `ep` in `dir` (the direction that created the
-/// entry). An entry verified under an older policy generation, or revoked, is re-judged.
+/// Looks the packet's flow up. An entry verified under an older policy generation, or
+/// revoked, is re-judged first.
 #[inline(always)]
-pub fn check(ep: &Endpoint, dir: u8, key: &CtKey, remote: u32, now: u64, tcp_flags: u8) -> CtHit {
+pub fn check(ep: &Endpoint, dir: u8, key: &CtKey, now: u64, tcp_flags: u8) -> CtHit {
     let ct = match CONNTRACK.get_ptr_mut(key) {
         Some(ct) => ct,
         None => return CtHit::Miss,
     };
-    let (last_seen, flags, gen) = unsafe { ((*ct).last_seen, (*ct).flags, (*ct).policy_gen) };
+    let (last_seen, flags, gen, started) =
+        unsafe { ((*ct).last_seen, (*ct).flags, (*ct).policy_gen, (*ct).dir) };
     if now.wrapping_sub(last_seen) > timeout(key.proto, flags) {
         let _ = CONNTRACK.remove(key);
         return CtHit::Miss;
     }
     if gen != ep.policy_gen || flags & CT_REVOKED != 0 {
-        if let Err(peer) = rejudge(ep, dir, key, remote, ct) {
+        if let Err(peer) = rejudge(ep, key, ct, started) {
             unsafe {
                 (*ct).flags |= CT_REVOKED;
                 (*ct).last_seen = now;
@@ -94,16 +102,18 @@ pub fn check(ep: &Endpoint, dir: u8, key: &CtKey, remote: u32, now: u64, tcp_fla
         }
     }
     touch(ct, now, tcp_flags);
-    CtHit::Pass
+    CtHit::Pass { forward: started == dir }
 }
 
-/// Re-judges a tracked flow against the endpoint's current policy: still allowed → the
-/// entry is brought up to date; not → the peer's identity.
+/// Re-judges a tracked flow against the policy of the direction it started in: still
+/// allowed → the entry is brought up to date; not → the peer's identity.
 #[inline(always)]
-fn rejudge(ep: &Endpoint, dir: u8, key: &CtKey, remote: u32, ct: *mut CtValue) -> Result<(), u32> {
-    let (rule_id, peer_id) = if isolated(ep, dir) {
-        let peer = resolve(remote);
-        match admits(ep, dir, &peer, key.proto, key.dport) {
+fn rejudge(ep: &Endpoint, key: &CtKey, ct: *mut CtValue, started: u8) -> Result<(), u32> {
+    let (rule_id, peer_id) = if isolated(ep, started) {
+        let peer = resolve(key.remote_addr);
+        // The port the flow's first packet went to.
+        let port = if started == DIR_EGRESS { key.remote_port } else { key.local_port };
+        match admits(ep, started, &peer, key.proto, port) {
             Some((_, rule_id)) => (rule_id, peer.identity),
             None => return Err(peer.identity),
         }
@@ -119,15 +129,23 @@ fn rejudge(ep: &Endpoint, dir: u8, key: &CtKey, remote: u32, ct: *mut CtValue) -
     Ok(())
 }
 
+/// Whether a flow is tracked and not revoked (for ICMP errors quoting it).
+#[inline(always)]
+pub fn live(key: &CtKey) -> bool {
+    matches!(unsafe { CONNTRACK.get(key) }, Some(v) if v.flags & CT_REVOKED == 0)
+}
+
 /// Tracks a flow its direction just allowed. A full table is counted, the packet passes.
 #[inline(always)]
-pub fn create(ep: &Endpoint, key: &CtKey, now: u64, rule_id: u32, peer: u32, tcp_flags: u8) {
+pub fn create(ep: &Endpoint, dir: u8, key: &CtKey, now: u64, rule_id: u32, peer: u32, tcp_flags: u8) {
     let v = CtValue {
         last_seen: now,
         rule_id,
         policy_gen: ep.policy_gen,
         peer,
         flags: if closing(tcp_flags) { CT_CLOSING } else { 0 },
+        dir,
+        _pad: 0,
     };
     if CONNTRACK.insert(key, &v, BPF_NOEXIST as u64).is_err() {
         count(counter::CT_INSERT_FAILED);

@@ -9,15 +9,14 @@
 //! Anything else is new traffic, judged by policy like any other packet.
 
 use aya_ebpf::programs::TcContext;
-use netpol_common::{CtKey, Endpoint, CT_REVOKED, DIR_INGRESS, IPPROTO_ICMP};
+use netpol_common::{Endpoint, DIR_EGRESS, DIR_INGRESS, IPPROTO_ICMP};
 
 use crate::{
-    conntrack::other_dir,
+    conntrack,
     headers::{
         ensure_linear, ptr_at, IcmpHdr, Ipv4Hdr, Ports, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_ECHOREPLY,
         ICMP_PARAMETERPROB, ICMP_TIME_EXCEEDED, IPV4_HLEN,
     },
-    maps::CONNTRACK,
     policy::{has_ports, is_pod, resolve},
     verdict::Flow,
 };
@@ -109,24 +108,16 @@ pub fn related(
     } else {
         return Some(false);
     };
-    // Either a flow the quoted packet started (seen in the other direction), or the reply
-    // side of a flow started towards the endpoint.
-    let quoted = CtKey { ep_id: ep.ep_id, saddr, daddr, sport, dport, proto, dir: other_dir(dir), _pad: 0 };
-    let reply = CtKey {
-        ep_id: ep.ep_id,
-        saddr: daddr,
-        daddr: saddr,
-        sport: dport,
-        dport: sport,
-        proto,
-        dir,
-        _pad: 0,
-    };
-    Some(live(&quoted) || live(&reply))
+    // The quoted packet went the other way: from the endpoint when the error comes to it.
+    let quoted = Flow { saddr, daddr, sport, dport, proto, tcp_flags: 0 };
+    Some(conntrack::live(&conntrack::key(ep.ep_id, other_dir(dir), &quoted)))
 }
 
-/// A tracked flow that is not revoked.
 #[inline(always)]
-fn live(key: &CtKey) -> bool {
-    matches!(unsafe { CONNTRACK.get(key) }, Some(v) if v.flags & CT_REVOKED == 0)
+fn other_dir(dir: u8) -> u8 {
+    if dir == DIR_INGRESS {
+        DIR_EGRESS
+    } else {
+        DIR_INGRESS
+    }
 }

@@ -3,15 +3,15 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use netpol_common::{
-    reason, CtKey, Endpoint, FragKey, FragValue, DIR_EGRESS, IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP,
-    IPPROTO_UDP,
+    local_slot, reason, Endpoint, FragKey, FragValue, DIR_EGRESS, IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP,
+    IPPROTO_UDP, LOCAL_SLOT_SHARED,
 };
 
 use crate::{
-    conntrack::{self, other_dir, CtHit},
+    conntrack::{self, CtHit},
     headers::*,
     icmp::{self, IcmpError},
-    maps::{ENDPOINT_IPS, FRAGMENTS},
+    maps::{ENDPOINT_IPS, FRAGMENTS, LOCAL_SLOTS},
     policy::{admits, isolated, resolve},
     verdict::{finish, verdict, Decision, Flow, NO_FLOW},
 };
@@ -101,10 +101,21 @@ fn source_check(ctx: &TcContext, ep: &Endpoint, dir: u8, saddr: u32) -> Option<u
     if dir == DIR_EGRESS {
         return (saddr != ep.ip).then_some(reason::DROP_SPOOFED);
     }
-    match unsafe { ENDPOINT_IPS.get(&saddr) } {
-        Some(ifx) if *ifx != ingress_ifindex(ctx) => Some(reason::DROP_SPOOFED_LOCAL),
+    match local_ifindex(saddr) {
+        Some(ifx) if ifx != ingress_ifindex(ctx) => Some(reason::DROP_SPOOFED_LOCAL),
         _ => None,
     }
+}
+
+/// The interface of the local endpoint that owns `addr`, if one does: its direct-mapped
+/// slot, or the hash map when the slot is shared.
+#[inline(always)]
+fn local_ifindex(addr: u32) -> Option<u32> {
+    let slot = LOCAL_SLOTS.get(local_slot(addr))?;
+    if slot.ifindex == LOCAL_SLOT_SHARED {
+        return unsafe { ENDPOINT_IPS.get(&addr) }.copied();
+    }
+    (slot.ip == addr && slot.ifindex != 0).then_some(slot.ifindex)
 }
 
 /// A later fragment carries no L4 header: it follows the verdict its first fragment got
@@ -186,44 +197,23 @@ fn parse_l4(ctx: &TcContext, dir: u8, l4: usize, f: &mut Flow) -> L4 {
 /// The verdict for a parsed IPv4 packet, and whether it is worth an event.
 #[inline(always)]
 fn judge(ep: &Endpoint, dir: u8, f: &Flow, tracked: bool) -> (Decision, bool) {
-    let remote = if dir == DIR_EGRESS { f.daddr } else { f.saddr };
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let fwd = CtKey {
-        ep_id: ep.ep_id,
-        saddr: f.saddr,
-        daddr: f.daddr,
-        sport: f.sport,
-        dport: f.dport,
-        proto: f.proto,
-        dir,
-        _pad: 0,
-    };
+    let key = conntrack::key(ep.ep_id, dir, f);
     if tracked {
-        let rev = CtKey {
-            saddr: f.daddr,
-            daddr: f.saddr,
-            sport: f.dport,
-            dport: f.sport,
-            dir: other_dir(dir),
-            ..fwd
-        };
-        for (key, key_dir, hit) in
-            [(&fwd, dir, reason::ALLOW_ESTABLISHED), (&rev, other_dir(dir), reason::ALLOW_REPLY)]
-        {
-            match conntrack::check(ep, key_dir, key, remote, now, f.tcp_flags) {
-                CtHit::Pass => return (verdict(false, hit), false),
-                CtHit::Revoked(peer) => {
-                    let d = Decision { drop: true, reason: reason::DROP_POLICY_REVOKED, rule_id: 0, peer };
-                    return (d, true);
-                }
-                CtHit::Miss => {}
+        match conntrack::check(ep, dir, &key, now, f.tcp_flags) {
+            CtHit::Pass { forward: true } => return (verdict(false, reason::ALLOW_ESTABLISHED), false),
+            CtHit::Pass { forward: false } => return (verdict(false, reason::ALLOW_REPLY), false),
+            CtHit::Revoked(peer) => {
+                let d = Decision { drop: true, reason: reason::DROP_POLICY_REVOKED, rule_id: 0, peer };
+                return (d, true);
             }
+            CtHit::Miss => {}
         }
     }
 
     // A new flow, or a tracked one whose entry is gone (evicted, or older than the agent):
     // judged in its own direction and, when allowed, tracked from here on.
-    let peer = resolve(remote);
+    let peer = resolve(key.remote_addr);
     let mut d = if !isolated(ep, dir) {
         verdict(false, reason::ALLOW_NOT_ISOLATED)
     } else {
@@ -235,7 +225,7 @@ fn judge(ep: &Endpoint, dir: u8, f: &Flow, tracked: bool) -> (Decision, bool) {
     d.peer = peer.identity;
     let track = tracked && !d.drop;
     if track {
-        conntrack::create(ep, &fwd, now, d.rule_id, peer.identity, f.tcp_flags);
+        conntrack::create(ep, dir, &key, now, d.rule_id, peer.identity, f.tcp_flags);
     }
     // Untracked packets (ICMP errors, other protocols) are judged one by one; an event for
     // each allowed one would flood the ring, so only their drops are reported.

@@ -3,17 +3,19 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netpol_common::{
-    counter, sizes, CtKey, CtValue, Endpoint, FragKey, FragValue, IpcacheEntry, PolicyKey, PolicyValue,
-    RangeKey,
+    counter, sizes, CtKey, CtValue, Endpoint, FragKey, FragValue, IpcacheEntry, LocalSlot, PolicyKey,
+    PolicyValue, RangeKey,
 };
 
 #[map]
 pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(sizes::ENDPOINTS, 0);
 #[map]
 pub static ENDPOINT_IPS: HashMap<u32, u32> = HashMap::pinned(sizes::ENDPOINT_IPS, 0);
+#[map]
+pub static LOCAL_SLOTS: Array<LocalSlot> = Array::pinned(sizes::LOCAL_SLOTS, 0);
 #[map]
 pub static IPCACHE: HashMap<u32, IpcacheEntry> = HashMap::pinned(sizes::IPCACHE, 0);
 #[map]

@@ -20,14 +20,14 @@ use std::{
 };
 
 use aya::{
-    maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions},
     Ebpf, EbpfLoader,
 };
 use ipnet::Ipv4Net;
 use netpol_common::{
-    counter, maps, programs, sizes, CtKey, CtValue, Endpoint, Event, FragKey, FragValue, IpcacheEntry,
-    PolicyKey, PolicyValue, RangeKey, LAYOUT_VERSION,
+    counter, local_slot, maps, programs, sizes, CtKey, CtValue, Endpoint, Event, FragKey, FragValue,
+    IpcacheEntry, LocalSlot, PolicyKey, PolicyValue, RangeKey, LAYOUT_VERSION, LOCAL_SLOT_SHARED,
 };
 
 pub use attach::{ifindex, ifname, AttachMode, Hook};
@@ -110,6 +110,7 @@ fn expected_layout(name: &str) -> (u32, u32, u32) {
     match name {
         maps::ENDPOINTS => s(4, size_of::<Endpoint>(), sizes::ENDPOINTS),
         maps::ENDPOINT_IPS => s(4, 4, sizes::ENDPOINT_IPS),
+        maps::LOCAL_SLOTS => s(4, size_of::<LocalSlot>(), sizes::LOCAL_SLOTS),
         maps::IPCACHE => s(4, size_of::<IpcacheEntry>(), sizes::IPCACHE),
         maps::IPCACHE_LPM => s(8, size_of::<IpcacheEntry>(), sizes::IPCACHE_LPM),
         maps::POLICY => s(size_of::<PolicyKey>(), size_of::<PolicyValue>(), sizes::POLICY),
@@ -153,6 +154,8 @@ pub struct Datapath {
     endpoints: HashMap<MapData, u32, Endpoint>,
     /// Pod address (network order) → ifindex: where packets from that address must come from.
     endpoint_ips: HashMap<MapData, u32, u32>,
+    /// `endpoint_ips`, direct-mapped (see netpol_common::maps::LOCAL_SLOTS).
+    local_slots: Array<MapData, LocalSlot>,
     ipcache: HashMap<MapData, u32, IpcacheEntry>,
     ipcache_lpm: LpmTrie<MapData, u32, IpcacheEntry>,
     policy: HashMap<MapData, PolicyKey, PolicyValue>,
@@ -194,6 +197,7 @@ impl Datapath {
         let endpoints = HashMap::try_from(take(maps::ENDPOINTS)?).map_err(map_err(maps::ENDPOINTS))?;
         let endpoint_ips =
             HashMap::try_from(take(maps::ENDPOINT_IPS)?).map_err(map_err(maps::ENDPOINT_IPS))?;
+        let local_slots = Array::try_from(take(maps::LOCAL_SLOTS)?).map_err(map_err(maps::LOCAL_SLOTS))?;
         let ipcache = HashMap::try_from(take(maps::IPCACHE)?).map_err(map_err(maps::IPCACHE))?;
         let ipcache_lpm = LpmTrie::try_from(take(maps::IPCACHE_LPM)?).map_err(map_err(maps::IPCACHE_LPM))?;
         let policy = HashMap::try_from(take(maps::POLICY)?).map_err(map_err(maps::POLICY))?;
@@ -207,6 +211,7 @@ impl Datapath {
             bpf,
             endpoints,
             endpoint_ips,
+            local_slots,
             ipcache,
             ipcache_lpm,
             policy,
@@ -278,6 +283,7 @@ impl Datapath {
         let old = self.endpoints.get(&ifindex, 0).ok();
         if self.endpoint_ips.get(&ep.ip, 0).ok() != Some(ifindex) {
             self.endpoint_ips.insert(ep.ip, ifindex, 0).map_err(map_err(maps::ENDPOINT_IPS))?;
+            self.refresh_slot(local_slot(ep.ip))?;
         }
         if let Some(old) = old {
             ep.policy_gen = old.policy_gen;
@@ -299,8 +305,22 @@ impl Datapath {
     fn unbind_ip(&mut self, ip: u32, ifindex: u32) -> Result<()> {
         if self.endpoint_ips.get(&ip, 0).ok() == Some(ifindex) {
             remove_quiet(&mut self.endpoint_ips, &ip, maps::ENDPOINT_IPS)?;
+            self.refresh_slot(local_slot(ip))?;
         }
         Ok(())
+    }
+
+    /// Rewrites a direct-mapped slot from `endpoint_ips` (which is written first, so a
+    /// shared slot always finds its addresses there).
+    fn refresh_slot(&mut self, slot: u32) -> Result<()> {
+        let mut owners =
+            self.endpoint_ips.iter().filter_map(|kv| kv.ok()).filter(|(ip, _)| local_slot(*ip) == slot);
+        let value = match (owners.next(), owners.next()) {
+            (None, _) => LocalSlot::default(),
+            (Some((ip, ifindex)), None) => LocalSlot { ip, ifindex },
+            (Some(_), Some(_)) => LocalSlot { ip: 0, ifindex: LOCAL_SLOT_SHARED },
+        };
+        self.local_slots.set(slot, value, 0).map_err(map_err(maps::LOCAL_SLOTS))
     }
 
     /// The address → interface bindings the programs check sources against.
