@@ -111,7 +111,7 @@ impl Opts {
         if quick {
             Opts { quick, rounds: 1, duration: Duration::from_millis(300), sizes: vec![10, 10_000] }
         } else {
-            Opts { quick, rounds: 11, duration: Duration::from_secs(1), sizes: vec![10, 10_000, 100_000] }
+            Opts { quick, rounds: 7, duration: Duration::from_secs(1), sizes: vec![10, 10_000, 100_000] }
         }
     }
 }
@@ -569,8 +569,8 @@ fn plot(filters: &[Filter], ratios: &BTreeMap<(Workload, Filter), Vec<f64>>) -> 
         (Workload::NewConnections, "new connections"),
         (Workload::Stream, "stream"),
     ];
-    let colors = ["#888888", "#1f77b4", "#2ca02c", "#17becf", "#d62728", "#ff7f0e"];
-    let (w, h, top, left, bottom) = (760.0, 360.0, 30.0, 50.0, 300.0);
+    let colors = ["#888888", "#1f77b4", "#2ca02c", "#17becf", "#9467bd", "#d62728", "#ff7f0e"];
+    let (w, h, top, left, bottom) = (760.0, 390.0, 30.0, 50.0, 300.0);
     let group = (w - left - 20.0) / workloads.len() as f64;
     let bar = group / (filters.len() as f64 + 1.0);
     let y = |v: f64| bottom - (v.clamp(0.0, 1.1) / 1.1) * (bottom - top);
@@ -601,15 +601,12 @@ fn plot(filters: &[Filter], ratios: &BTreeMap<(Workload, Filter), Vec<f64>>) -> 
         }
     }
     for (fi, f) in filters.iter().enumerate() {
-        let x = left + fi as f64 * 120.0;
+        let (x, y) = (left + (fi % 4) as f64 * 175.0, bottom + 30.0 + (fi / 4) as f64 * 20.0);
+        let (color, label) = (colors[fi % colors.len()], f.label());
+        let (tx, ty) = (x + 14.0, y + 9.0);
         let _ = writeln!(
             s,
-            "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
-            bottom + 30.0,
-            colors[fi % colors.len()],
-            x + 14.0,
-            bottom + 39.0,
-            f.label()
+            "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{tx:.1}\" y=\"{ty:.1}\">{label}</text>"
         );
     }
     s.push_str("</svg>\n");
