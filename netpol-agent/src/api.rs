@@ -163,5 +163,9 @@ pub async fn serve(
     let _ = std::fs::remove_file(socket);
     let listener = tokio::net::UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    // A socket file without an agent behind it would look like a live agent to readiness
+    // checks and to the CNI plugin until the next start.
+    let _ = std::fs::remove_file(socket);
+    served
 }

@@ -31,9 +31,21 @@ pub const PATH_ENDPOINTS: &str = "/v1/endpoints";
 pub const PATH_OBJECTS: &str = "/v1/objects";
 pub const PATH_METRICS: &str = "/metrics";
 
-/// `/v1/endpoints/{container_id}/{ifname}`
+/// `/v1/endpoints/{container_id}/{ifname}`, each segment percent-encoded (an interface
+/// name may hold `?`, `#` or `%`, which would otherwise cut the path short).
 pub fn endpoint_path(container_id: &str, ifname: &str) -> String {
-    format!("{PATH_ENDPOINTS}/{container_id}/{ifname}")
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+    let seg = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+    format!("{PATH_ENDPOINTS}/{}/{}", seg(container_id), seg(ifname))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn endpoint_paths_encode_their_segments() {
+        assert_eq!(super::endpoint_path("c0ffee", "eth0"), "/v1/endpoints/c0ffee/eth0");
+        assert_eq!(super::endpoint_path("a.b-c", "e?x#1%"), "/v1/endpoints/a%2Eb%2Dc/e%3Fx%231%25");
+    }
 }
 
 /// A pod attachment the CNI plugin wired and hands over for enforcement.

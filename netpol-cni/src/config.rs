@@ -74,8 +74,12 @@ pub fn claimed_version(stdin: &[u8]) -> String {
         .unwrap_or_else(|| LATEST.to_string())
 }
 
+/// The spec's rule for network names and container IDs: an alphanumeric character, then
+/// alphanumerics, '_', '.' or '-' (so never "." or "..", which would name a directory
+/// outside the plugin's own).
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 impl NetConf {
@@ -97,7 +101,9 @@ impl NetConf {
         }
         let name = raw.name.ok_or_else(|| invalid("name is missing".into()))?;
         if !valid_name(&name) {
-            return Err(invalid(format!("name {name:?} must be letters, digits, '-', '_' or '.'")));
+            return Err(invalid(format!(
+                "name {name:?} must start with a letter or digit, then letters, digits, '-', '_' or '.'"
+            )));
         }
         if raw.plugin_type.as_deref().unwrap_or("").is_empty() {
             return Err(invalid("type is missing".into()));
@@ -170,9 +176,9 @@ impl Env {
         let bad = |m: String| CniError::new(code::INVALID_ENV, m);
         let need_netns = matches!(command, "ADD" | "CHECK");
         let container_id = var("CNI_CONTAINERID").ok_or_else(|| bad("CNI_CONTAINERID is not set".into()))?;
-        if !container_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        if !valid_name(&container_id) {
             return Err(bad(format!(
-                "CNI_CONTAINERID {container_id:?} may hold only letters, digits, '-', '_', '.'"
+                "CNI_CONTAINERID {container_id:?} must start with a letter or digit, then letters, digits, '-', '_', '.'"
             )));
         }
         let ifname = var("CNI_IFNAME").ok_or_else(|| bad("CNI_IFNAME is not set".into()))?;
@@ -181,8 +187,12 @@ impl Env {
             || ifname == ".."
             || ifname.contains(['/', ':'])
             || ifname.contains(char::is_whitespace)
+            // The kernel takes '%' for a name template ("eth%d") and picks another name.
+            || ifname.contains('%')
         {
-            return Err(bad(format!("CNI_IFNAME {ifname:?} is not a valid interface name")));
+            return Err(bad(format!(
+                "CNI_IFNAME {ifname:?} is not a valid interface name (at most 15 characters, not \".\" or \"..\", no '/', ':', '%' or white space)"
+            )));
         }
         let netns = var("CNI_NETNS").unwrap_or_default();
         if need_netns && netns.is_empty() {

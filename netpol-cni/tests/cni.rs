@@ -355,8 +355,12 @@ fn bad_input_gets_the_spec_code_and_leaves_nothing() {
         ("no CNI_NETNS", run(&good, "bad3", "", "eth0", ""), 4),
         ("CNI_NETNS that does not exist", run(&good, "bad4", "/run/netns/nope-nope", "eth0", ""), 4),
         ("CNI_IFNAME too long", run(&good, "bad5", &netns, "eth0123456789abc", ""), 4),
+        ("CNI_IFNAME a name template", run(&good, "bad14", &netns, "eth%d", ""), 4),
         ("unknown CNI_ARGS key", run(&good, "bad6", &netns, "eth0", "FOO=bar"), 4),
         ("missing name", run(&no_name, "bad7", &netns, "eth0", ""), 7),
+        ("name \"..\"", run(&with("name", json!("..")), "bad12", &netns, "eth0", ""), 7),
+        ("name not starting alphanumeric", run(&with("name", json!("-net")), "bad13", &netns, "eth0", ""), 7),
+        ("CNI_CONTAINERID \".\"", run(&good, ".", &netns, "eth0", ""), 4),
         ("podCIDR not a CIDR", run(&with("podCIDR", json!("10.60.1.0/33")), "bad8", &netns, "eth0", ""), 7),
         (
             "podCIDR with host bits",
@@ -752,4 +756,26 @@ fn router_advertisements_from_a_pod_never_configure_the_node() {
     node.ns.ip(&["link", "del", &ctl_if]);
     assert!(node.cni("DEL", &conf, "ra01", &netns).ok);
     node.assert_clean();
+}
+
+#[test]
+fn interface_names_with_url_characters_round_trip_and_the_socket_goes_with_the_agent() {
+    let Some(mut node) = Node::new("cniurl") else { return };
+    let netns = node.pod("p1");
+    let conf = node.conf("1.0.0");
+    let cni = env!("CARGO_BIN_EXE_netpol-cni");
+    let call = Call { cid: "url01", netns: &netns, ifname: "e?x#1", args: "K8S_POD_NAMESPACE=default" };
+    let add = node.exec(cni, "ADD", &conf, call);
+    assert!(add.ok, "ADD: {} {}", add.json, add.stderr);
+    let eps = node.agent_endpoints();
+    assert_eq!(eps[0]["ifname"], "e?x#1", "{eps}");
+    let check = node.exec(cni, "CHECK", &with_prev(&conf, &add.json), call);
+    assert!(check.ok, "CHECK: {} {}", check.json, check.stderr);
+    assert!(node.exec(cni, "DEL", &conf, call).ok);
+    node.assert_clean();
+    // The agent removes its socket file when it stops.
+    let socket = node.socket();
+    assert!(socket.exists());
+    node.agent.take();
+    assert!(!socket.exists(), "the stopped agent left {}", socket.display());
 }
