@@ -158,7 +158,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.pin_dir().display()
         );
     }
-    let mut dp = Datapath::open(cfg).context("opening the datapath")?;
+    // Only `apply` takes the attachments over; looking leaves the live programs in place.
+    let mut dp = if matches!(cmd, DpCmd::Apply { .. }) {
+        Datapath::open(cfg).context("opening the datapath")?
+    } else {
+        Datapath::inspect(cfg).context("opening the datapath to inspect it")?
+    };
     match cmd {
         DpCmd::Apply { file } => {
             let text = if file == "-" {

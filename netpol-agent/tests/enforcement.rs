@@ -192,6 +192,41 @@ fn link_ids(root: &std::path::Path) -> Vec<(String, u32)> {
     out
 }
 
+/// The program behind each pinned TCX link.
+fn program_ids(root: &std::path::Path) -> Vec<u32> {
+    let dir = root.join(format!("v{}", netpol_common::LAYOUT_VERSION)).join("links");
+    let mut out: Vec<u32> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| {
+            let fd: FdLink = PinnedLink::from_pin(e.unwrap().path()).unwrap().into();
+            fd.info().unwrap().program_id()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn inspecting_a_datapath_changes_nothing() {
+    let Some(mut lab) = Lab::new("nfinsp", AttachMode::Auto) else { return };
+    let cfg = lab.dp().config().clone();
+    let live = program_ids(&lab.root);
+    assert_eq!(live.len(), 6);
+    // Another binary looking (show, counters, monitor) leaves the live programs in place.
+    let look = Datapath::inspect(cfg.clone()).unwrap();
+    assert_eq!(look.endpoints().unwrap().len(), 3);
+    drop(look);
+    assert_eq!(program_ids(&lab.root), live, "inspecting moved the links");
+    // Taking over (what the agent does) moves them to its own programs.
+    let agent = Datapath::open(cfg.clone()).unwrap();
+    assert!(program_ids(&lab.root).iter().all(|id| !live.contains(id)));
+    drop(agent);
+    // Nothing pinned: inspecting refuses and creates nothing.
+    let missing = netpol_agent::datapath::Config { name: "test-nf-nfinsp-none".into(), ..cfg };
+    assert!(Datapath::inspect(missing.clone()).is_err());
+    assert!(!missing.root().exists());
+}
+
 #[test]
 fn agent_restarts_keep_enforcing_without_a_gap() {
     let Some(mut lab) = Lab::new("nfrst", AttachMode::Auto) else { return };

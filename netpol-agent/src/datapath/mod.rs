@@ -167,8 +167,30 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the programs, creating or reopening the pinned maps, and moves every existing
-    /// link of this datapath to the freshly loaded programs.
+    /// link of this datapath to the freshly loaded programs: what the agent does when it
+    /// takes over.
     pub fn open(cfg: Config) -> Result<Self> {
+        let mut dp = Datapath::load(cfg)?;
+        dp.relink()?;
+        Ok(dp)
+    }
+
+    /// Reopens a pinned datapath to look at it, changing nothing: no link is moved to this
+    /// binary's programs, and no map or directory is created (a missing pin is an error).
+    pub fn inspect(cfg: Config) -> Result<Self> {
+        let pin_dir = cfg.pin_dir();
+        for path in maps::ALL.iter().map(|m| pin_dir.join(m)).chain([pin_dir.join("links")]) {
+            if !path.exists() {
+                return Err(DatapathError::Io {
+                    path,
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "not pinned"),
+                });
+            }
+        }
+        Datapath::load(cfg)
+    }
+
+    fn load(cfg: Config) -> Result<Self> {
         bpffs::ensure_mounted(&cfg.bpffs)?;
         let pin_dir = cfg.pin_dir();
         let links = pin_dir.join("links");
@@ -205,7 +227,7 @@ impl Datapath {
         let conntrack = HashMap::try_from(take(maps::CONNTRACK)?).map_err(map_err(maps::CONNTRACK))?;
         let counters = PerCpuArray::try_from(take(maps::COUNTERS)?).map_err(map_err(maps::COUNTERS))?;
         let events = Some(RingBuf::try_from(take(maps::EVENTS)?).map_err(map_err(maps::EVENTS))?);
-        let mut dp = Datapath {
+        Ok(Datapath {
             cfg,
             pin_dir,
             bpf,
@@ -219,9 +241,7 @@ impl Datapath {
             conntrack,
             counters,
             events,
-        };
-        dp.relink()?;
-        Ok(dp)
+        })
     }
 
     pub fn config(&self) -> &Config {
