@@ -333,8 +333,13 @@ impl Datapath {
     /// Rewrites a direct-mapped slot from `endpoint_ips` (which is written first, so a
     /// shared slot always finds its addresses there).
     fn refresh_slot(&mut self, slot: u32) -> Result<()> {
-        let mut owners =
-            self.endpoint_ips.iter().filter_map(|kv| kv.ok()).filter(|(ip, _)| local_slot(*ip) == slot);
+        // A read error must not make a shared slot look owned by one address (the other
+        // would then pass as not local): it fails the write instead.
+        let all = self.endpoint_ips()?;
+        let mut owners = all
+            .into_iter()
+            .map(|(ip, ifindex)| (u32::from_ne_bytes(ip.octets()), ifindex))
+            .filter(|(ip, _)| local_slot(*ip) == slot);
         let value = match (owners.next(), owners.next()) {
             (None, _) => LocalSlot::default(),
             (Some((ip, ifindex)), None) => LocalSlot { ip, ifindex },
