@@ -132,16 +132,20 @@ impl Model {
         labels
     }
 
-    /// Pods of the model that take part in policy: IPv4 address known, not host-network.
+    /// Pods of the model that take part in policy: IPv4 address known, not host-network, not
+    /// finished (a finished pod's address is free for the next pod the range hands it to).
     pub fn policy_pods(&self) -> impl Iterator<Item = (&Key, &Pod, Ipv4Addr)> {
-        self.pods.iter().filter_map(|(k, p)| pod_ip(p).map(|ip| (k, p, ip)))
+        self.pods
+            .iter()
+            .filter(|(_, p)| !pod_is_terminal(p))
+            .filter_map(|(k, p)| pod_ip(p).map(|ip| (k, p, ip)))
     }
 
     pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<(&Key, &Pod)> {
         self.policy_pods().find(|(_, _, i)| *i == ip).map(|(k, p, _)| (k, p))
     }
 
-    /// IPv4 addresses of a node (InternalIP, ExternalIP).
+    /// A node's own IPv4 addresses (its InternalIPs).
     pub fn node_addresses(&self, node: &str) -> Vec<Ipv4Addr> {
         self.nodes.get(node).map(node_addresses).unwrap_or_default()
     }
@@ -162,6 +166,11 @@ pub fn pod_ip(p: &Pod) -> Option<Ipv4Addr> {
         IpAddr::V4(v4) => Some(v4),
         IpAddr::V6(_) => None,
     })
+}
+
+/// Whether the pod has finished (phase Succeeded or Failed).
+pub fn pod_is_terminal(p: &Pod) -> bool {
+    matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
 
 pub fn pod_node(p: &Pod) -> Option<&str> {
@@ -188,11 +197,14 @@ pub fn named_ports(p: &Pod) -> NamedPorts {
     out
 }
 
+/// A node's own IPv4 addresses: its InternalIPs. ExternalIPs are left out: they are often
+/// addresses of a NAT or load balancer in front of the node, not the node's, and traffic
+/// translated to them must not pass isolated pods as the node.
 pub fn node_addresses(n: &Node) -> Vec<Ipv4Addr> {
     n.status
         .iter()
         .flat_map(|s| s.addresses.iter().flatten())
-        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter(|a| a.type_ == "InternalIP")
         .filter_map(|a| a.address.parse().ok())
         .collect()
 }

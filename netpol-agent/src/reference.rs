@@ -14,7 +14,7 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 
-use crate::model::{pod_labels, pod_node, Key, Model};
+use crate::model::{pod_ip, pod_labels, pod_node, Key, Model};
 
 /// A flow to judge. `protocol` is "TCP", "UDP", "SCTP" or anything else (e.g. "ICMP",
 /// which no port rule can match).
@@ -29,8 +29,8 @@ pub struct Flow {
 /// Is the flow allowed? Egress of the source (if it is a pod) AND ingress of the
 /// destination (if it is a pod); a pod's own node may always reach it.
 pub fn allowed(m: &Model, f: &Flow) -> bool {
-    let src = m.pod_by_ip(f.src);
-    let dst = m.pod_by_ip(f.dst);
+    let src = pod_at(m, f.src);
+    let dst = pod_at(m, f.dst);
     let egress_ok = match src {
         Some((k, p)) => side_allows(m, k, p, "Egress", f.dst, dst.map(|d| d.1), f),
         None => true,
@@ -43,6 +43,16 @@ pub fn allowed(m: &Model, f: &Flow) -> bool {
         None => true,
     };
     egress_ok && ingress_ok
+}
+
+/// The running (not finished) pod with this address: a Succeeded or Failed pod no longer
+/// holds its address.
+fn pod_at(m: &Model, ip: Ipv4Addr) -> Option<(&Key, &Pod)> {
+    let running = |p: &Pod| {
+        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+        phase != Some("Succeeded") && phase != Some("Failed")
+    };
+    m.pods.iter().find(|(_, p)| running(p) && pod_ip(p) == Some(ip))
 }
 
 fn policy_types(np: &NetworkPolicy) -> Vec<String> {

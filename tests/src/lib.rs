@@ -26,13 +26,20 @@ pub fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Skips (returns true) unless running as root, saying why.
+/// Set (to 1) by `cargo xtask test` and CI: a root-only test then fails instead of skipping.
+pub const REQUIRE_ROOT_ENV: &str = "NETPOL_REQUIRE_ROOT";
+
+/// Skips (returns true) unless running as root, saying why; panics instead when
+/// `NETPOL_REQUIRE_ROOT=1`, so a suite meant to run as root cannot pass by skipping.
 pub fn need_root() -> bool {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root (BPF, network namespaces)");
-        return true;
+    if unsafe { libc::geteuid() } == 0 {
+        return false;
     }
-    false
+    if std::env::var(REQUIRE_ROOT_ENV).is_ok_and(|v| v == "1") {
+        panic!("needs root (BPF, network namespaces) and {REQUIRE_ROOT_ENV}=1 forbids skipping");
+    }
+    eprintln!("skipped: needs root (BPF, network namespaces)");
+    true
 }
 
 /// Removes paths (pin directories, scratch directories) when dropped, also on panic.
