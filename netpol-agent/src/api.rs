@@ -43,6 +43,7 @@ impl From<AgentError> for Failure {
             | AgentError::Invalid(_)
             | AgentError::Policy(_)
             | AgentError::Store(StoreError::Invalid(_)) => StatusCode::BAD_REQUEST,
+            AgentError::Endpoint(EndpointError::AddressInUse { .. }) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Failure(code, e.to_string())

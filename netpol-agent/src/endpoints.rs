@@ -21,6 +21,10 @@ use crate::{
 pub enum EndpointError {
     #[error("invalid endpoint: {0}")]
     Invalid(String),
+    /// Another live endpoint holds the address (overlapping ranges of two networks, or a
+    /// stale registration): the first one keeps it.
+    #[error("address {ip} is held by the live endpoint {holder}")]
+    AddressInUse { ip: std::net::Ipv4Addr, holder: String },
     #[error(transparent)]
     Datapath(#[from] DatapathError),
     #[error("state file {path}: {msg}")]
@@ -150,6 +154,18 @@ impl Registry {
             Err(e) => return Err(EndpointError::Invalid(e.to_string())),
         }
         let key = key_of(&req.container_id, &req.ifname);
+        if let Some(other) = self
+            .state
+            .endpoints
+            .iter()
+            .find(|r| r.request.ip == req.ip && key_of(&r.request.container_id, &r.request.ifname) != key)
+        {
+            let q = &other.request;
+            return Err(EndpointError::AddressInUse {
+                ip: req.ip,
+                holder: format!("{}/{} ({} {})", q.pod_namespace, q.pod_name, q.container_id, q.ifname),
+            });
+        }
         if let Some(i) = self.find(&key) {
             if self.state.endpoints[i].request == req {
                 return Ok(());
@@ -215,5 +231,40 @@ impl Registry {
             isolated_egress: flags & netpol_common::EP_ISOLATED_EGRESS != 0,
             enforced: entry.is_some() && attached,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(cid: &str, ip: [u8; 4]) -> EndpointRequest {
+        // The loopback interface stands in for a veth: the registry only checks that the
+        // interface exists with this index.
+        EndpointRequest {
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            netns: "/proc/1/ns/net".into(),
+            pod_namespace: "x".into(),
+            pod_name: cid.into(),
+            ip: ip.into(),
+            host_ifname: "lo".into(),
+            host_ifindex: datapath::ifindex("lo").unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_live_address_is_never_registered_twice() {
+        let dir = std::env::temp_dir().join(format!("netpol-registry-{}", std::process::id()));
+        let mut r = Registry::load(&dir).unwrap();
+        r.register(req("a", [10, 0, 0, 5])).unwrap();
+        let e = r.register(req("b", [10, 0, 0, 5])).unwrap_err();
+        assert!(matches!(e, EndpointError::AddressInUse { .. }), "{e}");
+        assert!(e.to_string().contains("x/a"), "{e}");
+        // The same attachment again is fine, and once it is gone the address is free.
+        r.register(req("a", [10, 0, 0, 5])).unwrap();
+        assert!(r.unregister("a", "eth0").unwrap());
+        r.register(req("b", [10, 0, 0, 5])).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

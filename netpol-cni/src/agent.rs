@@ -45,7 +45,8 @@ impl<'a> Agent<'a> {
     fn json<T: DeserializeOwned>(&self, what: &str, status: StatusCode, body: &[u8]) -> Result<T> {
         if !status.is_success() {
             let msg = client::error_message(body);
-            return Err(CniError::new(code::INTERNAL, format!("the agent refused {what}: {msg}")));
+            let code = if status == StatusCode::CONFLICT { code::ADDRESS_IN_USE } else { code::INTERNAL };
+            return Err(CniError::new(code, format!("the agent refused {what}: {msg}")));
         }
         serde_json::from_slice(body)
             .map_err(|e| internal(format!("decoding the agent's answer to {what}"), e))

@@ -18,6 +18,9 @@ pub mod code {
     pub const CHECK_MISMATCH: u32 = 100;
     /// Plugin-specific: the pod range has no free address.
     pub const RANGE_FULL: u32 = 101;
+    /// Plugin-specific: the address is already routed to, or registered for, another live
+    /// interface (two networks with overlapping ranges): the live one keeps it.
+    pub const ADDRESS_IN_USE: u32 = 102;
     /// Anything else (as libcni reports unexpected failures).
     pub const INTERNAL: u32 = 999;
 }

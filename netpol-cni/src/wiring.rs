@@ -206,7 +206,15 @@ fn add_inner(netns: &File, ifname: &str, host_name: &str, ip: Ipv4Addr, mtu: u32
             .output_interface(host_index)
             .scope(RouteScope::Link)
             .build();
-        h.route().add(route).replace().execute().await.map_err(nl("adding the host route to the pod"))
+        // Never replace: a /32 that is already there routes a live pod (of another network
+        // with an overlapping range); ours went with the old veth above.
+        match h.route().add(route).execute().await {
+            Err(e) if is_errno(&e, libc::EEXIST) => Err(CniError::new(
+                code::ADDRESS_IN_USE,
+                format!("{ip}/32 is already routed on this host (another live pod holds the address)"),
+            )),
+            r => r.map_err(nl("adding the host route to the pod")),
+        }
     })?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| io("enabling IPv4 forwarding", e))?;
     Ok(Wired { host_name: host_name.to_string(), host_index, host_mac: mac_string(&host_mac), pod_mac })

@@ -779,3 +779,32 @@ fn interface_names_with_url_characters_round_trip_and_the_socket_goes_with_the_a
     node.agent.take();
     assert!(!socket.exists(), "the stopped agent left {}", socket.display());
 }
+
+#[test]
+fn a_second_network_with_an_overlapping_range_never_takes_a_live_address() {
+    let Some(mut node) = Node::new("cniovl") else { return };
+    let (ns1, ns2) = (node.pod("p1"), node.pod("p2"));
+    let conf = node.conf("1.0.0");
+    let first = node.add(&conf, "ovl01", &ns1);
+    let ip = ip_of(&first);
+    let route_before = node.ns.ip(&["-4", "route", "show", &format!("{ip}/32")]);
+    // Another network, same range: its own IPAM hands out the same first address.
+    let mut other = conf.clone();
+    other["name"] = json!("othernet");
+    let out = node.cni("ADD", &other, "ovl02", &ns2);
+    assert!(!out.ok, "ADD on the overlapping network succeeded: {}", out.json);
+    assert_eq!(out.json["code"], 102, "{}", out.json);
+    assert!(out.json["msg"].as_str().unwrap().contains(&ip.to_string()), "{}", out.json);
+    // The live pod keeps its route and its registration; the failed ADD left nothing.
+    assert_eq!(node.ns.ip(&["-4", "route", "show", &format!("{ip}/32")]), route_before);
+    assert_eq!(node.veths().len(), 1, "{:?}", node.veths());
+    assert_eq!(node.agent_endpoints().as_array().map(Vec::len), Some(1));
+    let other_ipam = node.dir.join("cni/networks/othernet");
+    let leftovers: Vec<_> = std::fs::read_dir(&other_ipam).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let ping = node.ns.cmd("ping").args(["-c1", "-W2", &ip.to_string()]).output().unwrap();
+    assert!(ping.status.success(), "the live pod no longer answers the node");
+    assert!(node.cni("DEL", &other, "ovl02", &ns2).ok);
+    assert!(node.cni("DEL", &conf, "ovl01", &ns1).ok);
+    node.assert_clean();
+}
