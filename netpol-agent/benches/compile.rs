@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netpol_agent::{
+use netpol_policy::{
     compiler::{compile, Allocators, LocalEndpoint},
     model::{Model, Object},
 };

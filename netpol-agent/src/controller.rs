@@ -15,12 +15,15 @@ use netpol_api::{EndpointRequest, EndpointStatus, NodeInfo, ObjectResult};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::{
+use netpol_policy::{
     compiler::{compile, Allocators, Compiled},
-    datapath::{state::SyncReport, Datapath, DatapathError},
-    endpoints::{EndpointError, Registry},
     model::{Model, Object},
     policy::PolicyError,
+};
+
+use crate::{
+    datapath::{state::SyncReport, Datapath, DatapathError},
+    endpoints::{EndpointError, Registry},
     sources::local::{key_of, to_object, LocalStore, StoreError, StoreKey},
 };
 

@@ -9,13 +9,11 @@ use std::{
 };
 
 use netpol_api::{EndpointRequest, EndpointStatus};
+use netpol_policy::compiler::LocalEndpoint;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::{
-    compiler::LocalEndpoint,
-    datapath::{self, Datapath, DatapathError},
-};
+use crate::datapath::{self, Datapath, DatapathError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {

@@ -1,15 +1,14 @@
-//! The user-space lookup model (datapath::lookup, which the differential tests trust) against
+//! The user-space lookup model (netpol_policy::lookup, which the differential tests trust) against
 //! the real programs: random clusters are compiled, each local endpoint's state is loaded
 //! into the kernel maps, and every new flow in both directions must get the same verdict
 //! from BPF_PROG_TEST_RUN as from the model (root).
 
-mod common;
-
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use common::*;
-use netpol_agent::datapath::{ifindex, lookup::decide, state::MapState, Config, Datapath, Hook};
+use netpol_agent::datapath::{ifindex, Config, Datapath, Hook};
 use netpol_common::{DIR_EGRESS, DIR_INGRESS};
+use netpol_policy::testing::*;
+use netpol_policy::{lookup::decide, state::MapState};
 use netpol_tests::{
     need_root,
     packet::{Ip, L4, SYN},

@@ -18,8 +18,9 @@ use axum::{
     Json, Router,
 };
 use futures::stream;
-use netpol_agent::{controller::Agent, datapath::Config, model::Key};
+use netpol_agent::{controller::Agent, datapath::Config};
 use netpol_api::NodeInfo;
+use netpol_policy::model::Key;
 use netpol_tests::{need_root, RemoveOnDrop};
 use serde_json::{json, Value};
 

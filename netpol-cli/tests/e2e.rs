@@ -11,7 +11,7 @@ mod common;
 use common::netpol;
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, process::Command, time::Instant};
 
-use netpol_agent::{
+use netpol_policy::{
     model::{Model, Object},
     reference::{allowed, Flow},
 };

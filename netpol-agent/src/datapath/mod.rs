@@ -7,9 +7,7 @@
 
 mod attach;
 mod bpffs;
-pub mod entries;
 pub mod events;
-pub mod lookup;
 pub mod state;
 
 use std::{
@@ -32,7 +30,7 @@ use netpol_common::{
 
 pub use attach::{ifindex, ifname, AttachMode, Hook};
 pub use bpffs::ensure_mounted as mount_bpffs;
-pub use entries::{
+pub use netpol_policy::entries::{
     port_blocks, proto_name, Direction, EndpointSpec, IpcacheSpec, PolicyEntry, PolicyMapKey, Protocol,
 };
 
@@ -60,6 +58,8 @@ pub enum DatapathError {
     Link { path: PathBuf, msg: String },
     #[error("invalid entry: {0}")]
     InvalidEntry(String),
+    #[error(transparent)]
+    Entry(#[from] netpol_policy::entries::EntryError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }

@@ -13,20 +13,11 @@ use std::{
     fmt,
 };
 
-use ipnet::Ipv4Net;
 use netpol_common::{Endpoint, IpcacheEntry, PolicyValue};
+use netpol_policy::state::MapState;
 use serde::{Deserialize, Serialize};
 
 use super::{attach, Datapath, DatapathError, EndpointSpec, IpcacheSpec, PolicyEntry, PolicyMapKey, Result};
-
-/// The datapath's contents in raw map terms (what the compiler produces).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MapState {
-    /// ifindex → endpoint (`policy_gen` is the datapath's business and ignored here).
-    pub endpoints: BTreeMap<u32, Endpoint>,
-    pub ipcache: BTreeMap<Ipv4Net, IpcacheEntry>,
-    pub policy: BTreeMap<PolicyMapKey, PolicyValue>,
-}
 
 /// A policy entry with the id of the rule it came from: the entry's fields plus `ruleId`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -23,14 +23,12 @@ use kube::{
     },
     Api, Client, Resource, ResourceExt,
 };
+use netpol_policy::model::{node_pod_cidr, Key, Kind, Object};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::{
-    api::Shared,
-    model::{node_pod_cidr, Key, Kind, Object},
-};
+use crate::api::Shared;
 
 /// A change the source observed.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::model::{Kind, Object};
+use netpol_policy::model::{Kind, Object};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

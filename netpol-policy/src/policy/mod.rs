@@ -16,7 +16,7 @@ use k8s_openapi::{
 
 pub use selector::{Op, Requirement, Selector};
 
-use crate::datapath::{Direction, Protocol};
+use crate::entries::{Direction, Protocol};
 
 /// A rejected policy: which one, which field, what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

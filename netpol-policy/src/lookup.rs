@@ -11,7 +11,7 @@ use netpol_common::{
     IPPROTO_TCP, IPPROTO_UDP, PORT_ANY, PROTO_ANY, RANGE_FIXED_BITS,
 };
 
-use super::{state::MapState, PolicyMapKey};
+use crate::{entries::PolicyMapKey, state::MapState};
 
 /// IPCACHE (exact /32), then IPCACHE_LPM (longest shorter prefix), else WORLD.
 pub fn resolve(st: &MapState, addr: Ipv4Addr) -> IpcacheEntry {

@@ -1,10 +1,10 @@
-//! Random clusters for the differential tests: namespaces x, y, z; pods with random labels,
-//! named ports and nodes; policies drawn from every part of NetworkPolicy v1.
-#![allow(dead_code)]
+//! Random clusters for the differential tests (here and in the agent's kernel tests):
+//! namespaces x, y, z; pods with random labels, named ports and nodes; policies drawn from
+//! every part of NetworkPolicy v1. Behind the `testing` feature.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use netpol_agent::{
+use crate::{
     compiler::{compile, Allocators, Compiled, LocalEndpoint},
     model::{Model, Object},
 };

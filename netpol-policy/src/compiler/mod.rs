@@ -25,9 +25,10 @@ use netpol_common::{identity, Endpoint, IpcacheEntry, PolicyValue, EP_ISOLATED_E
 pub use alloc::{Allocators, FIRST_POD_IN_BLOCK};
 
 use crate::{
-    datapath::{state::MapState, Direction, PolicyEntry, Protocol},
+    entries::{Direction, PolicyEntry, Protocol},
     model::{named_ports, pod_labels, Model},
     policy::{NamedPorts, Peer, PortRef, Selector},
+    state::MapState,
 };
 
 /// A pod attachment on this node (from the endpoint registry).

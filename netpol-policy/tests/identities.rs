@@ -4,12 +4,12 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use netpol_agent::{
+use netpol_common::identity;
+use netpol_policy::{
     compiler::{compile, Allocators, LocalEndpoint},
     model::{Model, Object},
     reference::{allowed, Flow},
 };
-use netpol_common::identity;
 use serde_json::json;
 
 fn model(objects: &[serde_json::Value]) -> Model {

@@ -13,7 +13,7 @@ use k8s_openapi::api::{
 };
 
 use crate::{
-    datapath::Protocol,
+    entries::Protocol,
     policy::{NamedPorts, Policy, PolicyError},
 };
 

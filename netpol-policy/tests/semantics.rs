@@ -2,16 +2,14 @@
 //! user-space model of the kernel lookup, must agree with the reference evaluator on every
 //! (source, destination, protocol, port). No root needed.
 
-mod common;
-
 use std::net::Ipv4Addr;
 
-use common::*;
-use netpol_agent::{
-    datapath::lookup::decide,
+use netpol_common::{DIR_EGRESS, DIR_INGRESS};
+use netpol_policy::testing::*;
+use netpol_policy::{
+    lookup::decide,
     reference::{allowed, Flow},
 };
-use netpol_common::{DIR_EGRESS, DIR_INGRESS};
 use proptest::prelude::*;
 
 /// Checks every flow; returns the first disagreement.
@@ -90,9 +88,9 @@ fn generated_flows_exercise_both_verdicts() {
 /// own rules.
 #[test]
 fn changes_touch_only_what_they_affect() {
-    use netpol_agent::{
+    use netpol_policy::{
         compiler::{compile, Allocators, LocalEndpoint},
-        datapath::PolicyMapKey,
+        entries::PolicyMapKey,
         model::Object,
     };
     use proptest::{
@@ -153,7 +151,7 @@ fn changes_touch_only_what_they_affect() {
         for k in changed {
             let p = peer(k);
             // Pod-in-block identities of the pod change with it.
-            let its_block = p >= netpol_agent::compiler::FIRST_POD_IN_BLOCK;
+            let its_block = p >= netpol_policy::compiler::FIRST_POD_IN_BLOCK;
             assert!(
                 p == old_id || p == new_id || its_block || ep_of(k) == own_ep,
                 "unrelated key changed: {k:?}"

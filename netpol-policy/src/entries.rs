@@ -9,7 +9,10 @@ use netpol_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::DatapathError;
+/// An entry that cannot be written: what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid entry: {0}")]
+pub struct EntryError(pub String);
 
 /// Direction seen from the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -156,7 +159,7 @@ pub enum PolicyMapKey {
 impl PolicyEntry {
     /// The raw keys that implement the entry: one exact key, or the port/prefix blocks that
     /// exactly cover `port..=end_port`.
-    pub fn map_keys(&self) -> Result<Vec<PolicyMapKey>, DatapathError> {
+    pub fn map_keys(&self) -> Result<Vec<PolicyMapKey>, EntryError> {
         let dir = self.direction.raw();
         let proto = self.protocol.raw();
         let exact =
@@ -186,8 +189,8 @@ impl PolicyEntry {
         }
     }
 
-    fn invalid(&self, why: &str) -> DatapathError {
-        DatapathError::InvalidEntry(format!("{why}: {self:?}"))
+    fn invalid(&self, why: &str) -> EntryError {
+        EntryError(format!("{why}: {self:?}"))
     }
 }
 
