@@ -1,9 +1,18 @@
 //! The agent's state and its one loop body: compile the model for this node's endpoints and
 //! sync the datapath to the result (only what changed is written; adds before deletes).
+//!
+//! Invariants:
+//! - Until every watched kind has been listed (`synced`), no reconcile removes isolation or
+//!   entries: the pinned maps keep enforcing what the last agent compiled, endpoints
+//!   registered meanwhile are written held closed (identity `INIT`, host only), and
+//!   endpoints no longer registered go.
+//! - A sync that fails is retried with backoff ([`retry_failed_syncs`]) until one succeeds.
+//! - In local mode a policy that would not fit the budgets is refused at apply; from a
+//!   cluster it is stored, isolates what it selects, adds nothing, and is reported.
 
 use std::{
     fmt::Write as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -15,9 +24,10 @@ use netpol_api::{EndpointRequest, EndpointStatus, NodeInfo, ObjectResult};
 use serde_json::Value;
 use tracing::{info, warn};
 
+use netpol_common::{identity, Endpoint, IpcacheEntry, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
 use netpol_policy::{
-    compiler::{compile, Allocators, Compiled},
-    model::{Model, Object},
+    compiler::{compile_with, Allocators, Budgets, Compiled},
+    model::{Key, Kind, Model, Object},
     policy::PolicyError,
 };
 
@@ -41,6 +51,9 @@ pub enum AgentError {
     State { path: PathBuf, msg: String },
     #[error("{0}")]
     Invalid(String),
+    /// A policy refused at apply because it would not fit the budgets.
+    #[error("{0}")]
+    OverBudget(String),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -50,6 +63,19 @@ pub struct Stats {
     pub sync_errors: u64,
     pub last_sync: SyncReport,
     pub policies_rejected_total: u64,
+    /// Whether the last sync failed (a retry is due).
+    pub last_sync_failed: bool,
+}
+
+/// How an agent runs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where registrations, numbering and the local store persist.
+    pub state_dir: PathBuf,
+    pub node: NodeInfo,
+    /// Local mode: the local store is the source, and this machine the node.
+    pub local: bool,
+    pub budgets: Budgets,
 }
 
 pub struct Agent {
@@ -62,6 +88,9 @@ pub struct Agent {
     pub store: Option<LocalStore>,
     pub compiled: Compiled,
     pub stats: Stats,
+    budgets: Budgets,
+    /// Every watched kind has been listed (always, in local mode).
+    synced: bool,
     state_dir: PathBuf,
     saved_alloc: String,
 }
@@ -90,8 +119,10 @@ pub fn host_addresses() -> Vec<std::net::Ipv4Addr> {
 }
 
 impl Agent {
-    /// Loads the persisted state (registry, numbering, local store) and enforces it.
-    pub fn start(dp: Datapath, state_dir: &Path, node: NodeInfo, local: bool) -> Result<Agent, AgentError> {
+    /// Loads the persisted state (registry, numbering, local store). In local mode it
+    /// enforces the result at once; from a cluster it waits for [`Agent::mark_synced`].
+    pub fn start(dp: Datapath, settings: &Settings) -> Result<Agent, AgentError> {
+        let state_dir = &settings.state_dir;
         let mut registry = Registry::load(state_dir)?;
         registry.prune()?;
         let alloc_path = state_dir.join("numbering.json");
@@ -99,22 +130,24 @@ impl Agent {
         let alloc = if saved_alloc.is_empty() {
             Allocators::default()
         } else {
-            serde_json::from_str(&saved_alloc)
-                .map_err(|e| AgentError::State { path: alloc_path.clone(), msg: e.to_string() })?
+            Allocators::restore(&saved_alloc)
+                .map_err(|msg| AgentError::State { path: alloc_path.clone(), msg })?
         };
         let mut agent = Agent {
             dp,
             registry,
             model: Model::default(),
             alloc,
-            node,
+            node: settings.node.clone(),
             store: None,
             compiled: Compiled::default(),
             stats: Stats::default(),
-            state_dir: state_dir.to_path_buf(),
+            budgets: settings.budgets,
+            synced: settings.local,
+            state_dir: state_dir.clone(),
             saved_alloc,
         };
-        if local {
+        if settings.local {
             // The local node is this machine.
             let addresses = host_addresses()
                 .into_iter()
@@ -144,21 +177,92 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Compiles the model for this node and syncs the datapath to it.
+    /// Whether every watched kind has been listed.
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Every watched kind has been listed: from now on reconciles enforce the model.
+    pub fn mark_synced(&mut self) -> Result<SyncReport, AgentError> {
+        if !self.synced {
+            info!("every watched kind is listed; enforcing the model");
+            self.synced = true;
+        }
+        self.reconcile()
+    }
+
+    /// Compiles the model for this node and syncs the datapath to it (before the sources
+    /// are synced: only holds new endpoints closed). A failure is counted and marks a
+    /// retry due.
     pub fn reconcile(&mut self) -> Result<SyncReport, AgentError> {
-        let (endpoints, names) = self.registry.local_endpoints();
+        let result = if self.synced { self.enforce_model() } else { self.hold_new_endpoints() };
+        self.stats.last_sync_failed = result.is_err();
+        if result.is_err() {
+            self.stats.sync_errors += 1;
+        }
+        result
+    }
+
+    /// The compile of the model for this node's endpoints, with this agent's budgets.
+    fn compile(&self, alloc: &mut Allocators) -> Compiled {
+        let (endpoints, _) = self.registry.local_endpoints();
+        compile_with(&self.model, &self.node.node_name, &endpoints, alloc, &self.budgets)
+    }
+
+    fn enforce_model(&mut self) -> Result<SyncReport, AgentError> {
         let t = Instant::now();
-        let compiled = compile(&self.model, &self.node.node_name, &endpoints, &mut self.alloc);
+        let mut alloc = std::mem::take(&mut self.alloc);
+        let compiled = self.compile(&mut alloc);
+        self.alloc = alloc;
         self.stats.last_compile = t.elapsed();
         self.stats.compiles += 1;
-        let report =
-            self.dp.apply_state(&compiled.state, &names).inspect_err(|_| self.stats.sync_errors += 1)?;
+        for (key, e) in
+            compiled.over_budget.iter().filter(|(k, _)| !self.compiled.over_budget.contains_key(*k))
+        {
+            warn!(policy = %format!("{}/{}", key.0, key.1), "{e}; it isolates the pods it selects and allows nothing");
+        }
+        let (_, names) = self.registry.local_endpoints();
+        let synced = self.dp.apply_state(&compiled.state, &names);
+        // What was compiled is what the datapath holds, or should: the over-budget and
+        // held-closed reports stand even when the sync must be retried.
+        self.compiled = compiled;
+        let report = synced?;
         if !report.is_noop() {
             info!(%report, compile = ?self.stats.last_compile, "datapath synced");
         }
-        self.compiled = compiled;
         self.stats.last_sync = report.clone();
         self.save_numbering()?;
+        Ok(report)
+    }
+
+    /// Before the sources are synced: the pinned state stays; registered endpoints the maps
+    /// lack are written held closed (and their addresses as `INIT`), unregistered ones go.
+    fn hold_new_endpoints(&mut self) -> Result<SyncReport, AgentError> {
+        let (endpoints, names) = self.registry.local_endpoints();
+        let mut desired = self.dp.realized()?;
+        desired.endpoints.retain(|index, _| names.contains_key(index));
+        for ep in &endpoints {
+            if desired.endpoints.contains_key(&ep.ifindex) {
+                continue;
+            }
+            let ip = u32::from_ne_bytes(ep.ip.octets());
+            let closed = Endpoint {
+                ep_id: ep.ep_id,
+                ip,
+                identity: identity::INIT,
+                flags: EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS,
+                ..Default::default()
+            };
+            desired.endpoints.insert(ep.ifindex, closed);
+            let host = ipnet::Ipv4Net::new(ep.ip, 32).expect("/32");
+            desired
+                .ipcache
+                .insert(host, IpcacheEntry { identity: identity::INIT, cidr_identity: identity::INIT });
+        }
+        let report = self.dp.apply_state(&desired, &names)?;
+        if !report.is_noop() {
+            info!(%report, "sources not listed yet: new endpoints held closed, the rest kept as pinned");
+        }
         Ok(report)
     }
 
@@ -232,7 +336,7 @@ impl Agent {
             };
             let mut r = ObjectResult { kind, namespace, name, result: None, error: None };
             let outcome = to_object(&v).map_err(AgentError::from).and_then(|o| match o {
-                Some(o) => self.upsert(o).map_err(AgentError::from),
+                Some(o) => self.admit(o),
                 None => Ok(()),
             });
             match outcome {
@@ -246,6 +350,46 @@ impl Agent {
         }
         self.reconcile()?;
         Ok(results)
+    }
+
+    /// Adds an object from the local store unless it is a policy that would push a policy
+    /// over its budget; then the model is left as it was.
+    fn admit(&mut self, obj: Object) -> Result<(), AgentError> {
+        let key: Option<Key> = match &obj {
+            Object::NetworkPolicy(np) => Some((
+                np.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+                np.metadata.name.clone().unwrap_or_default(),
+            )),
+            _ => None,
+        };
+        let before =
+            key.as_ref().map(|k| (self.model.policies.get(k).cloned(), self.model.rejected.get(k).cloned()));
+        self.upsert(obj)?;
+        let (Some(key), Some((policy, rejected))) = (key, before) else { return Ok(()) };
+        let trial = self.compile(&mut self.alloc.clone());
+        let Some((other, e)) =
+            trial.over_budget.iter().find(|(k, _)| !self.compiled.over_budget.contains_key(*k))
+        else {
+            return Ok(());
+        };
+        let msg = if *other == key {
+            e.to_string()
+        } else {
+            format!(
+                "NetworkPolicy {}/{}: refused, it would push another policy over budget: {e}",
+                key.0, key.1
+            )
+        };
+        self.model.delete(Kind::NetworkPolicy, &key.0, &key.1);
+        if let Some(p) = policy {
+            self.model.policies.insert(key.clone(), p);
+        }
+        if let Some(r) = rejected {
+            self.model.rejected.insert(key, r);
+        }
+        self.stats.policies_rejected_total += 1;
+        warn!("{msg}");
+        Err(AgentError::OverBudget(msg))
     }
 
     /// Deletes an object from the local store; false when there was none.
@@ -285,12 +429,19 @@ impl Agent {
         let st = &self.compiled.state;
         g("netpol_endpoints", "Endpoints enforced on this node.", "gauge", one(st.endpoints.len() as f64));
         g(
+            "netpol_endpoints_held_closed",
+            "Endpoints held closed (host only) until their pod's labels are known.",
+            "gauge",
+            one(self.compiled.held_closed.len() as f64),
+        );
+        g(
             "netpol_policies",
             "NetworkPolicies known, by state.",
             "gauge",
             vec![
                 ("{state=\"accepted\"}".into(), self.model.policies.len() as f64),
                 ("{state=\"rejected\"}".into(), self.model.rejected.len() as f64),
+                ("{state=\"over_budget\"}".into(), self.compiled.over_budget.len() as f64),
             ],
         );
         g(
@@ -362,5 +513,33 @@ impl Agent {
             );
         }
         m
+    }
+}
+
+/// Retries a failed sync with backoff (from 200 ms, doubling to 30 s) until one succeeds;
+/// runs for the agent's lifetime.
+pub async fn retry_failed_syncs(agent: crate::api::Shared) {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(30);
+    let mut delay = FIRST;
+    loop {
+        tokio::time::sleep(delay).await;
+        let a = agent.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut a = a.lock().unwrap_or_else(|p| p.into_inner());
+            if !a.stats.last_sync_failed {
+                return None;
+            }
+            Some(a.reconcile().map(|_| ()).map_err(|e| e.to_string()))
+        })
+        .await
+        .unwrap_or(None);
+        delay = match outcome {
+            None | Some(Ok(())) => FIRST,
+            Some(Err(e)) => {
+                warn!(retry_in = ?(delay * 2).min(MAX), "sync failed again: {e}");
+                (delay * 2).min(MAX)
+            }
+        };
     }
 }

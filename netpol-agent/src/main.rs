@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use netpol_agent::{
     api,
-    controller::Agent,
+    controller::{retry_failed_syncs, Agent, Settings},
     datapath::{
         events::{identity_name, EventStream, EventView},
         proto_name,
@@ -22,6 +22,7 @@ use netpol_agent::{
     },
 };
 use netpol_api::NodeInfo;
+use netpol_policy::compiler::Budgets;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -72,6 +73,13 @@ struct RunArgs {
     /// This node's name (default: the hostname).
     #[arg(long)]
     node_name: Option<String>,
+    /// Policy map entries one policy may add on this node; a policy over it is rejected
+    /// whole (refused at apply in local mode; from a cluster it isolates and adds nothing).
+    #[arg(long, default_value_t = Budgets::default().per_policy)]
+    policy_budget: usize,
+    /// Policy map entries the policies of one namespace may add together on this node.
+    #[arg(long, default_value_t = Budgets::default().per_namespace)]
+    namespace_budget: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -269,8 +277,12 @@ fn monitor(dp: &mut Datapath, output: Output, count: Option<usize>) -> anyhow::R
 fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
     let dp = Datapath::open(cfg).context("opening the datapath")?;
     let node_name = run.node_name.unwrap_or_else(hostname);
-    let node = NodeInfo { node_name: node_name.clone(), pod_cidr: run.pod_cidr.map(|c| c.to_string()) };
-    let local = run.source == Source::Local;
+    let settings = Settings {
+        state_dir: run.state_dir.clone(),
+        node: NodeInfo { node_name: node_name.clone(), pod_cidr: run.pod_cidr.map(|c| c.to_string()) },
+        local: run.source == Source::Local,
+        budgets: Budgets { per_policy: run.policy_budget, per_namespace: run.namespace_budget },
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let client = match run.source {
@@ -279,8 +291,9 @@ fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
             }
             Source::Local => None,
         };
-        let agent = Agent::start(dp, &run.state_dir, node, local).context("starting the agent")?;
+        let agent = Agent::start(dp, &settings).context("starting the agent")?;
         let state = Arc::new(Mutex::new(agent));
+        tokio::spawn(retry_failed_syncs(state.clone()));
         if let Some(client) = client {
             tokio::spawn(netpol_agent::sources::kubernetes::run(client, state.clone(), node_name));
         }

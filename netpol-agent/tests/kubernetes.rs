@@ -18,7 +18,10 @@ use axum::{
     Json, Router,
 };
 use futures::stream;
-use netpol_agent::{controller::Agent, datapath::Config};
+use netpol_agent::{
+    controller::{Agent, Settings},
+    datapath::Config,
+};
 use netpol_api::NodeInfo;
 use netpol_policy::model::Key;
 use netpol_tests::{need_root, RemoveOnDrop};
@@ -165,8 +168,13 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
     let _ = std::fs::remove_dir_all(cfg.root());
     let _ = std::fs::remove_dir_all(&state_dir);
     let dp = netpol_agent::datapath::Datapath::open(cfg.clone()).unwrap();
-    let agent =
-        Agent::start(dp, &state_dir, NodeInfo { node_name: "n1".into(), pod_cidr: None }, false).unwrap();
+    let settings = Settings {
+        state_dir: state_dir.clone(),
+        node: NodeInfo { node_name: "n1".into(), pod_cidr: None },
+        local: false,
+        budgets: Default::default(),
+    };
+    let agent = Agent::start(dp, &settings).unwrap();
     let agent = Arc::new(Mutex::new(agent));
     // The client's buffer service needs a runtime to start in.
     let client = {

@@ -12,7 +12,11 @@ use std::{
     time::Duration,
 };
 
-use netpol_agent::{api, controller::Agent, datapath::Config};
+use netpol_agent::{
+    api,
+    controller::{Agent, Settings},
+    datapath::Config,
+};
 use netpol_api::NodeInfo;
 use netpol_tests::{
     need_root,
@@ -114,7 +118,8 @@ impl Node {
         let thread = spawn_in_netns(&self.ns.name, move || {
             let dp = netpol_agent::datapath::Datapath::open(cfg).expect("datapath");
             let node = NodeInfo { node_name: "test".into(), pod_cidr: Some("10.60.1.0/24".into()) };
-            let agent = Agent::start(dp, &state_dir, node, true).expect("agent");
+            let settings = Settings { state_dir, node, local: true, budgets: Default::default() };
+            let agent = Agent::start(dp, &settings).expect("agent");
             let state = Arc::new(Mutex::new(agent));
             let rt =
                 tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -522,6 +527,8 @@ fn chained_portmap_and_bandwidth_work_after_it() {
     });
     let server_ns = node.pod("srv");
     let client_ns = node.pod("cli");
+    // The pods are known to the agent before their ADDs (as kubelet's pods are).
+    known_pods(&node, &[("default", "chain1"), ("default", "chain2")]);
     let res = chain(&node, "ADD", &list, "chain1", &server_ns, None);
     assert_eq!(res["cniVersion"], "1.0.0");
     let host_if = res["interfaces"][0]["name"].as_str().unwrap().to_string();
@@ -559,6 +566,19 @@ fn chained_portmap_and_bandwidth_work_after_it() {
     assert_eq!(links.lines().count(), 1, "bandwidth's ifb or a veth left behind: {links}");
 }
 
+/// Puts pod objects (no labels, no address yet) in the agent's local store.
+fn known_pods(node: &Node, pods: &[(&str, &str)]) {
+    let objects: Vec<Value> = pods
+        .iter()
+        .map(|(ns, name)| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+                                 "spec": {"containers": [{"name": "c", "image": "i"}]}})
+        })
+        .collect();
+    let res = apply(node, json!(objects));
+    assert!(res.as_array().unwrap().iter().all(|r| r["error"].is_null()), "{res}");
+}
+
 /// POSTs objects to the agent's local store; returns the per-object results.
 fn apply(node: &Node, objects: Value) -> Value {
     let out = Command::new("curl")
@@ -578,6 +598,7 @@ fn wired_pods_talk_until_a_policy_isolates_one() {
     let conf = node.conf("1.0.0");
     let args = |ns: &str| format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME=pod");
     let cni = env!("CARGO_BIN_EXE_netpol-cni");
+    known_pods(&node, &[("x", "pod"), ("y", "pod")]);
     let r1 =
         node.exec(cni, "ADD", &conf, Call { cid: "pol1", netns: &ns1, ifname: "eth0", args: &args("x") });
     let r2 =
@@ -806,5 +827,46 @@ fn a_second_network_with_an_overlapping_range_never_takes_a_live_address() {
     assert!(ping.status.success(), "the live pod no longer answers the node");
     assert!(node.cni("DEL", &other, "ovl02", &ns2).ok);
     assert!(node.cni("DEL", &conf, "ovl01", &ns1).ok);
+    node.assert_clean();
+}
+
+#[test]
+fn a_pod_the_agent_does_not_know_yet_is_held_closed_until_it_does() {
+    let Some(mut node) = Node::new("cnihold") else { return };
+    let (ns1, ns2, ns3) = (node.pod("p1"), node.pod("p2"), node.pod("p3"));
+    let conf = node.conf("1.0.0");
+    let cni = env!("CARGO_BIN_EXE_netpol-cni");
+    let args = |name: &str| format!("K8S_POD_NAMESPACE=x;K8S_POD_NAME={name}");
+    known_pods(&node, &[("x", "known"), ("x", "control")]);
+    let add = |cid: &str, netns: &str, name: &str| {
+        let r = node.exec(cni, "ADD", &conf, Call { cid, netns, ifname: "eth0", args: &args(name) });
+        assert!(r.ok, "ADD {name}: {} {}", r.json, r.stderr);
+        ip_of(&r.json)
+    };
+    let known = add("hold1", &ns1, "known");
+    let late = add("hold2", &ns2, "late");
+    add("hold3", &ns3, "control");
+    let pods: Vec<String> = ["p1", "p2", "p3"].iter().map(|p| format!("{}-{p}", node.prefix)).collect();
+    let _servers = [tcp_server(&pods[0], 80), tcp_server(&pods[1], 80)];
+    let t = Duration::from_secs(2);
+    let status = node.agent_endpoints();
+    let late_status = status.as_array().unwrap().iter().find(|e| e["podName"] == "late").unwrap().clone();
+    assert_eq!(
+        (late_status["isolatedIngress"].clone(), late_status["isolatedEgress"].clone()),
+        (json!(true), json!(true))
+    );
+    // Control: known pods talk; the unknown one is closed both ways, except to its node.
+    assert!(tcp_probe(&pods[2], SocketAddrV4::new(known, 80), t), "control: known pods cannot talk");
+    assert!(!tcp_probe(&pods[1], SocketAddrV4::new(known, 80), t), "the held pod's egress passed");
+    assert!(!tcp_probe(&pods[2], SocketAddrV4::new(late, 80), t), "ingress to the held pod passed");
+    let ping = node.ns.cmd("ping").args(["-c1", "-W2", &late.to_string()]).output().unwrap();
+    assert!(ping.status.success(), "the node cannot reach the held pod");
+    // Its pod arrives: it opens.
+    known_pods(&node, &[("x", "late")]);
+    assert!(tcp_probe(&pods[1], SocketAddrV4::new(known, 80), t), "still closed after its pod arrived");
+    assert!(tcp_probe(&pods[2], SocketAddrV4::new(late, 80), t));
+    for (cid, ns, name) in [("hold1", &ns1, "known"), ("hold2", &ns2, "late"), ("hold3", &ns3, "control")] {
+        assert!(node.exec(cni, "DEL", &conf, Call { cid, netns: ns, ifname: "eth0", args: &args(name) }).ok);
+    }
     node.assert_clean();
 }

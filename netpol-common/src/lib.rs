@@ -86,6 +86,9 @@ pub mod identity {
     pub const WORLD: u32 = 2;
     /// Another node of the cluster.
     pub const REMOTE_NODE: u32 = 3;
+    /// A local endpoint whose pod's labels are not known yet: no selector matches it, and
+    /// its endpoint is held closed (host only) until they are.
+    pub const INIT: u32 = 5;
     pub const FIRST_LABEL: u32 = 256;
     pub const FIRST_CIDR: u32 = 1 << 24;
 }

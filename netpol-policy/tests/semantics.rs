@@ -174,7 +174,11 @@ fn changes_touch_only_what_they_affect() {
         }
         for k in added.state.policy.keys().filter(|k| !after.state.policy.contains_key(k)) {
             let r = added.state.policy[k].rule_id;
-            assert!(added.rules[&r].starts_with("x/added "), "new key {k:?} from {}", added.rules[&r]);
+            let rule = &added.rules[&r];
+            assert!(
+                (rule.namespace.as_str(), rule.policy.as_str()) == ("x", "added"),
+                "new key {k:?} from {rule}"
+            );
         }
     }
 }

@@ -97,6 +97,7 @@ pub fn identity_name(id: u32) -> String {
         identity::HOST => "host".into(),
         identity::WORLD => "world".into(),
         identity::REMOTE_NODE => "remote-node".into(),
+        identity::INIT => "init".into(),
         n if n >= identity::FIRST_CIDR => format!("cidr:{n}"),
         n => n.to_string(),
     }

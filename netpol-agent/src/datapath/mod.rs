@@ -60,6 +60,9 @@ pub enum DatapathError {
     InvalidEntry(String),
     #[error(transparent)]
     Entry(#[from] netpol_policy::entries::EntryError),
+    /// A sync wrote everything else (isolation included) but `missing` allow entries.
+    #[error("{missing} of {tried} policy entries could not be written (isolation is in place): {source}")]
+    Incomplete { missing: usize, tried: usize, source: Box<DatapathError> },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }

@@ -7,6 +7,11 @@
 //! endpoints are bumped —
 //! after the deletions, so a flow re-checked in between cannot be re-approved by an entry
 //! that is about to disappear.
+//!
+//! Fail closed: an entry that does not fit (a full map) does not stop the sync. Isolation
+//! and every other write still happen, the deletions free room, the entries that failed are
+//! tried once more, and only then is the sync reported failed — so a full map can cost an
+//! allow, never an isolation.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -151,10 +156,13 @@ impl Datapath {
 
         // Entries first: an address may move to a new identity below, and that identity's
         // entries must already be there when it does.
+        let mut failed = Vec::new();
         for (k, v) in &desired.policy {
             if cur.policy.get(k) != Some(v) {
-                self.put_policy_key(*k, *v)?;
-                report.policy_upserted += 1;
+                match self.put_policy_key(*k, *v) {
+                    Ok(()) => report.policy_upserted += 1,
+                    Err(e) => failed.push((*k, *v, e)),
+                }
             }
         }
         for (net, e) in &desired.ipcache {
@@ -195,7 +203,32 @@ impl Datapath {
             self.bump_generations(Some(&bump))?;
             report.generations_bumped = bump.len();
         }
+        self.retry_policy_keys(failed, &mut report)?;
         Ok(report)
+    }
+
+    /// The entries that did not fit before the deletions, once more.
+    fn retry_policy_keys(
+        &mut self,
+        failed: Vec<(PolicyMapKey, PolicyValue, DatapathError)>,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        let total = failed.len();
+        let mut first_error = None;
+        let mut missing = 0;
+        for (k, v, e) in failed {
+            match self.put_policy_key(k, v) {
+                Ok(()) => report.policy_upserted += 1,
+                Err(_) => {
+                    missing += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(DatapathError::Incomplete { missing, tried: total, source: Box::new(e) }),
+        }
     }
 
     /// Syncs the maps to `desired` and attaches its endpoints' interfaces; interfaces of

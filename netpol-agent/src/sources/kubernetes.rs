@@ -4,6 +4,11 @@
 //! lists again — so every relist is a full snapshot, and objects that vanished while the
 //! watch was down are deleted from the model when the snapshot completes. Errors back off
 //! exponentially (kube's default backoff) and never end the source.
+//!
+//! The agent enforces the model only once all four kinds have listed
+//! ([`Agent::mark_synced`](crate::controller::Agent::mark_synced)): a restart against a slow
+//! or failing API server keeps the pinned state enforcing instead of compiling a partial
+//! model (policies without their peers, pods without their policies).
 
 use std::{collections::BTreeSet, fmt::Debug, sync::Arc, time::Duration};
 
@@ -111,8 +116,12 @@ pub fn start(client: &Client) -> mpsc::UnboundedReceiver<Change> {
 /// How long changes are gathered before one compilation takes them all.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 
+/// The kinds the model needs before it may be enforced.
+const WATCHED: [Kind; 4] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy, Kind::Node];
+
 /// Feeds the agent from the cluster until the channel closes: batches of changes, one
-/// reconcile per batch, and a Warning event on every policy rejected as invalid.
+/// reconcile per batch, and a Warning event on every policy rejected as invalid or over
+/// its budget.
 pub async fn run(client: Client, agent: Shared, node_name: String) {
     let mut rx = start(&client);
     let recorder = Recorder::new(
@@ -120,15 +129,22 @@ pub async fn run(client: Client, agent: Shared, node_name: String) {
         Reporter { controller: "netpol-agent".into(), instance: Some(node_name.clone()) },
     );
     let agent = agent.clone();
+    let mut listed = BTreeSet::new();
+    let mut reported: BTreeSet<Key> = BTreeSet::new();
     while let Some(first) = rx.recv().await {
         tokio::time::sleep(DEBOUNCE).await;
         let mut batch = vec![first];
         while let Ok(c) = rx.try_recv() {
             batch.push(c);
         }
+        listed.extend(batch.iter().filter_map(|c| match c {
+            Change::Relisted(kind, _) => Some(*kind),
+            _ => None,
+        }));
+        let all_listed = WATCHED.iter().all(|k| listed.contains(k));
         let a = Arc::clone(&agent);
         let node = node_name.clone();
-        let rejected = tokio::task::spawn_blocking(move || {
+        let (rejected, over_budget) = tokio::task::spawn_blocking(move || {
             let mut a = a.lock().unwrap_or_else(|p| p.into_inner());
             let mut rejected = Vec::new();
             for change in batch {
@@ -151,23 +167,40 @@ pub async fn run(client: Client, agent: Shared, node_name: String) {
                     Change::Relisted(kind, seen) => a.model.retain(kind, &seen),
                 }
             }
-            if let Err(e) = a.reconcile() {
-                warn!("reconcile failed: {e}");
+            let result = if all_listed && !a.is_synced() { a.mark_synced() } else { a.reconcile() };
+            if let Err(e) = result {
+                warn!("reconcile failed (retrying with backoff): {e}");
             }
-            rejected
+            let over_budget: Vec<(Key, ObjectReference, String)> = a
+                .compiled
+                .over_budget
+                .iter()
+                .filter_map(|(k, e)| {
+                    Some((k.clone(), a.model.policies.get(k)?.0.object_ref(&()), e.to_string()))
+                })
+                .collect();
+            (rejected, over_budget)
         })
         .await
         .unwrap_or_default();
         for (reference, msg) in rejected {
-            publish_rejection(&recorder, &reference, msg).await;
+            publish_rejection(&recorder, &reference, "InvalidNetworkPolicy", msg).await;
+        }
+        // Once per policy and rejection: again only after it fitted in between.
+        reported.retain(|k| over_budget.iter().any(|(o, _, _)| o == k));
+        for (key, reference, msg) in over_budget {
+            if reported.insert(key) {
+                let msg = format!("{msg}; it isolates the pods it selects and allows nothing");
+                publish_rejection(&recorder, &reference, "NetworkPolicyOverBudget", msg).await;
+            }
         }
     }
 }
 
-async fn publish_rejection(recorder: &Recorder, reference: &ObjectReference, msg: String) {
+async fn publish_rejection(recorder: &Recorder, reference: &ObjectReference, reason: &str, msg: String) {
     let ev = KubeEvent {
         type_: EventType::Warning,
-        reason: "InvalidNetworkPolicy".into(),
+        reason: reason.into(),
         note: Some(msg),
         action: "Compile".into(),
         secondary: None,

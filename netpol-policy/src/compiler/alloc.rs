@@ -2,14 +2,26 @@
 //! (a recycled identity could let an old conntrack entry or event be misread), and the
 //! whole state is persisted so an agent restart compiles the same numbers again — which
 //! keeps the restart's sync a no-op.
+//!
+//! Keys are typed ([`IdentityInfo`], [`RuleKey`], prefixes). Numbering saved in the older
+//! string-keyed format is not migrated key by key: [`Allocators::restore`] starts every
+//! allocator above the last number the old one handed out, so the first compile renumbers
+//! (one full sync, adds before deletes, so nothing allowed is cut) and no number is reused.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
 
 use ipnet::Ipv4Net;
 use netpol_common::identity;
 use serde::{Deserialize, Serialize};
 
+use super::identities::IdentityInfo;
+use crate::entries::Direction;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound(serialize = "K: Serialize", deserialize = "K: Deserialize<'de> + Ord"))]
 pub struct Allocator<K: Ord> {
     base: u32,
     next: u32,
@@ -21,6 +33,11 @@ pub struct Allocator<K: Ord> {
 impl<K: Ord + Clone> Allocator<K> {
     pub fn new(base: u32) -> Self {
         Allocator { base, next: 0, entries: Vec::new(), index: BTreeMap::new() }
+    }
+
+    /// An empty allocator whose first number is `base + next`.
+    fn continuing(base: u32, next: u32) -> Self {
+        Allocator { next, ..Allocator::new(base) }
     }
 
     fn reindex(&mut self) {
@@ -60,22 +77,66 @@ impl<K: Ord + Clone> Allocator<K> {
 /// Pod-in-block identities start here (above CIDR identities).
 pub const FIRST_POD_IN_BLOCK: u32 = identity::FIRST_CIDR + (1 << 23);
 
+/// One rule of one policy: what a rule id stands for.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RuleKey {
+    pub namespace: String,
+    pub policy: String,
+    pub direction: Direction,
+    pub index: u32,
+}
+
+impl fmt::Display for RuleKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{} {}[{}]", self.namespace, self.policy, self.direction, self.index)
+    }
+}
+
+/// The saved numbering's format.
+const FORMAT: u32 = 2;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocators {
-    pub labels: Allocator<String>,
+    format: u32,
+    pub labels: Allocator<IdentityInfo>,
     pub cidrs: Allocator<Ipv4Net>,
     pub pod_in_block: Allocator<(u32, u32)>,
-    pub rules: Allocator<String>,
+    pub rules: Allocator<RuleKey>,
 }
 
 impl Default for Allocators {
     fn default() -> Self {
+        Allocators::continuing(&BTreeMap::new())
+    }
+}
+
+impl Allocators {
+    /// Fresh allocators, each starting at `next[name]` (0 when absent) above its base.
+    fn continuing(next: &BTreeMap<&str, u32>) -> Self {
+        let n = |name: &str| next.get(name).copied().unwrap_or(0);
         Allocators {
-            labels: Allocator::new(identity::FIRST_LABEL),
-            cidrs: Allocator::new(identity::FIRST_CIDR),
-            pod_in_block: Allocator::new(FIRST_POD_IN_BLOCK),
-            rules: Allocator::new(1),
+            format: FORMAT,
+            labels: Allocator::continuing(identity::FIRST_LABEL, n("labels")),
+            cidrs: Allocator::continuing(identity::FIRST_CIDR, n("cidrs")),
+            pod_in_block: Allocator::continuing(FIRST_POD_IN_BLOCK, n("pod_in_block")),
+            rules: Allocator::continuing(1, n("rules")),
         }
+    }
+
+    /// Reads saved numbering. An older format is renumbered above its last numbers (see the
+    /// module docs); text that is neither is an error.
+    pub fn restore(text: &str) -> Result<Allocators, String> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if v.get("format").and_then(|f| f.as_u64()) == Some(FORMAT as u64) {
+            return serde_json::from_value(v).map_err(|e| e.to_string());
+        }
+        let mut next = BTreeMap::new();
+        for name in ["labels", "cidrs", "pod_in_block", "rules"] {
+            let n = v.get(name).and_then(|a| a.get("next")).and_then(|n| n.as_u64());
+            let n = n.ok_or_else(|| format!("{name}.next is missing: not a numbering file"))?;
+            next.insert(name, u32::try_from(n).map_err(|e| format!("{name}.next: {e}"))?);
+        }
+        Ok(Allocators::continuing(&next))
     }
 }
 
@@ -95,5 +156,32 @@ mod tests {
         let mut b: Allocator<String> = serde_json::from_str(&json).unwrap();
         assert_eq!(b.id("y".to_string()), 101);
         assert_eq!(b.id("z".to_string()), 103);
+    }
+
+    #[test]
+    fn typed_numbering_round_trips_and_old_numbering_is_continued() {
+        let mut a = Allocators::default();
+        let rule =
+            RuleKey { namespace: "x".into(), policy: "p".into(), direction: Direction::Egress, index: 1 };
+        let info = IdentityInfo { namespace: "x".into(), ..Default::default() };
+        let (r, l) = (a.rules.id(rule.clone()), a.labels.id(info.clone()));
+        let mut b = Allocators::restore(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert_eq!((b.rules.id(rule), b.labels.id(info)), (r, l));
+        // The string-keyed format of earlier versions: numbering continues above it.
+        let old = r#"{"labels":{"base":256,"next":7,"entries":[["ns[] pod[] ports[]",262]]},
+            "cidrs":{"base":16777216,"next":3,"entries":[]},
+            "pod_in_block":{"base":25165824,"next":0,"entries":[]},
+            "rules":{"base":1,"next":40,"entries":[["x/p ingress[0]",39]]}}"#;
+        let mut c = Allocators::restore(old).unwrap();
+        assert_eq!(c.labels.id(IdentityInfo::default()), identity::FIRST_LABEL + 7);
+        assert_eq!(c.cidrs.id("10.0.0.0/8".parse().unwrap()), identity::FIRST_CIDR + 3);
+        assert_eq!(c.rules.id(RuleKey { index: 0, ..RuleKey::default_for_test() }), 41);
+        assert!(Allocators::restore(r#"{"labels":{}}"#).is_err());
+    }
+
+    impl RuleKey {
+        fn default_for_test() -> RuleKey {
+            RuleKey { namespace: "x".into(), policy: "p".into(), direction: Direction::Ingress, index: 0 }
+        }
     }
 }

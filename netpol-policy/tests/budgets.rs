@@ -1,0 +1,129 @@
+//! Budgets and held-closed endpoints in the compiler: one namespace's oversized policy is
+//! rejected whole without costing the node its other policies, and an endpoint whose pod is
+//! not known yet is isolated both ways. No root needed.
+
+use std::time::{Duration, Instant};
+
+use netpol_common::{identity, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
+use netpol_policy::{
+    compiler::{compile, Allocators, BudgetError, LocalEndpoint},
+    entries::PolicyMapKey,
+    model::{Model, Object},
+};
+use serde_json::{json, Value};
+
+fn model(objects: Vec<Value>) -> Model {
+    let mut m = Model::default();
+    for o in objects {
+        let obj = match o["kind"].as_str().unwrap() {
+            "Pod" => Object::Pod(Box::new(serde_json::from_value(o).unwrap())),
+            "NetworkPolicy" => Object::NetworkPolicy(Box::new(serde_json::from_value(o).unwrap())),
+            k => panic!("{k}"),
+        };
+        m.upsert(obj).unwrap();
+    }
+    m
+}
+
+fn pod(ns: &str, name: &str, ip: &str) -> Value {
+    json!({"kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+           "spec": {"nodeName": "n1", "containers": []}, "status": {"podIP": ip, "phase": "Running"}})
+}
+
+fn endpoint(ifindex: u32, ns: &str, name: &str, ip: &str) -> LocalEndpoint {
+    LocalEndpoint { ifindex, ep_id: ifindex, ip: ip.parse().unwrap(), namespace: ns.into(), pod: name.into() }
+}
+
+/// `blocks` /32 ipBlocks × `ports` ports, selecting every pod of `ns`.
+fn oversized(ns: &str, blocks: u32, ports: u16) -> Value {
+    let peers: Vec<Value> = (0..blocks)
+        .map(|i| json!({"ipBlock": {"cidr": format!("172.{}.{}.{}/32", 16 + i / 65536, (i / 256) % 256, i % 256)}}))
+        .collect();
+    let ports: Vec<Value> = (0..ports).map(|p| json!({"port": 1000 + p})).collect();
+    json!({"kind": "NetworkPolicy", "metadata": {"name": "big", "namespace": ns},
+           "spec": {"podSelector": {}, "ingress": [{"from": peers, "ports": ports}]}})
+}
+
+fn keys_of(c: &netpol_policy::compiler::Compiled, ep_id: u32) -> usize {
+    c.state
+        .policy
+        .keys()
+        .filter(|k| match k {
+            PolicyMapKey::Exact(k) => k.ep_id == ep_id,
+            PolicyMapKey::Range(k, _) => k.ep_id == ep_id,
+        })
+        .count()
+}
+
+#[test]
+fn an_oversized_policy_is_rejected_whole_and_the_others_stay_enforced() {
+    let allow_web = json!({"kind": "NetworkPolicy", "metadata": {"name": "web", "namespace": "tenant"},
+        "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}});
+    let deny = json!({"kind": "NetworkPolicy", "metadata": {"name": "deny", "namespace": "other"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}});
+    let m = model(vec![
+        pod("tenant", "t", "10.0.0.2"),
+        pod("other", "o", "10.0.0.3"),
+        oversized("tenant", 600, 500),
+        allow_web,
+        deny,
+    ]);
+    let eps = [endpoint(1, "tenant", "t", "10.0.0.2"), endpoint(2, "other", "o", "10.0.0.3")];
+    let t = Instant::now();
+    let c = compile(&m, "n1", &eps, &mut Allocators::default());
+    let took = t.elapsed();
+    let err = &c.over_budget[&("tenant".to_string(), "big".to_string())];
+    assert!(matches!(err, BudgetError::Policy { budget: 16384, .. }), "{err}");
+    assert!(err.to_string().contains("tenant/big") && err.to_string().contains("16384"), "{err}");
+    assert_eq!(c.over_budget.len(), 1);
+    // The tenant pod stays isolated and keeps its other policy; the big one added nothing.
+    assert_eq!(c.state.endpoints[&1].flags, EP_ISOLATED_INGRESS);
+    assert_eq!(keys_of(&c, 1), 1, "only web's port 80");
+    assert!(c.rules.values().all(|r| r.policy != "big"));
+    // The other namespace's deny is in force.
+    assert_eq!(c.state.endpoints[&2].flags, EP_ISOLATED_INGRESS);
+    assert!(took < Duration::from_secs(2), "a rejected compile took {took:?}");
+}
+
+#[test]
+fn rejecting_costs_the_budget_not_the_expansion() {
+    // 2000 × 2000 = 4M keys if expanded: counting stops at the budget.
+    let m = model(vec![pod("tenant", "t", "10.0.0.2"), oversized("tenant", 2000, 2000)]);
+    let eps = [endpoint(1, "tenant", "t", "10.0.0.2")];
+    let t = Instant::now();
+    let c = compile(&m, "n1", &eps, &mut Allocators::default());
+    let took = t.elapsed();
+    assert_eq!(c.over_budget.len(), 1);
+    assert!(c.state.policy.is_empty());
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+#[test]
+fn an_endpoint_whose_pod_is_unknown_is_held_closed() {
+    // A NotIn selector matches a pod without labels: an unknown pod must not be taken for
+    // one, here or as a peer.
+    let allow_not_a = json!({"kind": "NetworkPolicy", "metadata": {"name": "not-a", "namespace": "x"},
+        "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "ingress": [{"from": [{"podSelector":
+            {"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["a"]}]}}]}]}});
+    let m = model(vec![pod("x", "db", "10.0.0.9"), allow_not_a]);
+    let eps = [endpoint(1, "x", "db", "10.0.0.9"), endpoint(2, "x", "late", "10.0.0.7")];
+    let c = compile(&m, "n1", &eps, &mut Allocators::default());
+    let late = &c.state.endpoints[&2];
+    assert_eq!(late.identity, identity::INIT);
+    assert_eq!(late.flags, EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS);
+    assert_eq!(keys_of(&c, 2), 0);
+    assert!(c.held_closed.contains(&2));
+    // db's NotIn rule names label identities only: INIT is not among its peers.
+    let peers: Vec<u32> = c
+        .state
+        .policy
+        .keys()
+        .filter_map(|k| match k {
+            PolicyMapKey::Exact(k) if k.ep_id == 1 => Some(k.peer),
+            _ => None,
+        })
+        .collect();
+    assert!(!peers.contains(&identity::INIT), "{peers:?}");
+    let net = ipnet::Ipv4Net::new("10.0.0.7".parse().unwrap(), 32).unwrap();
+    assert_eq!(c.state.ipcache[&net].identity, identity::INIT);
+}
