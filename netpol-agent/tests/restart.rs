@@ -67,7 +67,13 @@ fn is_watch(q: &std::collections::HashMap<String, String>) -> bool {
 fn server(policies_down: Arc<AtomicBool>) -> Router {
     type Q = Query<std::collections::HashMap<String, String>>;
     let kind = |k: &'static str, api: &'static str, items: Value| {
-        get(move |q: Q| async move { if is_watch(&q) { quiet() } else { list(k, api, items) } })
+        get(move |q: Q| async move {
+            if is_watch(&q) {
+                quiet()
+            } else {
+                list(k, api, items)
+            }
+        })
     };
     let namespaces = json!([{"metadata": {"name": "default", "resourceVersion": "1"}}]);
     let nodes = json!([{"metadata": {"name": "n1", "resourceVersion": "1"},

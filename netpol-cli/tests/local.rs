@@ -217,3 +217,72 @@ fn up_after_a_crash_recovers_pods_and_policies_and_down_leaves_nothing() {
     drop(node);
     assert_eq!(leftovers(root), Vec::<String>::new());
 }
+
+/// The oversized-policy attack: one namespace's 43 KB policy (600 /32 ipBlocks × 500 ports,
+/// 300k map keys) is refused at apply naming its budget, and costs the node nothing — another
+/// namespace's deny is enforced afterwards, and new pods start.
+#[test]
+fn an_oversized_policy_is_refused_and_every_other_policy_stays_enforced() {
+    if need_root() {
+        return;
+    }
+    let root = "test-big";
+    let node = Node::up(root, "10.244.204.0/24");
+    let dir = std::env::temp_dir().join("netpol-test-big");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pod = |ns: &str, name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}\n\
+             spec:\n  containers:\n  - {{name: c, image: i, ports: [{{containerPort: 8080}}]}}\n"
+        )
+    };
+    let cluster = dir.join("cluster.yaml");
+    let namespaces = "apiVersion: v1\nkind: Namespace\nmetadata: {name: tenant}\n---\n\
+                      apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n---\n";
+    std::fs::write(&cluster, format!("{namespaces}{}---\n{}", pod("tenant", "t"), pod("other", "o")))
+        .unwrap();
+    node.ok(&["apply", "-f", cluster.to_str().unwrap()]);
+    let probe = |from: &str, to: &str| {
+        node.run(&["probe", from, &format!("{to}:8080"), "--timeout", "1s"]).status.success()
+    };
+    assert!(probe("tenant/t", "other/o"), "control: pods cannot talk before any policy");
+
+    let mut big = String::from(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: big, namespace: tenant}\n\
+         spec:\n  podSelector: {}\n  ingress:\n  - from:\n",
+    );
+    for i in 0..600 {
+        big += &format!("    - ipBlock: {{cidr: 172.16.{}.{}/32}}\n", i / 256, i % 256);
+    }
+    big += "    ports:\n";
+    for p in 0..500 {
+        big += &format!("    - port: {}\n", 1000 + p);
+    }
+    let big_file = dir.join("big.yaml");
+    std::fs::write(&big_file, &big).unwrap();
+    assert!(big.len() > 30_000, "{} bytes (43 KB as JSON)", big.len());
+    let out = node.run(&["apply", "-f", big_file.to_str().unwrap()]);
+    let t = text(&out);
+    assert!(!out.status.success(), "the oversized policy was accepted: {t}");
+    assert!(t.contains("tenant/big") && t.contains("16384"), "{t}");
+    assert!(!node.ok(&["get", "netpol", "-A"]).contains("big"));
+    assert!(probe("other/o", "tenant/t"), "the refused policy isolates tenant/t");
+
+    // Another namespace's deny, applied afterwards, is enforced; new pods start.
+    let deny = dir.join("deny.yaml");
+    std::fs::write(
+        &deny,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: other}\n\
+         spec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    )
+    .unwrap();
+    node.ok(&["apply", "-f", deny.to_str().unwrap()]);
+    assert!(!probe("tenant/t", "other/o"), "the deny in another namespace is not enforced");
+    let late = dir.join("late.yaml");
+    std::fs::write(&late, pod("tenant", "late")).unwrap();
+    node.ok(&["apply", "-f", late.to_str().unwrap()]);
+    assert!(probe("tenant/late", "tenant/t"), "a new pod does not start or reach its namespace");
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(node);
+    assert_eq!(leftovers(root), Vec::<String>::new());
+}
