@@ -240,3 +240,40 @@ fn a_local_pods_address_from_outside_the_node_is_dropped() {
     lab.inject("a", &lab.frame_from("a", &posing_as_a), COPIES);
     assert_eq!(delivered(&sniffer.frames(), A, 17), COPIES);
 }
+
+/// Sends `count` datagrams from `pod` to `to` as fast as it can.
+fn udp_flood(lab: &Lab, pod: &str, to: SocketAddrV4, count: usize) {
+    in_netns(&lab.ns(pod), move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..count {
+            let _ = s.send_to(b"flood", to);
+        }
+    });
+}
+
+#[test]
+fn a_drop_flood_by_one_pod_does_not_hide_anothers_drop_event() {
+    let Some(mut lab) = Lab::new("evflood", AttachMode::Auto) else { return };
+    // a and b may send nothing: every datagram is a drop with an event, charged to its sender.
+    lab.isolate("a", EP_A, A, ID_A, false, true);
+    lab.isolate("b", EP_B, B, ID_B, false, true);
+    lab.dp().drain_events();
+    let limited_before = lab.dp().counters().unwrap().events_rate_limited();
+    // Far more drops than the ring holds (8 MiB / 48 B ≈ 175k), and nobody reads it.
+    let flood = 300_000;
+    let t = Instant::now();
+    udp_flood(&lab, "a", SocketAddrV4::new(C, PORT), flood);
+    let took = t.elapsed();
+    udp_send(&lab, "b", 4242, C, PORT);
+    let events = lab.dp().drain_events();
+    let from = |ep: u32| events.iter().filter(|e| e.ep_id == ep && e.reason == reason::DROP_POLICY).count();
+    let (a_events, b_events) = (from(EP_A), from(EP_B));
+    eprintln!("{flood} drops by a in {took:?}: {a_events} events for a, {b_events} for b");
+    assert!(b_events >= 1, "b's drop event was crowded out by a's flood");
+    let allowance = netpol_common::DROP_EVENT_BURST
+        + (took.as_secs_f64() * netpol_common::DROP_EVENTS_PER_SEC as f64) as u64
+        + 200;
+    assert!(a_events > 0 && (a_events as u64) <= allowance, "a got {a_events} events, allowance {allowance}");
+    let limited = lab.dp().counters().unwrap().events_rate_limited() - limited_before;
+    assert!(limited as usize + a_events >= flood / 2, "only {limited} suppressed: did the flood arrive?");
+}

@@ -11,7 +11,7 @@
 /// Bumped whenever a key, value or map definition below changes. The pin directory is
 /// versioned with it, because the kernel would otherwise silently reuse an old pinned map with
 /// a different layout (aya does not compare key/value sizes when it reuses a pin).
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Program names in the object.
 pub mod programs {
@@ -43,7 +43,9 @@ pub mod maps {
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
-    pub const ALL: [&str; 11] = [
+    /// Endpoint id → its drop-event token bucket ([`EventBucket`](super::EventBucket)).
+    pub const EVENT_BUCKETS: &str = "EVENT_BUCKETS";
+    pub const ALL: [&str; 12] = [
         ENDPOINTS,
         ENDPOINT_IPS,
         LOCAL_SLOTS,
@@ -55,6 +57,7 @@ pub mod maps {
         FRAGMENTS,
         EVENTS,
         COUNTERS,
+        EVENT_BUCKETS,
     ];
 }
 
@@ -73,6 +76,8 @@ pub mod sizes {
     pub const FRAGMENTS: u32 = 8192;
     /// 8 MiB: measured lossless at 4 M events/s on 2 cores; 256 KiB was not.
     pub const EVENTS_BYTES: u32 = 8 << 20;
+    /// LRU: a bucket per recently dropping endpoint.
+    pub const EVENT_BUCKETS: u32 = 2 * ENDPOINTS;
 }
 
 /// Security identities. Label identities and CIDR identities are allocated by the agent from
@@ -366,10 +371,28 @@ pub mod counter {
     pub const EVENTS_LOST: u32 = super::reason::COUNT as u32;
     /// A conntrack entry could not be created (the flow was still allowed).
     pub const CT_INSERT_FAILED: u32 = EVENTS_LOST + 1;
-    pub const COUNT: u32 = CT_INSERT_FAILED + 1;
+    /// A drop event was not written: its endpoint was over its drop-event rate.
+    pub const EVENTS_RATE_LIMITED: u32 = CT_INSERT_FAILED + 1;
+    pub const COUNT: u32 = EVENTS_RATE_LIMITED + 1;
 }
 
+/// A token bucket for one endpoint's drop events: one pod flooding drops cannot crowd the
+/// other pods' events out of the ring. Refilled at `DROP_EVENTS_PER_SEC`, holding at most
+/// `DROP_EVENT_BURST`; updates from several CPUs may race, which only blurs the rate.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBucket {
+    /// When the bucket was last refilled (`bpf_ktime_get_coarse_ns`).
+    pub refilled_ns: u64,
+    pub tokens: u64,
+}
+
+pub const DROP_EVENTS_PER_SEC: u64 = 1000;
+pub const DROP_EVENT_BURST: u64 = 1000;
+pub const NS_PER_DROP_EVENT: u64 = 1_000_000_000 / DROP_EVENTS_PER_SEC;
+
 const _: () = {
+    assert!(core::mem::size_of::<EventBucket>() == 16);
     assert!(core::mem::size_of::<Endpoint>() == 24);
     assert!(core::mem::size_of::<IpcacheEntry>() == 8);
     assert!(core::mem::size_of::<PolicyKey>() == 12);
@@ -398,5 +421,6 @@ mod user {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for LocalSlot {}
+    unsafe impl aya::Pod for EventBucket {}
     unsafe impl aya::Pod for Event {}
 }

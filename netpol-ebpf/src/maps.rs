@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netpol_common::{
-    counter, sizes, CtKey, CtValue, Endpoint, FragKey, FragValue, IpcacheEntry, LocalSlot, PolicyKey,
+    counter, sizes, CtKey, CtValue, Endpoint, EventBucket, FragKey, FragValue, IpcacheEntry, LocalSlot, PolicyKey,
     PolicyValue, RangeKey,
 };
 
@@ -30,5 +30,7 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(sizes::CON
 pub static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(sizes::FRAGMENTS, 0);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::pinned(sizes::EVENTS_BYTES, 0);
+#[map]
+pub static EVENT_BUCKETS: LruHashMap<u32, EventBucket> = LruHashMap::pinned(sizes::EVENT_BUCKETS, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);

@@ -5,11 +5,13 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
     programs::TcContext,
 };
-use netpol_common::{counter, Event, VERDICT_ALLOW, VERDICT_DROP};
+use netpol_common::{
+    counter, Event, EventBucket, DROP_EVENT_BURST, NS_PER_DROP_EVENT, VERDICT_ALLOW, VERDICT_DROP,
+};
 
 use crate::{
     headers::ifindex,
-    maps::{COUNTERS, EVENTS},
+    maps::{COUNTERS, EVENTS, EVENT_BUCKETS},
 };
 
 /// The 5-tuple of a packet. Ports in network order; for ICMP echo the identifier stands in
@@ -45,10 +47,38 @@ pub fn count(idx: u32) {
     }
 }
 
+/// Takes a token from the endpoint's drop-event bucket; false when it is empty.
+#[inline(always)]
+fn drop_event_token(ep_id: u32, now: u64) -> bool {
+    let Some(b) = EVENT_BUCKETS.get_ptr_mut(&ep_id) else {
+        let full = EventBucket { refilled_ns: now, tokens: DROP_EVENT_BURST - 1 };
+        // A full LRU evicts; a failed insert only forgets this endpoint's rate.
+        let _ = EVENT_BUCKETS.insert(&ep_id, &full, 0);
+        return true;
+    };
+    // SAFETY: a map value pointer, valid for this program run.
+    let b = unsafe { &mut *b };
+    let earned = now.saturating_sub(b.refilled_ns) / NS_PER_DROP_EVENT;
+    if earned > 0 {
+        b.tokens = (b.tokens + earned).min(DROP_EVENT_BURST);
+        b.refilled_ns = now;
+    }
+    if b.tokens == 0 {
+        return false;
+    }
+    b.tokens -= 1;
+    true
+}
+
 #[inline(always)]
 fn emit(ctx: &TcContext, ep_id: u32, dir: u8, f: &Flow, d: &Decision) {
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if d.drop && !drop_event_token(ep_id, now) {
+        count(counter::EVENTS_RATE_LIMITED);
+        return;
+    }
     let ev = Event {
-        ts_ns: unsafe { bpf_ktime_get_coarse_ns() },
+        ts_ns: now,
         ep_id,
         ifindex: ifindex(ctx),
         saddr: f.saddr,

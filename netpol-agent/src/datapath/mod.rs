@@ -122,6 +122,7 @@ fn expected_layout(name: &str) -> (u32, u32, u32) {
         maps::FRAGMENTS => s(size_of::<FragKey>(), size_of::<FragValue>(), sizes::FRAGMENTS),
         maps::EVENTS => s(0, 0, sizes::EVENTS_BYTES),
         maps::COUNTERS => s(4, 8, counter::COUNT),
+        maps::EVENT_BUCKETS => s(4, size_of::<netpol_common::EventBucket>(), sizes::EVENT_BUCKETS),
         other => unreachable!("unknown map {other}"),
     }
 }
@@ -137,6 +138,10 @@ impl Counters {
     pub fn events_lost(&self) -> u64 {
         self.0[counter::EVENTS_LOST as usize]
     }
+    pub fn events_rate_limited(&self) -> u64 {
+        self.0[counter::EVENTS_RATE_LIMITED as usize]
+    }
+
     pub fn ct_insert_failed(&self) -> u64 {
         self.0[counter::CT_INSERT_FAILED as usize]
     }
@@ -146,6 +151,7 @@ impl Counters {
             netpol_common::reason::NAMES.iter().copied().zip(self.0.iter().copied()).collect();
         v.push(("events-lost", self.events_lost()));
         v.push(("ct-insert-failed", self.ct_insert_failed()));
+        v.push(("events-rate-limited", self.events_rate_limited()));
         v
     }
 }
