@@ -15,8 +15,8 @@ use axum::{
     Json, Router,
 };
 use netpol_api::{
-    ApiError, EndpointRequest, NodeInfo, ObjectQuery, PATH_ENDPOINTS, PATH_HEALTH, PATH_METRICS, PATH_NODE,
-    PATH_OBJECTS,
+    ApiError, EndpointRequest, NodeInfo, ObjectQuery, PATH_ENDPOINTS, PATH_EVENTS, PATH_HEALTH, PATH_METRICS,
+    PATH_NODE, PATH_OBJECTS,
 };
 use serde_json::Value;
 
@@ -79,6 +79,7 @@ pub fn router(state: Shared) -> Router {
         .route(PATH_ENDPOINTS, axum::routing::post(register).get(list))
         .route(&format!("{PATH_ENDPOINTS}/{{container_id}}/{{ifname}}"), get(status).delete(unregister))
         .route(PATH_OBJECTS, axum::routing::post(apply).get(objects).delete(delete_object))
+        .route(PATH_EVENTS, get(events))
         .with_state(state)
 }
 
@@ -87,6 +88,36 @@ async fn metrics(State(st): State<Shared>) -> Response {
         Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
         Err(f) => f.into_response(),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The recent events, or (`follow`) a stream of every event from now on, one JSON object
+/// per line. A follower that falls behind skips what it missed.
+async fn events(State(st): State<Shared>, Query(q): Query<EventsQuery>) -> Response {
+    let hub = st.lock().unwrap_or_else(|p| p.into_inner()).events.clone();
+    if !q.follow {
+        return Json(hub.recent()).into_response();
+    }
+    let rx = hub.follow();
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+                    line.push(b'\n');
+                    return Some((Ok::<_, std::convert::Infallible>(line), rx));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    ([("content-type", "application/x-ndjson")], axum::body::Body::from_stream(lines)).into_response()
 }
 
 async fn node(State(st): State<Shared>) -> Json<NodeInfo> {

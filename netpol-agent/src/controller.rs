@@ -88,6 +88,8 @@ pub struct Agent {
     pub store: Option<LocalStore>,
     pub compiled: Compiled,
     pub stats: Stats,
+    /// Verdict events, once the agent's ring reader runs ([`crate::monitor::consume`]).
+    pub events: std::sync::Arc<crate::monitor::EventHub>,
     budgets: Budgets,
     /// Every watched kind has been listed (always, in local mode).
     synced: bool,
@@ -142,6 +144,7 @@ impl Agent {
             store: None,
             compiled: Compiled::default(),
             stats: Stats::default(),
+            events: Default::default(),
             budgets: settings.budgets,
             synced: settings.local,
             state_dir: state_dir.clone(),
@@ -506,12 +509,38 @@ impl Agent {
                 one(c.events_lost() as f64),
             );
             g(
+                "netpol_datapath_events_rate_limited_total",
+                "Drop events not written: their endpoint was over its drop-event rate.",
+                "counter",
+                one(c.events_rate_limited() as f64),
+            );
+            g(
                 "netpol_datapath_ct_insert_failed_total",
                 "Flows allowed without a conntrack entry.",
                 "counter",
                 one(c.ct_insert_failed() as f64),
             );
         }
+        let ev = self.events.counts();
+        g(
+            "netpol_events_received_total",
+            "Verdict events read from the ring.",
+            "counter",
+            one(ev.received as f64),
+        );
+        let pods = self.registry.pods_by_endpoint_id();
+        let drops = ev
+            .drops_by_endpoint
+            .iter()
+            .map(|(id, n)| {
+                let pod = pods
+                    .get(id)
+                    .map(|(ns, p)| format!("{ns}/{p}"))
+                    .unwrap_or_else(|| format!("endpoint-{id}"));
+                (format!("{{pod=\"{pod}\"}}"), *n as f64)
+            })
+            .collect();
+        g("netpol_drop_events_total", "Drop events read from the ring, by pod.", "counter", drops);
         m
     }
 }

@@ -193,6 +193,12 @@ impl Registry {
         Ok(true)
     }
 
+    /// Endpoint id → (namespace, pod).
+    pub fn pods_by_endpoint_id(&self) -> BTreeMap<u32, (String, String)> {
+        let r = self.state.endpoints.iter();
+        r.map(|r| (r.endpoint_id, (r.request.pod_namespace.clone(), r.request.pod_name.clone()))).collect()
+    }
+
     pub fn list(&self, dp: &Datapath) -> Result<Vec<EndpointStatus>, EndpointError> {
         let mut out = Vec::new();
         for r in &self.state.endpoints {

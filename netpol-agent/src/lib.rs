@@ -7,9 +7,11 @@
 //! - [`endpoints`]: attachments handed over by netpol-cni, persisted, with their identities.
 //! - [`controller`]: the agent's state and its loop body (compile, then sync);
 //!   [`sources`]: the local store and the Kubernetes watchers that feed it.
-//! - [`api`]: the HTTP/JSON API on the agent's Unix socket.
+//! - [`api`]: the HTTP/JSON API on the agent's Unix socket; [`monitor`]: the event ring,
+//!   always consumed, counted and served.
 pub mod api;
 pub mod controller;
 pub mod datapath;
 pub mod endpoints;
+pub mod monitor;
 pub mod sources;

@@ -118,13 +118,17 @@ enum DpCmd {
         #[arg(short, long, default_value = "text")]
         output: Output,
     },
-    /// Print verdict events (drops and new flows) as they happen.
+    /// Print verdict events (drops and new flows) as they happen: from the running agent's
+    /// event stream, or straight from the ring when no agent runs.
     Monitor {
         #[arg(short, long, default_value = "text")]
         output: Output,
         /// Exit after this many events.
         #[arg(long)]
         count: Option<usize>,
+        /// The agent's API socket.
+        #[arg(long, default_value = netpol_api::DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
     /// Detach every program and remove every pin of this datapath (stops enforcing).
     Teardown,
@@ -153,6 +157,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Run(run) => return run_agent(cfg, run),
         Cmd::Datapath(cmd) => cmd,
     };
+    if let DpCmd::Monitor { output, count, socket } = &cmd {
+        match monitor_agent(socket, *output, *count) {
+            Err(netpol_api::client::ClientError::Unreachable(why)) => {
+                eprintln!("no agent at {} ({why}); reading the event ring directly", socket.display())
+            }
+            other => return other.map_err(|e| anyhow::anyhow!("{e}")),
+        }
+    }
     if matches!(cmd, DpCmd::Teardown) {
         if !cfg.root().exists() {
             return Ok(());
@@ -201,7 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        DpCmd::Monitor { output, count } => monitor(&mut dp, output, count)?,
+        DpCmd::Monitor { output, count, .. } => monitor(&mut dp, output, count)?,
         DpCmd::Teardown => unreachable!(),
     }
     Ok(())
@@ -248,6 +260,31 @@ fn show(dp: &Datapath, output: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_event(v: &EventView, output: Output) {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string(v).unwrap_or_default()),
+        Output::Text => println!("{v}"),
+    }
+}
+
+/// Follows the running agent's event stream.
+fn monitor_agent(
+    socket: &std::path::Path,
+    output: Output,
+    count: Option<usize>,
+) -> Result<(), netpol_api::client::ClientError> {
+    let path = format!("{}?follow=true", netpol_api::PATH_EVENTS);
+    let mut seen = 0usize;
+    netpol_api::client::follow(socket, &path, std::time::Duration::from_secs(2), |line| {
+        if let Ok(v) = serde_json::from_slice::<EventView>(line) {
+            print_event(&v, output);
+            seen += 1;
+        }
+        count.is_none_or(|c| seen < c)
+    })
+}
+
+/// Reads the ring itself (no agent runs to read it).
 fn monitor(dp: &mut Datapath, output: Output, count: Option<usize>) -> anyhow::Result<()> {
     let Some(rb) = dp.take_events() else { bail!("event ring already taken") };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -260,11 +297,7 @@ fn monitor(dp: &mut Datapath, output: Output, count: Option<usize>) -> anyhow::R
                 _ = tokio::signal::ctrl_c() => return Ok(()),
             };
             for ev in &batch {
-                let v = EventView::from(ev);
-                match output {
-                    Output::Json => println!("{}", serde_json::to_string(&v)?),
-                    Output::Text => println!("{v}"),
-                }
+                print_event(&EventView::from(ev), output);
                 seen += 1;
                 if count.is_some_and(|c| seen >= c) {
                     return Ok(());
@@ -275,7 +308,8 @@ fn monitor(dp: &mut Datapath, output: Output, count: Option<usize>) -> anyhow::R
 }
 
 fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
-    let dp = Datapath::open(cfg).context("opening the datapath")?;
+    let mut dp = Datapath::open(cfg).context("opening the datapath")?;
+    let ring = dp.take_events();
     let node_name = run.node_name.unwrap_or_else(hostname);
     let settings = Settings {
         state_dir: run.state_dir.clone(),
@@ -292,6 +326,9 @@ fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
             Source::Local => None,
         };
         let agent = Agent::start(dp, &settings).context("starting the agent")?;
+        if let Some(ring) = ring {
+            tokio::spawn(netpol_agent::monitor::consume(ring, agent.events.clone()));
+        }
         let state = Arc::new(Mutex::new(agent));
         tokio::spawn(retry_failed_syncs(state.clone()));
         if let Some(client) = client {

@@ -342,3 +342,63 @@ fn churn_never_drops_what_every_state_allows_nor_passes_what_every_state_denies(
     lab.apply(json!([pod("c", ips[2], "x")]));
     assert!(!tcp_probe(&lab.ns("c"), to_b, DENIED));
 }
+
+#[test]
+fn the_agent_reads_every_event_and_monitor_follows_the_current_ones() {
+    let (a, b, c) = (Ipv4Addr::new(10, 70, 1, 2), Ipv4Addr::new(10, 70, 1, 3), Ipv4Addr::new(10, 70, 1, 4));
+    let Some(lab) = Lab::new("agev", &[("a", a), ("b", b), ("c", c)]) else { return };
+    lab.apply(json!([
+        pod("a", a, "a"),
+        pod("b", b, "b"),
+        pod("c", c, "c"),
+        policy("b-deny", json!({"matchLabels": {"app": "b"}}), json!([]))
+    ]));
+    let to_b = SocketAddrV4::new(b, 80);
+    // Older drops, from c, before anyone follows.
+    for _ in 0..3 {
+        assert!(!tcp_probe(&lab.ns("c"), to_b, DENIED));
+    }
+    let monitor = lab
+        .node
+        .ns
+        .cmd(env!("CARGO_BIN_EXE_netpol-agent"))
+        .args(["--name", &lab.pins(), "datapath", "monitor", "-o", "json", "--socket"])
+        .arg(lab.socket())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!tcp_probe(&lab.ns("a"), to_b, DENIED));
+    let out = wait_with_timeout(monitor, Duration::from_secs(2));
+    // The first policy drop it prints is the current one (the pods' IPv6 chatter aside).
+    let line: Value = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["reason"] == "drop-policy")
+        .unwrap_or(Value::Null);
+    assert_eq!(line["src"], a.to_string(), "monitor did not print the current event first: {out}");
+    assert_eq!(line["dst"], b.to_string(), "{out}");
+    // The recent events, oldest first, hold both; the metrics count b's drops.
+    let recent = lab.api("GET", "/v1/events", None);
+    let srcs: Vec<&str> = recent.as_array().unwrap().iter().filter_map(|e| e["src"].as_str()).collect();
+    let (first_c, last_a) =
+        (srcs.iter().position(|s| *s == c.to_string()), srcs.iter().rposition(|s| *s == a.to_string()));
+    assert!(first_c.is_some() && last_a.is_some() && first_c < last_a, "{srcs:?}");
+    let metrics = lab.try_api("GET", "/metrics", None).unwrap();
+    let line =
+        metrics.lines().find(|l| l.starts_with("netpol_drop_events_total{pod=\"default/b\"}")).unwrap_or("");
+    let n: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    assert!(n >= 4.0, "drop events of b: {line:?}\n{metrics}");
+}
+
+/// The child's stdout, once it exits (killed after `limit`).
+fn wait_with_timeout(mut child: Child, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}

@@ -62,6 +62,58 @@ pub fn call(
     })
 }
 
+/// GETs a streaming `path` (one JSON object per line) and hands each line to `on_line`
+/// until it returns false or the stream ends. `connect` bounds only the connection and
+/// the response head; the stream itself may run for as long as the caller wants.
+pub fn follow(
+    socket: &Path,
+    path: &str,
+    connect: Duration,
+    mut on_line: impl FnMut(&[u8]) -> bool,
+) -> Result<(), ClientError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Other(format!("tokio runtime: {e}")))?;
+    let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable(e.to_string());
+    rt.block_on(async {
+        let head = async {
+            let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| unreachable(&e))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| unreachable(&e))?;
+            tokio::spawn(conn);
+            let req = Request::builder()
+                .method(Method::GET)
+                .uri(path)
+                .header("host", "netpol-agent")
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| ClientError::Other(e.to_string()))?;
+            sender.send_request(req).await.map_err(|e| unreachable(&e))
+        };
+        let resp = tokio::time::timeout(connect, head)
+            .await
+            .map_err(|_| unreachable(&format!("no answer in {connect:?}")))??;
+        if !resp.status().is_success() {
+            return Err(ClientError::Other(format!("{path}: {}", resp.status())));
+        }
+        let mut body = resp.into_body();
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Other(e.to_string()))?;
+            let Some(data) = frame.data_ref() else { continue };
+            pending.extend_from_slice(data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if !on_line(&line[..end]) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
 /// The error message of a failed call's body.
 pub fn error_message(body: &[u8]) -> String {
     serde_json::from_slice::<crate::ApiError>(body)

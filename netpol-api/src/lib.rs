@@ -11,6 +11,8 @@
 //! | POST | `/v1/objects` | Kubernetes objects (JSON list) → [`ObjectResult`]s, once enforced |
 //! | GET | `/v1/objects?kind=K` | → the local store's objects of kind K |
 //! | DELETE | `/v1/objects?kind=K&namespace=N&name=M` | → 204, or 404 |
+//! | GET | `/v1/events` | → the most recent verdict events (JSON list, oldest first) |
+//! | GET | `/v1/events?follow=true` | → every verdict event from now on, one JSON object per line |
 //! | GET | `/metrics` | → Prometheus text |
 //!
 //! Errors come back with a 4xx/5xx status and an [`ApiError`] body.
@@ -30,6 +32,7 @@ pub const PATH_NODE: &str = "/v1/node";
 pub const PATH_ENDPOINTS: &str = "/v1/endpoints";
 pub const PATH_OBJECTS: &str = "/v1/objects";
 pub const PATH_METRICS: &str = "/metrics";
+pub const PATH_EVENTS: &str = "/v1/events";
 
 /// `/v1/endpoints/{container_id}/{ifname}`, each segment percent-encoded (an interface
 /// name may hold `?`, `#` or `%`, which would otherwise cut the path short).

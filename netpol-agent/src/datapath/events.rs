@@ -1,11 +1,11 @@
 //! Verdict events from the `EVENTS` ring buffer: why a packet was dropped, and which rule
 //! let a flow in.
 
-use std::{fmt, net::Ipv4Addr};
+use std::{borrow::Cow, fmt, net::Ipv4Addr};
 
 use aya::maps::{MapData, RingBuf};
 use netpol_common::{identity, reason, Event, IPPROTO_ICMP, VERDICT_DROP};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{unix::AsyncFd, Interest};
 
 use super::{proto_name, Direction};
@@ -53,11 +53,14 @@ impl EventStream {
     }
 }
 
-/// An event in readable form (and its JSON shape).
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+/// An event in readable form (and its JSON shape, as the agent's event stream serves it).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct EventView {
-    pub verdict: &'static str,
-    pub reason: &'static str,
+    /// When the datapath judged the packet (CLOCK_MONOTONIC, coarse).
+    pub ts_ns: u64,
+    pub verdict: Cow<'static, str>,
+    pub reason: Cow<'static, str>,
     pub direction: Direction,
     pub endpoint: u32,
     pub ifindex: u32,
@@ -75,8 +78,9 @@ impl From<&Event> for EventView {
         // ICMP echo carries its identifier in a port slot; it is not a port.
         let ports = e.proto != IPPROTO_ICMP;
         EventView {
-            verdict: if e.verdict == VERDICT_DROP { "DROP" } else { "ALLOW" },
-            reason: reason::name(e.reason),
+            ts_ns: e.ts_ns,
+            verdict: Cow::Borrowed(if e.verdict == VERDICT_DROP { "DROP" } else { "ALLOW" }),
+            reason: Cow::Borrowed(reason::name(e.reason)),
             direction: Direction::from_raw(e.dir),
             endpoint: e.ep_id,
             ifindex: e.ifindex,
