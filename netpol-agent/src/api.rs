@@ -85,7 +85,8 @@ pub fn router(state: Shared) -> Router {
 
 async fn metrics(State(st): State<Shared>) -> Response {
     match blocking(st, |a| Ok(a.metrics())).await {
-        Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
+        Ok(text) => ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+            .into_response(),
         Err(f) => f.into_response(),
     }
 }

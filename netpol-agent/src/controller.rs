@@ -11,7 +11,6 @@
 //!   cluster it is stored, isolates what it selects, adds nothing, and is reported.
 
 use std::{
-    fmt::Write as _,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -34,6 +33,7 @@ use netpol_policy::{
 use crate::{
     datapath::{state::SyncReport, Datapath, DatapathError},
     endpoints::{EndpointError, Registry},
+    metrics::{self, Metrics, Snapshot},
     sources::local::{key_of, to_object, LocalStore, StoreError, StoreKey},
 };
 
@@ -58,11 +58,8 @@ pub enum AgentError {
 
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
-    pub compiles: u64,
     pub last_compile: Duration,
-    pub sync_errors: u64,
     pub last_sync: SyncReport,
-    pub policies_rejected_total: u64,
     /// Whether the last sync failed (a retry is due).
     pub last_sync_failed: bool,
 }
@@ -88,6 +85,7 @@ pub struct Agent {
     pub store: Option<LocalStore>,
     pub compiled: Compiled,
     pub stats: Stats,
+    metrics: Metrics,
     /// Verdict events, once the agent's ring reader runs ([`crate::monitor::consume`]).
     pub events: std::sync::Arc<crate::monitor::EventHub>,
     budgets: Budgets,
@@ -144,6 +142,7 @@ impl Agent {
             store: None,
             compiled: Compiled::default(),
             stats: Stats::default(),
+            metrics: Metrics::default(),
             events: Default::default(),
             budgets: settings.budgets,
             synced: settings.local,
@@ -201,7 +200,7 @@ impl Agent {
         let result = if self.synced { self.enforce_model() } else { self.hold_new_endpoints() };
         self.stats.last_sync_failed = result.is_err();
         if result.is_err() {
-            self.stats.sync_errors += 1;
+            self.metrics.sync_errors.inc();
         }
         result
     }
@@ -218,7 +217,7 @@ impl Agent {
         let compiled = self.compile(&mut alloc);
         self.alloc = alloc;
         self.stats.last_compile = t.elapsed();
-        self.stats.compiles += 1;
+        self.metrics.compiles.inc();
         for (key, e) in
             compiled.over_budget.iter().filter(|(k, _)| !self.compiled.over_budget.contains_key(*k))
         {
@@ -230,6 +229,7 @@ impl Agent {
         // held-closed reports stand even when the sync must be retried.
         self.compiled = compiled;
         let report = synced?;
+        self.metrics.sync_seconds.observe(t.elapsed().as_secs_f64());
         if !report.is_noop() {
             info!(%report, compile = ?self.stats.last_compile, "datapath synced");
         }
@@ -309,7 +309,7 @@ impl Agent {
     /// reported and leaves the model as it was.
     pub fn upsert(&mut self, obj: Object) -> Result<(), PolicyError> {
         self.model.upsert(obj).inspect_err(|e| {
-            self.stats.policies_rejected_total += 1;
+            self.metrics.policies_rejected.inc();
             warn!("{e}");
         })
     }
@@ -390,7 +390,7 @@ impl Agent {
         if let Some(r) = rejected {
             self.model.rejected.insert(key, r);
         }
-        self.stats.policies_rejected_total += 1;
+        self.metrics.policies_rejected.inc();
         warn!("{msg}");
         Err(AgentError::OverBudget(msg))
     }
@@ -419,129 +419,26 @@ impl Agent {
             .collect()
     }
 
-    /// Prometheus text exposition.
+    /// The Prometheus exposition.
     pub fn metrics(&self) -> String {
-        let mut m = String::new();
-        let mut g = |name: &str, help: &str, kind: &str, samples: Vec<(String, f64)>| {
-            let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in samples {
-                let _ = writeln!(m, "{name}{labels} {v}");
-            }
-        };
-        let one = |v: f64| vec![(String::new(), v)];
         let st = &self.compiled.state;
-        g("netpol_endpoints", "Endpoints enforced on this node.", "gauge", one(st.endpoints.len() as f64));
-        g(
-            "netpol_endpoints_held_closed",
-            "Endpoints held closed (host only) until their pod's labels are known.",
-            "gauge",
-            one(self.compiled.held_closed.len() as f64),
-        );
-        g(
-            "netpol_policies",
-            "NetworkPolicies known, by state.",
-            "gauge",
-            vec![
-                ("{state=\"accepted\"}".into(), self.model.policies.len() as f64),
-                ("{state=\"rejected\"}".into(), self.model.rejected.len() as f64),
-                ("{state=\"over_budget\"}".into(), self.compiled.over_budget.len() as f64),
-            ],
-        );
-        g(
-            "netpol_policies_rejected_total",
-            "Policy versions rejected as invalid.",
-            "counter",
-            one(self.stats.policies_rejected_total as f64),
-        );
-        g(
-            "netpol_identities",
-            "Label identities in use.",
-            "gauge",
-            one(self.compiled.identities.len() as f64),
-        );
-        g(
-            "netpol_cidr_identities",
-            "CIDR identities in use.",
-            "gauge",
-            one(self.compiled.cidrs.len() as f64),
-        );
-        g(
-            "netpol_ipcache_entries",
-            "ipcache entries (exact and prefix).",
-            "gauge",
-            one(st.ipcache.len() as f64),
-        );
-        g(
-            "netpol_policy_map_entries",
-            "Policy map keys (exact and range blocks).",
-            "gauge",
-            one(st.policy.len() as f64),
-        );
-        g("netpol_compiles_total", "Compilations of the model.", "counter", one(self.stats.compiles as f64));
-        g(
-            "netpol_compile_duration_seconds",
-            "Duration of the last compilation.",
-            "gauge",
-            one(self.stats.last_compile.as_secs_f64()),
-        );
-        g(
-            "netpol_sync_errors_total",
-            "Datapath syncs that failed.",
-            "counter",
-            one(self.stats.sync_errors as f64),
-        );
-        if let Ok(c) = self.dp.counters() {
-            let by_reason = netpol_common::reason::NAMES
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (format!("{{reason=\"{r}\"}}"), c.reason(i as u8) as f64))
-                .collect();
-            g(
-                "netpol_datapath_packets_total",
-                "Packets judged by the datapath, by verdict reason.",
-                "counter",
-                by_reason,
-            );
-            g(
-                "netpol_datapath_events_lost_total",
-                "Verdict events the ring buffer could not take.",
-                "counter",
-                one(c.events_lost() as f64),
-            );
-            g(
-                "netpol_datapath_events_rate_limited_total",
-                "Drop events not written: their endpoint was over its drop-event rate.",
-                "counter",
-                one(c.events_rate_limited() as f64),
-            );
-            g(
-                "netpol_datapath_ct_insert_failed_total",
-                "Flows allowed without a conntrack entry.",
-                "counter",
-                one(c.ct_insert_failed() as f64),
-            );
-        }
-        let ev = self.events.counts();
-        g(
-            "netpol_events_received_total",
-            "Verdict events read from the ring.",
-            "counter",
-            one(ev.received as f64),
-        );
-        let pods = self.registry.pods_by_endpoint_id();
-        let drops = ev
-            .drops_by_endpoint
-            .iter()
-            .map(|(id, n)| {
-                let pod = pods
-                    .get(id)
-                    .map(|(ns, p)| format!("{ns}/{p}"))
-                    .unwrap_or_else(|| format!("endpoint-{id}"));
-                (format!("{{pod=\"{pod}\"}}"), *n as f64)
-            })
-            .collect();
-        g("netpol_drop_events_total", "Drop events read from the ring, by pod.", "counter", drops);
-        m
+        let pods = self.registry.pods_by_endpoint_id().into_iter();
+        let snapshot = Snapshot {
+            endpoints: st.endpoints.len(),
+            held_closed: self.compiled.held_closed.len(),
+            policies_accepted: self.model.policies.len(),
+            policies_invalid: self.model.rejected.len(),
+            policies_over_budget: self.compiled.over_budget.len(),
+            identities: self.compiled.identities.len(),
+            cidr_identities: self.compiled.cidrs.len(),
+            ipcache_entries: st.ipcache.len(),
+            policy_entries: st.policy.len(),
+            last_compile_seconds: self.stats.last_compile.as_secs_f64(),
+            datapath: self.dp.counters().ok(),
+            events: self.events.counts(),
+            pods: pods.map(|(id, (ns, pod))| (id, format!("{ns}/{pod}"))).collect(),
+        };
+        metrics::render(&self.metrics, &snapshot)
     }
 }
 

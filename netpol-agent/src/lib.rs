@@ -8,10 +8,11 @@
 //! - [`controller`]: the agent's state and its loop body (compile, then sync);
 //!   [`sources`]: the local store and the Kubernetes watchers that feed it.
 //! - [`api`]: the HTTP/JSON API on the agent's Unix socket; [`monitor`]: the event ring,
-//!   always consumed, counted and served.
+//!   always consumed, counted and served; [`metrics`]: the Prometheus exposition.
 pub mod api;
 pub mod controller;
 pub mod datapath;
 pub mod endpoints;
+pub mod metrics;
 pub mod monitor;
 pub mod sources;

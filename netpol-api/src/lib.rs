@@ -13,7 +13,7 @@
 //! | DELETE | `/v1/objects?kind=K&namespace=N&name=M` | → 204, or 404 |
 //! | GET | `/v1/events` | → the most recent verdict events (JSON list, oldest first) |
 //! | GET | `/v1/events?follow=true` | → every verdict event from now on, one JSON object per line |
-//! | GET | `/metrics` | → Prometheus text |
+//! | GET | `/metrics` | → Prometheus metrics (OpenMetrics text) |
 //!
 //! Errors come back with a 4xx/5xx status and an [`ApiError`] body.
 

@@ -43,7 +43,10 @@ fn serve_http(stream: TcpStream, pod: String) {
     }
 }
 
-/// Serves until killed.
+/// What the responder prints once every socket is bound.
+pub const READY: &str = "ready";
+
+/// Serves until killed; prints [`READY`] (and closes stdout) once every socket is bound.
 pub fn run(pod: &str, tcp: &[u16], udp: &[u16]) -> anyhow::Result<()> {
     let mut threads = Vec::new();
     for &port in tcp {
@@ -65,6 +68,9 @@ pub fn run(pod: &str, tcp: &[u16], udp: &[u16]) -> anyhow::Result<()> {
             }
         }));
     }
+    println!("{READY}");
+    // Closed, so the runtime waiting for the line is not held up by a pipe left open.
+    unsafe { libc::close(1) };
     for t in threads {
         let _ = t.join();
     }

@@ -93,9 +93,11 @@ fn main() -> Result<()> {
 
 /// The benchmarks, one after the other (they must not share the machine's two cores).
 fn bench(root: &Path, quick: bool) -> Result<()> {
-    for name in ["pod2pod", "datapath", "compile"] {
+    for (package, name) in
+        [("netpol-agent", "pod2pod"), ("netpol-agent", "datapath"), ("netpol-policy", "compile")]
+    {
         let mut cmd = cargo(root);
-        cmd.args(["bench", "-p", "netpol-agent", "--bench", name]);
+        cmd.args(["bench", "-p", package, "--bench", name]);
         if quick {
             cmd.args(["--", "--quick"]);
         }

@@ -385,14 +385,23 @@ impl Local {
         for p in &pod.udp {
             cmd.args(["--udp", &p.to_string()]);
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
         unsafe {
             cmd.pre_exec(|| {
                 libc::setsid();
                 Ok(())
             });
         }
-        let child = cmd.spawn().context("starting the responder")?;
+        let mut child = cmd.spawn().context("starting the responder")?;
+        // Ready once its sockets are bound: a probe right after must not meet a closed port.
+        let mut line = String::new();
+        let stdout = child.stdout.take().context("the responder's stdout")?;
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        if line.trim() != crate::responder::READY {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("the responder for {key} did not start (its ports may be taken)");
+        }
         Ok(Some(child.id()))
     }
 

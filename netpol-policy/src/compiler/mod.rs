@@ -26,7 +26,7 @@ pub use identities::IdentityInfo;
 
 use self::{identities::Identities, rules::Expander};
 use crate::{
-    entries::Direction,
+    entries::{Direction, PolicyMapKey},
     model::{Key, Model},
     policy::Policy,
     state::MapState,
@@ -72,25 +72,30 @@ pub fn compile_with(
     let cidrs = cidrs::cidrs(model, node, &ids, alloc);
     let (selected, flags) = selection(model, endpoints, &ids);
     let mut expander = Expander::new(&ids.info, &cidrs);
-    let costs = selected
-        .iter()
-        .map(|(key, eps)| (key.clone(), cost(&mut expander, &model.policies[key].1, eps, &ids, budgets)))
-        .collect();
+    // Each policy's keys are kept from the budget pass while they fit in what the node's maps
+    // hold (so memory stays bounded by the maps plus one policy's budget); past that, an
+    // admitted policy is expanded again below.
+    let mut expanded = BTreeMap::new();
+    let mut costs = BTreeMap::new();
+    let mut held = 0;
+    for (key, eps) in &selected {
+        let (cost, keys) = expand_within(&mut expander, &model.policies[key].1, eps, &ids, budgets);
+        costs.insert(key.clone(), cost);
+        let keep = held + keys.len() <= NODE_EXACT_KEYS + NODE_RANGE_KEYS;
+        held += if keep { keys.len() } else { 0 };
+        expanded.insert(key, keep.then_some(keys));
+    }
     let over_budget = budget::admit(&costs, budgets);
 
     let mut out = Compiled { over_budget, ..Compiled::default() };
-    for (key, eps) in selected.iter().filter(|(k, _)| !out.over_budget.contains_key(*k)) {
+    for (key, keys) in expanded.into_iter().filter(|(k, _)| !out.over_budget.contains_key(*k)) {
         let policy = &model.policies[key].1;
+        let keys =
+            keys.unwrap_or_else(|| expand_within(&mut expander, policy, &selected[key], &ids, budgets).1);
         let rule_ids = rule_ids(policy, &mut alloc.rules, &mut out.rules);
-        for ep in eps {
-            let own = &ids.info[&ids.of_endpoint[&ep.ifindex]];
-            expander.expand(policy, ep, own, &mut |at, e| {
-                for k in e.map_keys().expect("validated ports") {
-                    let v = out.state.policy.entry(k).or_insert(PolicyValue { rule_id: rule_ids[&at] });
-                    v.rule_id = v.rule_id.min(rule_ids[&at]);
-                }
-                true
-            });
+        for (at, k) in keys {
+            let v = out.state.policy.entry(k).or_insert(PolicyValue { rule_id: rule_ids[&at] });
+            v.rule_id = v.rule_id.min(rule_ids[&at]);
         }
     }
     for ep in endpoints {
@@ -154,26 +159,30 @@ fn selection<'e>(
     (selected, flags)
 }
 
-/// A policy's keys on its selected endpoints, counted until they pass the per-policy budget.
-fn cost(
+/// A policy's keys on its selected endpoints, with where each came from; expansion stops
+/// (and the keys are dropped) once they pass the per-policy budget.
+fn expand_within(
     expander: &mut Expander,
     policy: &Policy,
     eps: &[&LocalEndpoint],
     ids: &Identities,
     b: &Budgets,
-) -> Cost {
+) -> (Cost, Vec<(rules::RuleAt, PolicyMapKey)>) {
     let mut cost = Cost::default();
+    let mut keys = Vec::new();
     for ep in eps {
         let own = &ids.info[&ids.of_endpoint[&ep.ifindex]];
-        let within = expander.expand(policy, ep, own, &mut |_, e| {
-            cost.add(&e.map_keys().expect("validated ports"));
+        let within = expander.expand(policy, ep, own, &mut |at, e| {
+            let ks = e.map_keys().expect("validated ports");
+            cost.add(&ks);
+            keys.extend(ks.into_iter().map(|k| (at, k)));
             cost.total() <= b.per_policy
         });
         if !within {
-            break;
+            return (cost, Vec::new());
         }
     }
-    cost
+    (cost, keys)
 }
 
 /// The rule id of each rule of `policy`, recorded in `names`.

@@ -1,5 +1,7 @@
 //! Compile time and memory of the policy compiler (no root): 1k and 10k pods, 100 and 1k
-//! policies, for one node with ~110 local pods (`cargo xtask bench`).
+//! policies, for one node with ~110 local pods; then at the budget limits — one policy,
+//! one namespace and the whole node at their budgets, and oversized policies that are
+//! rejected (`cargo xtask bench`).
 //!
 //! The cluster: 20 namespaces; pods in deployments of 20 (so identities are per deployment,
 //! as in real clusters); each policy selects one deployment and allows ingress from another
@@ -15,7 +17,7 @@ use std::{
 };
 
 use netpol_policy::{
-    compiler::{compile, Allocators, LocalEndpoint},
+    compiler::{compile, Allocators, Budgets, Compiled, LocalEndpoint},
     model::{Model, Object},
 };
 use serde_json::json;
@@ -97,6 +99,73 @@ fn cluster(pods: usize, policies: usize) -> (Model, Vec<LocalEndpoint>) {
     (m, local)
 }
 
+/// A local pod in namespace `b{ns}`, and a policy selecting it with `blocks` /32 ipBlocks ×
+/// `ports` ports (`blocks × ports` keys on that pod).
+fn add_blocks_policy(m: &mut Model, local: &mut Vec<LocalEndpoint>, ns: usize, blocks: u32, ports: u32) {
+    let i = local.len() as u32;
+    let (name, namespace) = (format!("p{i}"), format!("b{ns}"));
+    let ip = std::net::Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250) as u8 + 2);
+    let pod = json!({"metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+                     "spec": {"nodeName": "n1", "containers": []},
+                     "status": {"podIP": ip.to_string(), "phase": "Running"}});
+    m.upsert(Object::Pod(Box::new(serde_json::from_value(pod).unwrap()))).unwrap();
+    let ep = LocalEndpoint {
+        ifindex: 5000 + i,
+        ep_id: 5000 + i,
+        ip,
+        namespace: namespace.clone(),
+        pod: name.clone(),
+    };
+    local.push(ep);
+    let from: Vec<_> = (0..blocks)
+        .map(|b| json!({"ipBlock": {"cidr": format!("172.{}.{}.{}/32", 16 + b / 65536, (b / 256) % 256, b % 256)}}))
+        .collect();
+    let ports: Vec<_> = (0..ports).map(|p| json!({"port": 1000 + p})).collect();
+    let np = json!({"metadata": {"name": format!("np{i}"), "namespace": namespace},
+                    "spec": {"podSelector": {"matchLabels": {"app": name}}, "ingress": [{"from": from, "ports": ports}]}});
+    m.upsert(Object::NetworkPolicy(Box::new(serde_json::from_value(np).unwrap()))).unwrap();
+}
+
+/// One compile: (result, time, peak heap growth in bytes).
+fn measured(model: &Model, local: &[LocalEndpoint]) -> (Compiled, Duration, usize) {
+    let mut alloc = Allocators::default();
+    let base = CURRENT.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let t = Instant::now();
+    let c = compile(model, "n1", local, &mut alloc);
+    (c, t.elapsed(), PEAK.load(Ordering::Relaxed) - base)
+}
+
+fn budget_limits() {
+    let b = Budgets::default();
+    println!("\n| at the budget limit (per policy {}, per namespace {}) | policy keys written | rejected | compile | peak heap |", b.per_policy, b.per_namespace);
+    println!("|---|---:|---:|---:|---:|");
+    let side = 128; // 128 blocks × 128 ports = 16384 keys: one policy at its budget
+                    // (namespace, ipBlocks, ports) of each policy.
+    type Policies = Vec<(usize, u32, u32)>;
+    let cases: [(&str, Policies); 5] = [
+        ("one policy at its budget", vec![(0, side, side)]),
+        ("one namespace at its budget (4 such policies)", (0..4).map(|_| (0, side, side)).collect()),
+        ("the node full: 15 namespaces at 16384 keys", (0..15).map(|n| (n, side, side)).collect()),
+        ("rejected: 600 blocks × 500 ports (300k keys)", vec![(0, 600, 500)]),
+        ("rejected: 2000 blocks × 2000 ports (4M keys)", vec![(0, 2000, 2000)]),
+    ];
+    for (what, policies) in cases {
+        let (mut m, mut local) = (Model::default(), Vec::new());
+        for (ns, blocks, ports) in policies {
+            add_blocks_policy(&mut m, &mut local, ns, blocks, ports);
+        }
+        let (c, took, peak) = measured(&m, &local);
+        println!(
+            "| {what} | {} | {} | {:.1} ms | {:.1} MiB |",
+            c.state.policy.len(),
+            c.over_budget.len(),
+            took.as_secs_f64() * 1e3,
+            peak as f64 / (1 << 20) as f64
+        );
+    }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -138,4 +207,5 @@ fn main() {
             );
         }
     }
+    budget_limits();
 }

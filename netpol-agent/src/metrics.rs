@@ -1,0 +1,191 @@
+//! Prometheus metrics, encoded by the `prometheus-client` library.
+//!
+//! What happens over time (compiles, syncs and their latency, rejections) is counted as it
+//! happens in [`Metrics`], which the agent owns; what is state (endpoints, policies,
+//! identities, map entries, the datapath's per-reason counters, the events read from the
+//! ring) is read at scrape time into a [`Snapshot`]. [`render`] encodes both.
+
+use std::collections::BTreeMap;
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+
+use crate::{datapath::Counters, monitor::EventCounts};
+
+/// Counted as it happens.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub compiles: Counter,
+    pub sync_errors: Counter,
+    pub policies_rejected: Counter,
+    /// Compile plus sync, per reconcile that enforced the model.
+    pub sync_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            compiles: Counter::default(),
+            sync_errors: Counter::default(),
+            policies_rejected: Counter::default(),
+            // 100 µs … ~3 s.
+            sync_seconds: Histogram::new(exponential_buckets(1e-4, 2.0, 16)),
+        }
+    }
+}
+
+/// State, read at scrape time.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub endpoints: usize,
+    pub held_closed: usize,
+    pub policies_accepted: usize,
+    pub policies_invalid: usize,
+    pub policies_over_budget: usize,
+    pub identities: usize,
+    pub cidr_identities: usize,
+    pub ipcache_entries: usize,
+    pub policy_entries: usize,
+    pub last_compile_seconds: f64,
+    /// None when the datapath's counters could not be read.
+    pub datapath: Option<Counters>,
+    pub events: EventCounts,
+    /// Endpoint id → "namespace/pod".
+    pub pods: BTreeMap<u32, String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PodLabel {
+    pod: String,
+}
+
+fn gauge(v: usize) -> Gauge {
+    let g = Gauge::default();
+    g.set(v as i64);
+    g
+}
+
+fn counter(v: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(v);
+    c
+}
+
+/// The exposition (OpenMetrics text).
+pub fn render(m: &Metrics, s: &Snapshot) -> String {
+    let mut r = Registry::default();
+    r.register("netpol_endpoints", "Endpoints enforced on this node", gauge(s.endpoints));
+    r.register(
+        "netpol_endpoints_held_closed",
+        "Endpoints held closed (host only) until their pod's labels are known",
+        gauge(s.held_closed),
+    );
+    let policies = Family::<StateLabel, Gauge>::default();
+    for (state, n) in [
+        ("accepted", s.policies_accepted),
+        ("rejected", s.policies_invalid),
+        ("over_budget", s.policies_over_budget),
+    ] {
+        policies.get_or_create(&StateLabel { state }).set(n as i64);
+    }
+    r.register("netpol_policies", "NetworkPolicies known, by state", policies);
+    r.register(
+        "netpol_policies_rejected",
+        "Policy versions rejected (invalid or over budget)",
+        m.policies_rejected.clone(),
+    );
+    r.register("netpol_identities", "Label identities in use", gauge(s.identities));
+    r.register("netpol_cidr_identities", "CIDR identities in use", gauge(s.cidr_identities));
+    r.register("netpol_ipcache_entries", "ipcache entries (exact and prefix)", gauge(s.ipcache_entries));
+    r.register(
+        "netpol_policy_map_entries",
+        "Policy map keys (exact and range blocks)",
+        gauge(s.policy_entries),
+    );
+    r.register("netpol_compiles", "Compilations of the model", m.compiles.clone());
+    let last = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    last.set(s.last_compile_seconds);
+    r.register("netpol_compile_duration_seconds", "Duration of the last compilation", last);
+    r.register("netpol_sync_duration_seconds", "Compile and sync of the model", m.sync_seconds.clone());
+    r.register(
+        "netpol_sync_errors",
+        "Syncs that failed (each is retried with backoff)",
+        m.sync_errors.clone(),
+    );
+    if let Some(c) = &s.datapath {
+        let by_reason = Family::<ReasonLabel, Counter>::default();
+        for (i, reason) in netpol_common::reason::NAMES.iter().enumerate() {
+            by_reason.get_or_create(&ReasonLabel { reason }).inc_by(c.reason(i as u8));
+        }
+        r.register("netpol_datapath_packets", "Packets judged by the datapath, by verdict reason", by_reason);
+        r.register(
+            "netpol_datapath_events_lost",
+            "Verdict events the ring could not take",
+            counter(c.events_lost()),
+        );
+        r.register(
+            "netpol_datapath_events_rate_limited",
+            "Drop events not written: their endpoint was over its drop-event rate",
+            counter(c.events_rate_limited()),
+        );
+        r.register(
+            "netpol_datapath_ct_insert_failed",
+            "Flows allowed without a conntrack entry",
+            counter(c.ct_insert_failed()),
+        );
+    }
+    r.register("netpol_events_received", "Verdict events read from the ring", counter(s.events.received));
+    let drops = Family::<PodLabel, Counter>::default();
+    for (id, n) in &s.events.drops_by_endpoint {
+        let pod = s.pods.get(id).cloned().unwrap_or_else(|| format!("endpoint-{id}"));
+        drops.get_or_create(&PodLabel { pod }).inc_by(*n);
+    }
+    r.register("netpol_drop_events", "Drop events read from the ring, by pod", drops);
+    let mut out = String::new();
+    encode(&mut out, &r).expect("writing to a String");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_has_every_family() {
+        let m = Metrics::default();
+        m.compiles.inc();
+        m.sync_seconds.observe(0.002);
+        let mut s = Snapshot { endpoints: 3, policies_accepted: 2, ..Default::default() };
+        s.events.drops_by_endpoint.insert(7, 4);
+        s.pods.insert(7, "default/b".into());
+        let text = render(&m, &s);
+        for want in [
+            "netpol_endpoints 3",
+            "netpol_policies{state=\"accepted\"} 2",
+            "netpol_compiles_total 1",
+            "netpol_sync_duration_seconds_count 1",
+            "netpol_drop_events_total{pod=\"default/b\"} 4",
+            "# EOF",
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
+    }
+}
