@@ -33,6 +33,7 @@ use netpol_policy::{
 use crate::{
     datapath::{state::SyncReport, Datapath, DatapathError},
     endpoints::{EndpointError, Registry},
+    enforcer::Enforcer,
     metrics::{self, Metrics, Snapshot},
     sources::local::{key_of, to_object, LocalStore, StoreError, StoreKey},
 };
@@ -75,8 +76,9 @@ pub struct Settings {
     pub budgets: Budgets,
 }
 
-pub struct Agent {
-    pub dp: Datapath,
+/// The agent over an enforcer: the datapath, or in-memory maps in tests.
+pub struct Agent<E: Enforcer = Datapath> {
+    pub dp: E,
     pub registry: Registry,
     pub model: Model,
     pub alloc: Allocators,
@@ -118,10 +120,10 @@ pub fn host_addresses() -> Vec<std::net::Ipv4Addr> {
     out
 }
 
-impl Agent {
+impl<E: Enforcer> Agent<E> {
     /// Loads the persisted state (registry, numbering, local store). In local mode it
     /// enforces the result at once; from a cluster it waits for [`Agent::mark_synced`].
-    pub fn start(dp: Datapath, settings: &Settings) -> Result<Agent, AgentError> {
+    pub fn start(dp: E, settings: &Settings) -> Result<Agent<E>, AgentError> {
         let state_dir = &settings.state_dir;
         let mut registry = Registry::load(state_dir)?;
         registry.prune()?;
@@ -434,7 +436,7 @@ impl Agent {
             ipcache_entries: st.ipcache.len(),
             policy_entries: st.policy.len(),
             last_compile_seconds: self.stats.last_compile.as_secs_f64(),
-            datapath: self.dp.counters().ok(),
+            datapath: self.dp.counters(),
             events: self.events.counts(),
             pods: pods.map(|(id, (ns, pod))| (id, format!("{ns}/{pod}"))).collect(),
         };
@@ -444,7 +446,7 @@ impl Agent {
 
 /// Retries a failed sync with backoff (from 200 ms, doubling to 30 s) until one succeeds;
 /// runs for the agent's lifetime.
-pub async fn retry_failed_syncs(agent: crate::api::Shared) {
+pub async fn retry_failed_syncs<E: Enforcer>(agent: std::sync::Arc<std::sync::Mutex<Agent<E>>>) {
     const FIRST: Duration = Duration::from_millis(200);
     const MAX: Duration = Duration::from_secs(30);
     let mut delay = FIRST;

@@ -13,7 +13,10 @@ use netpol_policy::compiler::LocalEndpoint;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::datapath::{self, Datapath, DatapathError};
+use crate::{
+    datapath::{self, DatapathError},
+    enforcer::Enforcer,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
@@ -199,7 +202,7 @@ impl Registry {
         r.map(|r| (r.endpoint_id, (r.request.pod_namespace.clone(), r.request.pod_name.clone()))).collect()
     }
 
-    pub fn list(&self, dp: &Datapath) -> Result<Vec<EndpointStatus>, EndpointError> {
+    pub fn list(&self, dp: &impl Enforcer) -> Result<Vec<EndpointStatus>, EndpointError> {
         let mut out = Vec::new();
         for r in &self.state.endpoints {
             out.extend(self.status(dp, &r.request.container_id, &r.request.ifname)?);
@@ -209,21 +212,18 @@ impl Registry {
 
     pub fn status(
         &self,
-        dp: &Datapath,
+        dp: &impl Enforcer,
         container_id: &str,
         ifname: &str,
     ) -> Result<Option<EndpointStatus>, EndpointError> {
         let Some(i) = self.find(&key_of(container_id, ifname)) else { return Ok(None) };
         let r = &self.state.endpoints[i];
         let q = &r.request;
-        let entry =
-            dp.endpoints()?.into_iter().find(|(idx, e)| *idx == q.host_ifindex && e.ep_id == r.endpoint_id);
-        let attached =
-            dp.config().attach == datapath::AttachMode::Netlink || dp.attached()?.contains(&q.host_ifindex);
-        let flags = entry.map(|(_, e)| e.flags).unwrap_or(0);
+        let entry = dp.enforced(q.host_ifindex)?.filter(|e| e.ep_id == r.endpoint_id);
+        let flags = entry.map(|e| e.flags).unwrap_or(0);
         Ok(Some(EndpointStatus {
             endpoint_id: r.endpoint_id,
-            identity: entry.map(|(_, e)| e.identity).unwrap_or(0),
+            identity: entry.map(|e| e.identity).unwrap_or(0),
             container_id: q.container_id.clone(),
             ifname: q.ifname.clone(),
             pod_namespace: q.pod_namespace.clone(),
@@ -233,7 +233,7 @@ impl Registry {
             host_ifindex: q.host_ifindex,
             isolated_ingress: flags & netpol_common::EP_ISOLATED_INGRESS != 0,
             isolated_egress: flags & netpol_common::EP_ISOLATED_EGRESS != 0,
-            enforced: entry.is_some() && attached,
+            enforced: entry.is_some(),
         }))
     }
 }

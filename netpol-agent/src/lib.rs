@@ -5,7 +5,8 @@
 //! - [`datapath`]: the eBPF programs, their pinned maps and links, and a typed API over them
 //!   (the only module that talks to the kernel through aya).
 //! - [`endpoints`]: attachments handed over by netpol-cni, persisted, with their identities.
-//! - [`controller`]: the agent's state and its loop body (compile, then sync);
+//! - [`controller`]: the agent's state and its loop body (compile, then sync), over an
+//!   [`enforcer`] (the datapath, or in-memory maps for tests);
 //!   [`sources`]: the local store and the Kubernetes watchers that feed it.
 //! - [`api`]: the HTTP/JSON API on the agent's Unix socket; [`monitor`]: the event ring,
 //!   always consumed, counted and served; [`metrics`]: the Prometheus exposition.
@@ -13,6 +14,7 @@ pub mod api;
 pub mod controller;
 pub mod datapath;
 pub mod endpoints;
+pub mod enforcer;
 pub mod metrics;
 pub mod monitor;
 pub mod sources;

@@ -1,8 +1,8 @@
 //! The Kubernetes source against a scripted API server that speaks list/watch: the agent's
 //! real watcher code (kube-runtime) must follow a list, watch events, a bookmark, a dropped
 //! watch (reconnect from the bookmark), a `410 Gone` (relist) that reveals a deletion the
-//! watch never reported, and must publish a Warning event for an invalid policy (root: the
-//! agent under test enforces through a real datapath).
+//! watch never reported, and must publish a Warning event for an invalid policy. The agent
+//! under test enforces into in-memory maps: no root needed.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -20,11 +20,11 @@ use axum::{
 use futures::stream;
 use netpol_agent::{
     controller::{Agent, Settings},
-    datapath::Config,
+    enforcer::MemoryMaps,
 };
 use netpol_api::NodeInfo;
 use netpol_policy::model::Key;
-use netpol_tests::{need_root, RemoveOnDrop};
+use netpol_tests::RemoveOnDrop;
 use serde_json::{json, Value};
 
 /// What the scripted server has served and received.
@@ -152,9 +152,6 @@ fn server(st: Shared) -> Router {
 
 #[test]
 fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
-    if need_root() {
-        return;
-    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let script: Shared = Arc::default();
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
@@ -162,12 +159,10 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
     let app = server(script.clone());
     rt.spawn(async move { axum::serve(listener, app).await });
 
-    let cfg = Config { name: "test-k8s-source".into(), ..Default::default() };
     let state_dir = std::env::temp_dir().join("netpol-test-k8s-source");
-    let _cleanup = RemoveOnDrop(vec![cfg.root(), state_dir.clone()]);
-    let _ = std::fs::remove_dir_all(cfg.root());
+    let _cleanup = RemoveOnDrop(vec![state_dir.clone()]);
     let _ = std::fs::remove_dir_all(&state_dir);
-    let dp = netpol_agent::datapath::Datapath::open(cfg.clone()).unwrap();
+    let dp = MemoryMaps::default();
     let settings = Settings {
         state_dir: state_dir.clone(),
         node: NodeInfo { node_name: "n1".into(), pod_cidr: None },

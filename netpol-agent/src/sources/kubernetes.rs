@@ -10,7 +10,12 @@
 //! or failing API server keeps the pinned state enforcing instead of compiling a partial
 //! model (policies without their peers, pods without their policies).
 
-use std::{collections::BTreeSet, fmt::Debug, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    fmt::Debug,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -33,7 +38,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::api::Shared;
+use crate::{controller::Agent, enforcer::Enforcer};
 
 /// A change the source observed.
 #[derive(Debug)]
@@ -122,7 +127,7 @@ const WATCHED: [Kind; 4] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy, Kin
 /// Feeds the agent from the cluster until the channel closes: batches of changes, one
 /// reconcile per batch, and a Warning event on every policy rejected as invalid or over
 /// its budget.
-pub async fn run(client: Client, agent: Shared, node_name: String) {
+pub async fn run<E: Enforcer>(client: Client, agent: Arc<Mutex<Agent<E>>>, node_name: String) {
     let mut rx = start(&client);
     let recorder = Recorder::new(
         client,

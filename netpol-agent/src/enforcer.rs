@@ -1,0 +1,107 @@
+//! What the controller needs of a datapath, as a trait: the real one ([`Datapath`]), or
+//! [`MemoryMaps`], an in-memory map state with which the controller and the sources are
+//! tested without root or a kernel.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use netpol_common::Endpoint;
+use netpol_policy::state::MapState;
+
+use crate::datapath::{state::SyncReport, AttachMode, Counters, Datapath, DatapathError};
+
+pub trait Enforcer: Send + 'static {
+    /// What the maps hold now.
+    fn realized(&self) -> Result<MapState, DatapathError>;
+    /// Makes the maps hold `st` and the programs sit on its endpoints' interfaces (`names`:
+    /// ifindex → interface name); see [`Datapath::apply_state`].
+    fn apply_state(
+        &mut self,
+        st: &MapState,
+        names: &BTreeMap<u32, String>,
+    ) -> Result<SyncReport, DatapathError>;
+    /// The endpoint entry of `ifindex` when its programs are attached (it is enforced).
+    fn enforced(&self, ifindex: u32) -> Result<Option<Endpoint>, DatapathError>;
+    /// The datapath's per-reason counters, when it has any.
+    fn counters(&self) -> Option<Counters>;
+}
+
+impl Enforcer for Datapath {
+    fn realized(&self) -> Result<MapState, DatapathError> {
+        Datapath::realized(self)
+    }
+
+    fn apply_state(
+        &mut self,
+        st: &MapState,
+        names: &BTreeMap<u32, String>,
+    ) -> Result<SyncReport, DatapathError> {
+        Datapath::apply_state(self, st, names)
+    }
+
+    fn enforced(&self, ifindex: u32) -> Result<Option<Endpoint>, DatapathError> {
+        let entry = self.endpoints()?.into_iter().find(|(i, _)| *i == ifindex).map(|(_, e)| e);
+        // clsact filters have no pins to tell; netlink mode attaches on every sync.
+        let attached = self.config().attach == AttachMode::Netlink || self.attached()?.contains(&ifindex);
+        Ok(entry.filter(|_| attached))
+    }
+
+    fn counters(&self) -> Option<Counters> {
+        Datapath::counters(self).ok()
+    }
+}
+
+/// Maps in memory: `apply_state` stores the state and "attaches" its endpoints. Writes can
+/// be made to fail, to test the controller's retries.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryMaps {
+    pub state: MapState,
+    pub attached: BTreeSet<u32>,
+    /// Fail this many syncs from now on.
+    pub fail_syncs: usize,
+    pub syncs: usize,
+}
+
+impl Enforcer for MemoryMaps {
+    fn realized(&self) -> Result<MapState, DatapathError> {
+        Ok(self.state.clone())
+    }
+
+    fn apply_state(
+        &mut self,
+        st: &MapState,
+        names: &BTreeMap<u32, String>,
+    ) -> Result<SyncReport, DatapathError> {
+        self.syncs += 1;
+        if self.fail_syncs > 0 {
+            self.fail_syncs -= 1;
+            return Err(DatapathError::InvalidEntry("the in-memory maps were told to fail".into()));
+        }
+        if let Some(i) = st.endpoints.keys().find(|i| !names.contains_key(i)) {
+            return Err(DatapathError::InvalidEntry(format!("no interface name for ifindex {i}")));
+        }
+        let count = |a: usize, b: usize| a.saturating_sub(b);
+        let report = SyncReport {
+            endpoints_upserted: st
+                .endpoints
+                .iter()
+                .filter(|(k, v)| self.state.endpoints.get(k) != Some(v))
+                .count(),
+            endpoints_removed: count(self.state.endpoints.len(), st.endpoints.len()),
+            ipcache_upserted: st.ipcache.iter().filter(|(k, v)| self.state.ipcache.get(k) != Some(v)).count(),
+            policy_upserted: st.policy.iter().filter(|(k, v)| self.state.policy.get(k) != Some(v)).count(),
+            policy_removed: self.state.policy.keys().filter(|k| !st.policy.contains_key(k)).count(),
+            ..Default::default()
+        };
+        self.state = st.clone();
+        self.attached = st.endpoints.keys().copied().collect();
+        Ok(report)
+    }
+
+    fn enforced(&self, ifindex: u32) -> Result<Option<Endpoint>, DatapathError> {
+        Ok(self.state.endpoints.get(&ifindex).copied().filter(|_| self.attached.contains(&ifindex)))
+    }
+
+    fn counters(&self) -> Option<Counters> {
+        None
+    }
+}

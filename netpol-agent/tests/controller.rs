@@ -1,0 +1,132 @@
+//! The controller over in-memory maps (no root, no kernel): budgets refused at apply, failed
+//! syncs retried with backoff, nothing enforced from a model that is not fully listed, and an
+//! endpoint whose pod is unknown held closed. The loopback interface stands in for a veth.
+
+use std::sync::{Arc, Mutex};
+
+use netpol_agent::{
+    controller::{retry_failed_syncs, Agent, AgentError, Settings},
+    enforcer::MemoryMaps,
+};
+use netpol_api::{EndpointRequest, NodeInfo};
+use netpol_common::{identity, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
+use netpol_policy::{compiler::Budgets, model::Object};
+use netpol_tests::RemoveOnDrop;
+use serde_json::{json, Value};
+
+fn settings(name: &str, local: bool, budgets: Budgets) -> (Settings, RemoveOnDrop) {
+    let state_dir = std::env::temp_dir().join(format!("netpol-test-controller-{name}"));
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let node = NodeInfo { node_name: "n1".into(), pod_cidr: None };
+    (Settings { state_dir: state_dir.clone(), node, local, budgets }, RemoveOnDrop(vec![state_dir]))
+}
+
+fn lo_endpoint(pod: &str) -> EndpointRequest {
+    EndpointRequest {
+        container_id: format!("c-{pod}"),
+        ifname: "eth0".into(),
+        netns: "/proc/1/ns/net".into(),
+        pod_namespace: "x".into(),
+        pod_name: pod.into(),
+        ip: "10.0.0.2".parse().unwrap(),
+        host_ifname: "lo".into(),
+        host_ifindex: netpol_agent::datapath::ifindex("lo").unwrap(),
+    }
+}
+
+fn pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "x", "labels": {"app": name}},
+           "spec": {"containers": []}, "status": {"podIP": "10.0.0.2", "phase": "Running"}})
+}
+
+/// Ingress to every pod of x from `blocks` /32 ipBlocks on `ports` ports.
+fn policy(name: &str, blocks: u32, ports: u32) -> Value {
+    let from: Vec<Value> =
+        (0..blocks).map(|b| json!({"ipBlock": {"cidr": format!("172.16.0.{b}/32")}})).collect();
+    let ports: Vec<Value> = (0..ports).map(|p| json!({"port": 1000 + p})).collect();
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": name, "namespace": "x"},
+           "spec": {"podSelector": {}, "ingress": [{"from": from, "ports": ports}]}})
+}
+
+fn flags(a: &Agent<MemoryMaps>) -> u32 {
+    a.dp.state.endpoints.values().next().map(|e| e.flags).unwrap_or(0)
+}
+
+#[test]
+fn a_policy_over_budget_is_refused_at_apply_and_the_rest_stays_enforced() {
+    let (s, _dir) = settings("budget", true, Budgets { per_policy: 10, per_namespace: 15 });
+    let mut a = Agent::start(MemoryMaps::default(), &s).unwrap();
+    a.apply_objects(vec![pod("web")]).unwrap();
+    a.register(lo_endpoint("web")).unwrap();
+    let r = a.apply_objects(vec![policy("big", 3, 4), policy("fits", 2, 4)]).unwrap();
+    let err = r[0].error.as_deref().unwrap_or("");
+    assert!(err.contains("x/big") && err.contains("10"), "{r:?}");
+    assert!(r[1].error.is_none(), "{r:?}");
+    assert!(!a.model.policies.contains_key(&("x".into(), "big".into())));
+    assert_eq!(flags(&a), EP_ISOLATED_INGRESS);
+    assert_eq!(a.dp.state.policy.len(), 8, "fits' 2 × 4 keys");
+    // 8 + 8 would pass the namespace's 15: the second one is refused, naming the namespace.
+    let r = a.apply_objects(vec![policy("more", 2, 4)]).unwrap();
+    assert!(r[0].error.as_deref().unwrap_or("").contains("namespace x"), "{r:?}");
+    assert_eq!(a.dp.state.policy.len(), 8);
+    let m = a.metrics();
+    assert!(m.contains("netpol_policies_rejected_total 2"), "{m}");
+}
+
+#[test]
+fn a_failed_sync_is_retried_with_backoff_until_it_lands() {
+    let (s, _dir) = settings("retry", true, Budgets::default());
+    let mut a = Agent::start(MemoryMaps::default(), &s).unwrap();
+    a.apply_objects(vec![pod("web")]).unwrap();
+    a.register(lo_endpoint("web")).unwrap();
+    a.dp.fail_syncs = 3;
+    let before = a.dp.syncs;
+    let applied = a.apply_objects(vec![policy("p", 1, 1)]);
+    assert!(matches!(applied, Err(AgentError::Datapath(_))), "{applied:?}");
+    assert_eq!(flags(&a), 0, "nothing landed yet");
+    let agent = Arc::new(Mutex::new(a));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let t = std::time::Instant::now();
+    rt.block_on(async {
+        let retry = tokio::spawn(retry_failed_syncs(agent.clone()));
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if !agent.lock().unwrap().stats.last_sync_failed {
+                break;
+            }
+        }
+        retry.abort();
+    });
+    let a = agent.lock().unwrap();
+    assert!(!a.stats.last_sync_failed, "still failing after {} syncs", a.dp.syncs);
+    assert_eq!(flags(&a), EP_ISOLATED_INGRESS);
+    assert_eq!(a.dp.state.policy.len(), 1);
+    // The apply and two retries failed, the third landed, then nothing more: 200, 400 and
+    // 800 ms apart (backoff, not a busy loop).
+    assert_eq!(a.dp.syncs - before, 4);
+    assert!(t.elapsed() >= std::time::Duration::from_millis(1200), "{:?}", t.elapsed());
+}
+
+#[test]
+fn nothing_is_enforced_from_a_model_that_is_not_fully_listed() {
+    let (s, _dir) = settings("listed", false, Budgets::default());
+    let mut a = Agent::start(MemoryMaps::default(), &s).unwrap();
+    // A new endpoint before any list: held closed, as INIT.
+    a.register(lo_endpoint("web")).unwrap();
+    let held = *a.dp.state.endpoints.values().next().unwrap();
+    assert_eq!((held.identity, held.flags), (identity::INIT, EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS));
+    // What the maps hold (here: an isolation an earlier agent wrote) survives reconciles
+    // while some kinds are still unlisted, whatever the partial model says.
+    let isolated = |flags| netpol_common::Endpoint { flags, ..held };
+    let ifindex = *a.dp.state.endpoints.keys().next().unwrap();
+    a.dp.state.endpoints.insert(ifindex, isolated(EP_ISOLATED_INGRESS));
+    let obj = |v: Value| Object::Pod(Box::new(serde_json::from_value(v).unwrap()));
+    a.upsert(obj(pod("web"))).unwrap();
+    a.reconcile().unwrap();
+    assert_eq!(a.dp.state.endpoints[&ifindex].flags, EP_ISOLATED_INGRESS, "a partial model was enforced");
+    // Every kind listed, without policies: now the model is enforced.
+    a.mark_synced().unwrap();
+    assert!(a.is_synced());
+    assert_eq!(a.dp.state.endpoints[&ifindex].flags, 0);
+    assert_ne!(a.dp.state.endpoints[&ifindex].identity, identity::INIT);
+}
