@@ -128,6 +128,16 @@ async fn record_event(
     (axum::http::StatusCode::CREATED, Json(ev))
 }
 
+/// 600 /32 ipBlocks × 500 ports for every pod of `default`: 300k keys per local pod.
+fn huge_policy() -> Value {
+    let from: Vec<Value> = (0..600)
+        .map(|i| json!({"ipBlock": {"cidr": format!("172.16.{}.{}/32", i / 256, i % 256)}}))
+        .collect();
+    let ports: Vec<Value> = (0..500).map(|p| json!({"port": 1000 + p})).collect();
+    json!({"metadata": {"name": "huge", "namespace": "default", "resourceVersion": "1", "uid": "u-huge"},
+           "spec": {"podSelector": {}, "ingress": [{"from": from, "ports": ports}]}})
+}
+
 fn server(st: Shared) -> Router {
     let namespaces = json!([{"metadata": {"name": "default", "resourceVersion": "1", "labels": {"kubernetes.io/metadata.name": "default"}}}]);
     let nodes = json!([{"metadata": {"name": "n1", "resourceVersion": "1"}, "spec": {"podCIDR": "10.244.3.0/24"},
@@ -137,6 +147,7 @@ fn server(st: Shared) -> Router {
          "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "ingress": [{"ports": [{"port": 5432}]}]}},
         {"metadata": {"name": "bad", "namespace": "default", "resourceVersion": "1", "uid": "u-bad"},
          "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["192.168.0.0/16"]}}]}]}},
+        huge_policy(),
     ]);
     Router::new()
         .route("/api/v1/pods", get(pods))
@@ -169,7 +180,21 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
         local: false,
         budgets: Default::default(),
     };
-    let agent = Agent::start(dp, &settings).unwrap();
+    let mut agent = Agent::start(dp, &settings).unwrap();
+    // Pod a runs here (the loopback stands in for its veth).
+    let lo = netpol_agent::datapath::ifindex("lo").unwrap();
+    agent
+        .register(netpol_api::EndpointRequest {
+            container_id: "c-a".into(),
+            ifname: "eth0".into(),
+            netns: "/proc/1/ns/net".into(),
+            pod_namespace: "default".into(),
+            pod_name: "a".into(),
+            ip: "10.1.0.2".parse().unwrap(),
+            host_ifname: "lo".into(),
+            host_ifindex: lo,
+        })
+        .unwrap();
     let agent = Arc::new(Mutex::new(agent));
     // The client's buffer service needs a runtime to start in.
     let client = {
@@ -199,7 +224,7 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
             a.node.pod_cidr.clone(),
         );
         let events = script.lock().unwrap().events.len();
-        if (snapshot.0 == want_pods && snapshot.1.as_deref() == Some("api") && events > 0)
+        if (snapshot.0 == want_pods && snapshot.1.as_deref() == Some("api") && events > 1)
             || Instant::now() > deadline
         {
             break snapshot;
@@ -210,17 +235,25 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
     assert_eq!(a_app.as_deref(), Some("api"), "the relabel after the relist was missed");
     assert!(s.pod_lists >= 2, "no relist after 410 Gone");
     assert!(s.pod_watches >= 3, "no reconnect: {} watches", s.pod_watches);
-    assert_eq!(policies, vec![("default".to_string(), "good".to_string())]);
+    let key = |n: &str| ("default".to_string(), n.to_string());
+    assert_eq!(policies, vec![key("good"), key("huge")]);
     assert_eq!(rejected, vec![("default".to_string(), "bad".to_string())]);
     assert_eq!(pod_cidr.as_deref(), Some("10.244.3.0/24"), "the Node's podCIDR was not taken");
-    let ev = &s.events[0];
+    let of = |reason: &str| s.events.iter().filter(|e| e["reason"] == reason).collect::<Vec<_>>();
+    let ev = of("InvalidNetworkPolicy")[0];
     assert_eq!(ev["type"], "Warning", "{ev}");
-    assert_eq!(ev["reason"], "InvalidNetworkPolicy");
     assert_eq!(ev["regarding"]["name"], "bad");
     assert!(ev["note"].as_str().unwrap().contains("spec.ingress[0].from[0].ipBlock.except[0]"), "{ev}");
-    // The compiled state reflects the model: the good policy isolates nothing local here,
-    // but the cluster's pods are in the ipcache.
+    // The oversized policy: one Warning (not one per reconcile), naming its budget; it
+    // isolates pod a and adds nothing.
+    let over = of("NetworkPolicyOverBudget");
+    assert_eq!(over.len(), 1, "{:?}", s.events);
+    assert_eq!(over[0]["regarding"]["name"], "huge");
+    assert!(over[0]["note"].as_str().unwrap().contains("16384"), "{}", over[0]);
     let a = agent.lock().unwrap();
+    assert_eq!(a.dp.state.endpoints[&lo].flags, netpol_common::EP_ISOLATED_INGRESS);
+    assert!(a.dp.state.policy.is_empty(), "the rejected policy wrote entries");
+    // The compiled state reflects the model: the cluster's pods are in the ipcache.
     assert!(
         a.compiled.state.ipcache.keys().any(|n| n.to_string() == "10.1.0.5/32"),
         "d is not in the ipcache"
