@@ -100,7 +100,7 @@ struct EventsQuery {
 /// The recent events, or (`follow`) a stream of every event from now on, one JSON object
 /// per line. A follower that falls behind skips what it missed.
 async fn events(State(st): State<Shared>, Query(q): Query<EventsQuery>) -> Response {
-    let hub = st.lock().unwrap_or_else(|p| p.into_inner()).events.clone();
+    let hub = st.lock().unwrap_or_else(|p| p.into_inner()).events();
     if !q.follow {
         return Json(hub.recent()).into_response();
     }
@@ -122,7 +122,7 @@ async fn events(State(st): State<Shared>, Query(q): Query<EventsQuery>) -> Respo
 }
 
 async fn node(State(st): State<Shared>) -> Json<NodeInfo> {
-    Json(st.lock().unwrap_or_else(|p| p.into_inner()).node.clone())
+    Json(st.lock().unwrap_or_else(|p| p.into_inner()).node().clone())
 }
 
 async fn register(State(st): State<Shared>, Json(req): Json<EndpointRequest>) -> Response {
@@ -130,12 +130,12 @@ async fn register(State(st): State<Shared>, Json(req): Json<EndpointRequest>) ->
 }
 
 async fn list(State(st): State<Shared>) -> Response {
-    reply(blocking(st, |a| Ok(a.registry.list(&a.dp)?)).await)
+    reply(blocking(st, |a| a.endpoints()).await)
 }
 
 async fn status(State(st): State<Shared>, UrlPath((cid, ifname)): UrlPath<(String, String)>) -> Response {
     let what = format!("endpoint {cid}/{ifname}");
-    match blocking(st, move |a| Ok(a.registry.status(&a.dp, &cid, &ifname)?)).await {
+    match blocking(st, move |a| a.endpoint(&cid, &ifname)).await {
         Ok(Some(s)) => Json(s).into_response(),
         Ok(None) => Failure(StatusCode::NOT_FOUND, format!("{what} is not registered")).into_response(),
         Err(f) => f.into_response(),

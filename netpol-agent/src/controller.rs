@@ -1,8 +1,12 @@
 //! The agent's state and its one loop body: compile the model for this node's endpoints and
 //! sync the datapath to the result (only what changed is written; adds before deletes).
 //!
+//! Sources hand what they observe to one entry point, [`Agent::handle`], which always
+//! reconciles; the local store is such a source (its snapshot at start, then each apply and
+//! delete), like the Kubernetes watchers. The agent's state is private.
+//!
 //! Invariants:
-//! - Until every watched kind has been listed (`synced`), no reconcile removes isolation or
+//! - Until every watched kind has been listed, no reconcile removes isolation or
 //!   entries: the pinned maps keep enforcing what the last agent compiled, endpoints
 //!   registered meanwhile are written held closed (identity `INIT`, host only), and
 //!   endpoints no longer registered go.
@@ -11,6 +15,7 @@
 //!   cluster it is stored, isolates what it selects, adds nothing, and is reported.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -26,7 +31,7 @@ use tracing::{info, warn};
 use netpol_common::{identity, Endpoint, IpcacheEntry, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
 use netpol_policy::{
     compiler::{compile_with, Allocators, Budgets, Compiled},
-    model::{Key, Kind, Model, Object},
+    model::{node_pod_cidr, Key, Kind, Model, Object},
     policy::PolicyError,
 };
 
@@ -35,7 +40,10 @@ use crate::{
     endpoints::{EndpointError, Registry},
     enforcer::Enforcer,
     metrics::{self, Metrics, Snapshot},
-    sources::local::{key_of, to_object, LocalStore, StoreError, StoreKey},
+    sources::{
+        local::{key_of, to_object, LocalStore, StoreError, StoreKey},
+        Change, WATCHED,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -78,21 +86,21 @@ pub struct Settings {
 
 /// The agent over an enforcer: the datapath, or in-memory maps in tests.
 pub struct Agent<E: Enforcer = Datapath> {
-    pub dp: E,
-    pub registry: Registry,
-    pub model: Model,
-    pub alloc: Allocators,
-    pub node: NodeInfo,
+    dp: E,
+    registry: Registry,
+    model: Model,
+    alloc: Allocators,
+    node: NodeInfo,
     /// The local store (local mode); None when a Kubernetes API server is the source.
-    pub store: Option<LocalStore>,
-    pub compiled: Compiled,
-    pub stats: Stats,
+    store: Option<LocalStore>,
+    compiled: Compiled,
+    stats: Stats,
     metrics: Metrics,
     /// Verdict events, once the agent's ring reader runs ([`crate::monitor::consume`]).
-    pub events: std::sync::Arc<crate::monitor::EventHub>,
+    events: std::sync::Arc<crate::monitor::EventHub>,
     budgets: Budgets,
-    /// Every watched kind has been listed (always, in local mode).
-    synced: bool,
+    /// The kinds listed in full so far (all of them at once, in local mode).
+    listed: BTreeSet<Kind>,
     state_dir: PathBuf,
     saved_alloc: String,
 }
@@ -118,6 +126,44 @@ pub fn host_addresses() -> Vec<std::net::Ipv4Addr> {
     }
     unsafe { libc::freeifaddrs(ifap) };
     out
+}
+
+fn policy_key(np: &k8s_openapi::api::networking::v1::NetworkPolicy) -> Key {
+    (
+        np.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        np.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The local store as a source, at start: this machine as the node, every stored object,
+/// and every kind listed in full.
+fn local_snapshot(node_name: &str, store: &LocalStore) -> Vec<Change> {
+    let addresses = host_addresses()
+        .into_iter()
+        .map(|ip| NodeAddress { type_: "InternalIP".into(), address: ip.to_string() })
+        .collect();
+    let node = Node {
+        metadata: ObjectMeta { name: Some(node_name.to_string()), ..Default::default() },
+        status: Some(NodeStatus { addresses: Some(addresses), ..Default::default() }),
+        ..Default::default()
+    };
+    let mut changes = vec![Change::Upsert(Object::Node(Box::new(node)))];
+    let mut keys: BTreeMap<Kind, BTreeSet<Key>> = BTreeMap::new();
+    keys.entry(Kind::Node).or_default().insert((String::new(), node_name.to_string()));
+    for (key, v) in store.objects() {
+        match to_object(v) {
+            Ok(Some(o)) => {
+                if let Some(kind) = crate::sources::local::kind_of(&key.0) {
+                    keys.entry(kind).or_default().insert((key.1.clone(), key.2.clone()));
+                }
+                changes.push(Change::Upsert(o));
+            }
+            Ok(None) => {}
+            Err(e) => warn!("stored {key:?} unreadable: {e}"),
+        }
+    }
+    changes.extend(WATCHED.iter().map(|k| Change::Relisted(*k, keys.remove(k).unwrap_or_default())));
+    changes
 }
 
 impl<E: Enforcer> Agent<E> {
@@ -147,59 +193,108 @@ impl<E: Enforcer> Agent<E> {
             metrics: Metrics::default(),
             events: Default::default(),
             budgets: settings.budgets,
-            synced: settings.local,
+            listed: BTreeSet::new(),
             state_dir: state_dir.clone(),
             saved_alloc,
         };
         if settings.local {
-            // The local node is this machine.
-            let addresses = host_addresses()
-                .into_iter()
-                .map(|ip| NodeAddress { type_: "InternalIP".into(), address: ip.to_string() })
-                .collect();
-            let node = Node {
-                metadata: ObjectMeta { name: Some(agent.node.node_name.clone()), ..Default::default() },
-                status: Some(NodeStatus { addresses: Some(addresses), ..Default::default() }),
-                ..Default::default()
-            };
-            agent.model.upsert(Object::Node(Box::new(node)))?;
             let store = LocalStore::load(state_dir)?;
-            for (key, v) in store.objects() {
-                match to_object(v) {
-                    Ok(Some(o)) => {
-                        if let Err(e) = agent.model.upsert(o) {
-                            warn!("stored {key:?} rejected: {e}");
+            let changes = local_snapshot(&agent.node.node_name, &store);
+            agent.store = Some(store);
+            let (_, synced) = agent.handle(changes);
+            synced?;
+        } else {
+            agent.reconcile()?;
+        }
+        Ok(agent)
+    }
+
+    pub fn enforcer(&self) -> &E {
+        &self.dp
+    }
+
+    /// For tests that steer in-memory maps.
+    pub fn enforcer_mut(&mut self) -> &mut E {
+        &mut self.dp
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// What the last compile produced.
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+
+    pub fn node(&self) -> &NodeInfo {
+        &self.node
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The verdict events hub (the ring reader publishes into it).
+    pub fn events(&self) -> std::sync::Arc<crate::monitor::EventHub> {
+        self.events.clone()
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<EndpointStatus>, AgentError> {
+        Ok(self.registry.list(&self.dp)?)
+    }
+
+    pub fn endpoint(&self, container_id: &str, ifname: &str) -> Result<Option<EndpointStatus>, AgentError> {
+        Ok(self.registry.status(&self.dp, container_id, ifname)?)
+    }
+
+    /// The one entry point for what the sources observed: each change goes into the model
+    /// (a policy that does not validate is rejected and its last valid version kept), then
+    /// the agent reconciles — always, so any change also retries a failed sync. Returns
+    /// the rejections, and the reconcile's outcome.
+    pub fn handle(
+        &mut self,
+        changes: Vec<Change>,
+    ) -> (Vec<(Key, PolicyError)>, Result<SyncReport, AgentError>) {
+        let mut rejected = Vec::new();
+        for change in changes {
+            match change {
+                Change::Upsert(obj) => {
+                    if let Object::Node(n) = &obj {
+                        if n.metadata.name.as_deref() == Some(self.node.node_name.as_str()) {
+                            self.node.pod_cidr = node_pod_cidr(n).or(self.node.pod_cidr.take());
                         }
                     }
-                    Ok(None) => {}
-                    Err(e) => warn!("stored {key:?} unreadable: {e}"),
+                    let key = match &obj {
+                        Object::NetworkPolicy(np) => Some(policy_key(np)),
+                        _ => None,
+                    };
+                    if let (Err(e), Some(key)) = (self.upsert(obj), key) {
+                        rejected.push((key, e));
+                    }
+                }
+                Change::Delete(kind, ns, name) => self.model.delete(kind, &ns, &name),
+                Change::Relisted(kind, keys) => {
+                    self.model.retain(kind, &keys);
+                    if self.listed.insert(kind) && self.is_synced() {
+                        info!("every watched kind is listed; enforcing the model");
+                    }
                 }
             }
-            agent.store = Some(store);
         }
-        agent.reconcile()?;
-        Ok(agent)
+        (rejected, self.reconcile())
     }
 
     /// Whether every watched kind has been listed.
     pub fn is_synced(&self) -> bool {
-        self.synced
-    }
-
-    /// Every watched kind has been listed: from now on reconciles enforce the model.
-    pub fn mark_synced(&mut self) -> Result<SyncReport, AgentError> {
-        if !self.synced {
-            info!("every watched kind is listed; enforcing the model");
-            self.synced = true;
-        }
-        self.reconcile()
+        WATCHED.iter().all(|k| self.listed.contains(k))
     }
 
     /// Compiles the model for this node and syncs the datapath to it (before the sources
     /// are synced: only holds new endpoints closed). A failure is counted and marks a
     /// retry due.
     pub fn reconcile(&mut self) -> Result<SyncReport, AgentError> {
-        let result = if self.synced { self.enforce_model() } else { self.hold_new_endpoints() };
+        let result = if self.is_synced() { self.enforce_model() } else { self.hold_new_endpoints() };
         self.stats.last_sync_failed = result.is_err();
         if result.is_err() {
             self.metrics.sync_errors.inc();
@@ -307,9 +402,9 @@ impl<E: Enforcer> Agent<E> {
         Ok(())
     }
 
-    /// Adds or replaces an object from a source; a policy that does not validate is
-    /// reported and leaves the model as it was.
-    pub fn upsert(&mut self, obj: Object) -> Result<(), PolicyError> {
+    /// Adds or replaces an object; a policy that does not validate is reported and leaves
+    /// the model as it was.
+    fn upsert(&mut self, obj: Object) -> Result<(), PolicyError> {
         self.model.upsert(obj).inspect_err(|e| {
             self.metrics.policies_rejected.inc();
             warn!("{e}");
@@ -317,84 +412,81 @@ impl<E: Enforcer> Agent<E> {
     }
 
     /// Applies objects to the local store (kubectl apply semantics: each on its own), then
-    /// enforces the result before returning.
+    /// enforces the result before returning. A policy that does not validate, or would
+    /// push a policy over its budget, is refused and stored nowhere.
     pub fn apply_objects(&mut self, objects: Vec<Value>) -> Result<Vec<ObjectResult>, AgentError> {
         if self.store.is_none() {
             return Err(AgentError::Invalid(
                 "this agent's source is a Kubernetes API server, not the local store".into(),
             ));
         }
+        // The model as it will be, to check each object against what came before it.
+        let mut trial = self.model.clone();
         let mut results = Vec::new();
+        let mut changes = Vec::new();
         for v in objects {
             let (kind, namespace, name) = match key_of(&v) {
                 Ok(k) => k,
                 Err(e) => {
-                    results.push(ObjectResult {
+                    let r = ObjectResult {
                         kind: String::new(),
                         namespace: String::new(),
                         name: String::new(),
                         result: None,
                         error: Some(e.to_string()),
-                    });
+                    };
+                    results.push(r);
                     continue;
                 }
             };
             let mut r = ObjectResult { kind, namespace, name, result: None, error: None };
-            let outcome = to_object(&v).map_err(AgentError::from).and_then(|o| match o {
-                Some(o) => self.admit(o),
-                None => Ok(()),
+            let admitted = to_object(&v).map_err(AgentError::from).and_then(|o| match o {
+                Some(o) => self.admit(&mut trial, &o).map(|()| Some(o)),
+                None => Ok(None),
             });
-            match outcome {
-                Ok(()) => {
+            match admitted {
+                Ok(obj) => {
                     let action = self.store.as_mut().expect("local").put(v)?;
                     r.result = Some(action.as_str().to_string());
+                    changes.extend(obj.map(Change::Upsert));
                 }
-                Err(e) => r.error = Some(e.to_string()),
+                Err(e) => {
+                    self.metrics.policies_rejected.inc();
+                    warn!("{e}");
+                    r.error = Some(e.to_string());
+                }
             }
             results.push(r);
         }
-        self.reconcile()?;
+        let (_, synced) = self.handle(changes);
+        synced?;
         Ok(results)
     }
 
-    /// Adds an object from the local store unless it is a policy that would push a policy
-    /// over its budget; then the model is left as it was.
-    fn admit(&mut self, obj: Object) -> Result<(), AgentError> {
-        let key: Option<Key> = match &obj {
-            Object::NetworkPolicy(np) => Some((
-                np.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
-                np.metadata.name.clone().unwrap_or_default(),
-            )),
-            _ => None,
-        };
-        let before =
-            key.as_ref().map(|k| (self.model.policies.get(k).cloned(), self.model.rejected.get(k).cloned()));
-        self.upsert(obj)?;
-        let (Some(key), Some((policy, rejected))) = (key, before) else { return Ok(()) };
-        let trial = self.compile(&mut self.alloc.clone());
+    /// Puts `obj` in the trial model unless it does not validate or would push a policy
+    /// over its budget (then the trial model is left as it was).
+    fn admit(&self, trial: &mut Model, obj: &Object) -> Result<(), AgentError> {
+        let before = trial.clone();
+        trial.upsert(obj.clone())?;
+        let Object::NetworkPolicy(np) = obj else { return Ok(()) };
+        let key = policy_key(np);
+        let (endpoints, _) = self.registry.local_endpoints();
+        let compiled =
+            compile_with(trial, &self.node.node_name, &endpoints, &mut self.alloc.clone(), &self.budgets);
         let Some((other, e)) =
-            trial.over_budget.iter().find(|(k, _)| !self.compiled.over_budget.contains_key(*k))
+            compiled.over_budget.iter().find(|(k, _)| !self.compiled.over_budget.contains_key(*k))
         else {
             return Ok(());
         };
-        let msg = if *other == key {
+        *trial = before;
+        Err(AgentError::OverBudget(if *other == key {
             e.to_string()
         } else {
             format!(
                 "NetworkPolicy {}/{}: refused, it would push another policy over budget: {e}",
                 key.0, key.1
             )
-        };
-        self.model.delete(Kind::NetworkPolicy, &key.0, &key.1);
-        if let Some(p) = policy {
-            self.model.policies.insert(key.clone(), p);
-        }
-        if let Some(r) = rejected {
-            self.model.rejected.insert(key, r);
-        }
-        self.metrics.policies_rejected.inc();
-        warn!("{msg}");
-        Err(AgentError::OverBudget(msg))
+        }))
     }
 
     /// Deletes an object from the local store; false when there was none.
@@ -405,8 +497,8 @@ impl<E: Enforcer> Agent<E> {
         }
         let (kind, ns, name) = key;
         if let Some(kind) = crate::sources::local::kind_of(kind) {
-            self.model.delete(kind, ns, name);
-            self.reconcile()?;
+            let (_, synced) = self.handle(vec![Change::Delete(kind, ns.clone(), name.clone())]);
+            synced?;
         }
         Ok(true)
     }

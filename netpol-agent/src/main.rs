@@ -327,7 +327,7 @@ fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
         };
         let agent = Agent::start(dp, &settings).context("starting the agent")?;
         if let Some(ring) = ring {
-            tokio::spawn(netpol_agent::monitor::consume(ring, agent.events.clone()));
+            tokio::spawn(netpol_agent::monitor::consume(ring, agent.events()));
         }
         let state = Arc::new(Mutex::new(agent));
         tokio::spawn(retry_failed_syncs(state.clone()));

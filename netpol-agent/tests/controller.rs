@@ -2,15 +2,22 @@
 //! syncs retried with backoff, nothing enforced from a model that is not fully listed, and an
 //! endpoint whose pod is unknown held closed. The loopback interface stands in for a veth.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+};
 
 use netpol_agent::{
     controller::{retry_failed_syncs, Agent, AgentError, Settings},
     enforcer::MemoryMaps,
+    sources::Change,
 };
 use netpol_api::{EndpointRequest, NodeInfo};
 use netpol_common::{identity, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
-use netpol_policy::{compiler::Budgets, model::Object};
+use netpol_policy::{
+    compiler::Budgets,
+    model::{Kind, Object},
+};
 use netpol_tests::RemoveOnDrop;
 use serde_json::{json, Value};
 
@@ -49,7 +56,7 @@ fn policy(name: &str, blocks: u32, ports: u32) -> Value {
 }
 
 fn flags(a: &Agent<MemoryMaps>) -> u32 {
-    a.dp.state.endpoints.values().next().map(|e| e.flags).unwrap_or(0)
+    a.enforcer().state.endpoints.values().next().map(|e| e.flags).unwrap_or(0)
 }
 
 #[test]
@@ -62,13 +69,13 @@ fn a_policy_over_budget_is_refused_at_apply_and_the_rest_stays_enforced() {
     let err = r[0].error.as_deref().unwrap_or("");
     assert!(err.contains("x/big") && err.contains("10"), "{r:?}");
     assert!(r[1].error.is_none(), "{r:?}");
-    assert!(!a.model.policies.contains_key(&("x".into(), "big".into())));
+    assert!(!a.model().policies.contains_key(&("x".into(), "big".into())));
     assert_eq!(flags(&a), EP_ISOLATED_INGRESS);
-    assert_eq!(a.dp.state.policy.len(), 8, "fits' 2 × 4 keys");
+    assert_eq!(a.enforcer().state.policy.len(), 8, "fits' 2 × 4 keys");
     // 8 + 8 would pass the namespace's 15: the second one is refused, naming the namespace.
     let r = a.apply_objects(vec![policy("more", 2, 4)]).unwrap();
     assert!(r[0].error.as_deref().unwrap_or("").contains("namespace x"), "{r:?}");
-    assert_eq!(a.dp.state.policy.len(), 8);
+    assert_eq!(a.enforcer().state.policy.len(), 8);
     let m = a.metrics();
     assert!(m.contains("netpol_policies_rejected_total 2"), "{m}");
 }
@@ -79,8 +86,8 @@ fn a_failed_sync_is_retried_with_backoff_until_it_lands() {
     let mut a = Agent::start(MemoryMaps::default(), &s).unwrap();
     a.apply_objects(vec![pod("web")]).unwrap();
     a.register(lo_endpoint("web")).unwrap();
-    a.dp.fail_syncs = 3;
-    let before = a.dp.syncs;
+    a.enforcer_mut().fail_syncs = 3;
+    let before = a.enforcer().syncs;
     let applied = a.apply_objects(vec![policy("p", 1, 1)]);
     assert!(matches!(applied, Err(AgentError::Datapath(_))), "{applied:?}");
     assert_eq!(flags(&a), 0, "nothing landed yet");
@@ -91,19 +98,19 @@ fn a_failed_sync_is_retried_with_backoff_until_it_lands() {
         let retry = tokio::spawn(retry_failed_syncs(agent.clone()));
         for _ in 0..100 {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            if !agent.lock().unwrap().stats.last_sync_failed {
+            if !agent.lock().unwrap().stats().last_sync_failed {
                 break;
             }
         }
         retry.abort();
     });
     let a = agent.lock().unwrap();
-    assert!(!a.stats.last_sync_failed, "still failing after {} syncs", a.dp.syncs);
+    assert!(!a.stats().last_sync_failed, "still failing after {} syncs", a.enforcer().syncs);
     assert_eq!(flags(&a), EP_ISOLATED_INGRESS);
-    assert_eq!(a.dp.state.policy.len(), 1);
+    assert_eq!(a.enforcer().state.policy.len(), 1);
     // The apply and two retries failed, the third landed, then nothing more: 200, 400 and
     // 800 ms apart (backoff, not a busy loop).
-    assert_eq!(a.dp.syncs - before, 4);
+    assert_eq!(a.enforcer().syncs - before, 4);
     assert!(t.elapsed() >= std::time::Duration::from_millis(1200), "{:?}", t.elapsed());
 }
 
@@ -113,20 +120,31 @@ fn nothing_is_enforced_from_a_model_that_is_not_fully_listed() {
     let mut a = Agent::start(MemoryMaps::default(), &s).unwrap();
     // A new endpoint before any list: held closed, as INIT.
     a.register(lo_endpoint("web")).unwrap();
-    let held = *a.dp.state.endpoints.values().next().unwrap();
+    let held = *a.enforcer().state.endpoints.values().next().unwrap();
     assert_eq!((held.identity, held.flags), (identity::INIT, EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS));
     // What the maps hold (here: an isolation an earlier agent wrote) survives reconciles
     // while some kinds are still unlisted, whatever the partial model says.
     let isolated = |flags| netpol_common::Endpoint { flags, ..held };
-    let ifindex = *a.dp.state.endpoints.keys().next().unwrap();
-    a.dp.state.endpoints.insert(ifindex, isolated(EP_ISOLATED_INGRESS));
+    let ifindex = *a.enforcer().state.endpoints.keys().next().unwrap();
+    a.enforcer_mut().state.endpoints.insert(ifindex, isolated(EP_ISOLATED_INGRESS));
     let obj = |v: Value| Object::Pod(Box::new(serde_json::from_value(v).unwrap()));
-    a.upsert(obj(pod("web"))).unwrap();
-    a.reconcile().unwrap();
-    assert_eq!(a.dp.state.endpoints[&ifindex].flags, EP_ISOLATED_INGRESS, "a partial model was enforced");
-    // Every kind listed, without policies: now the model is enforced.
-    a.mark_synced().unwrap();
+    let (_, synced) =
+        a.handle(vec![Change::Upsert(obj(pod("web"))), Change::Relisted(Kind::Pod, Default::default())]);
+    synced.unwrap();
+    assert_eq!(
+        a.enforcer().state.endpoints[&ifindex].flags,
+        EP_ISOLATED_INGRESS,
+        "a partial model was enforced"
+    );
+    // Every kind listed (web is back), without policies: now the model is enforced.
+    let web = BTreeSet::from([("x".to_string(), "web".to_string())]);
+    let mut relisted = vec![Change::Upsert(obj(pod("web"))), Change::Relisted(Kind::Pod, web)];
+    relisted.extend(
+        [Kind::Namespace, Kind::NetworkPolicy, Kind::Node].map(|k| Change::Relisted(k, Default::default())),
+    );
+    let (_, synced) = a.handle(relisted);
+    synced.unwrap();
     assert!(a.is_synced());
-    assert_eq!(a.dp.state.endpoints[&ifindex].flags, 0);
-    assert_ne!(a.dp.state.endpoints[&ifindex].identity, identity::INIT);
+    assert_eq!(a.enforcer().state.endpoints[&ifindex].flags, 0);
+    assert_ne!(a.enforcer().state.endpoints[&ifindex].identity, identity::INIT);
 }

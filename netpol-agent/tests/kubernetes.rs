@@ -209,9 +209,9 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
     let (pods, a_app, policies, rejected, pod_cidr) = loop {
         std::thread::sleep(Duration::from_millis(100));
         let a = agent.lock().unwrap();
-        let pods: BTreeSet<Key> = a.model.pods.keys().cloned().collect();
+        let pods: BTreeSet<Key> = a.model().pods.keys().cloned().collect();
         let a_app = a
-            .model
+            .model()
             .pods
             .get(&("default".into(), "a".into()))
             .and_then(|p| p.metadata.labels.clone())
@@ -219,9 +219,9 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
         let snapshot = (
             pods,
             a_app,
-            a.model.policies.keys().cloned().collect::<Vec<_>>(),
-            a.model.rejected.keys().cloned().collect::<Vec<_>>(),
-            a.node.pod_cidr.clone(),
+            a.model().policies.keys().cloned().collect::<Vec<_>>(),
+            a.model().rejected.keys().cloned().collect::<Vec<_>>(),
+            a.node().pod_cidr.clone(),
         );
         let events = script.lock().unwrap().events.len();
         if (snapshot.0 == want_pods && snapshot.1.as_deref() == Some("api") && events > 1)
@@ -251,11 +251,11 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
     assert_eq!(over[0]["regarding"]["name"], "huge");
     assert!(over[0]["note"].as_str().unwrap().contains("16384"), "{}", over[0]);
     let a = agent.lock().unwrap();
-    assert_eq!(a.dp.state.endpoints[&lo].flags, netpol_common::EP_ISOLATED_INGRESS);
-    assert!(a.dp.state.policy.is_empty(), "the rejected policy wrote entries");
+    assert_eq!(a.enforcer().state.endpoints[&lo].flags, netpol_common::EP_ISOLATED_INGRESS);
+    assert!(a.enforcer().state.policy.is_empty(), "the rejected policy wrote entries");
     // The compiled state reflects the model: the cluster's pods are in the ipcache.
     assert!(
-        a.compiled.state.ipcache.keys().any(|n| n.to_string() == "10.1.0.5/32"),
+        a.compiled().state.ipcache.keys().any(|n| n.to_string() == "10.1.0.5/32"),
         "d is not in the ipcache"
     );
     drop(a);

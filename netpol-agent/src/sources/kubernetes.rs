@@ -11,7 +11,7 @@
 //! model (policies without their peers, pods without their policies).
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fmt::Debug,
     sync::{Arc, Mutex},
     time::Duration,
@@ -33,21 +33,13 @@ use kube::{
     },
     Api, Client, Resource, ResourceExt,
 };
-use netpol_policy::model::{node_pod_cidr, Key, Kind, Object};
+use netpol_policy::model::{Key, Kind, Object};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::Change;
 use crate::{controller::Agent, enforcer::Enforcer};
-
-/// A change the source observed.
-#[derive(Debug)]
-pub enum Change {
-    Upsert(Object),
-    Delete(Kind, String, String),
-    /// A full list of `Kind` completed: anything else of that kind is gone.
-    Relisted(Kind, BTreeSet<Key>),
-}
 
 fn key_of<K: Resource>(o: &K) -> Key {
     (o.namespace().unwrap_or_default(), o.name_any())
@@ -121,9 +113,6 @@ pub fn start(client: &Client) -> mpsc::UnboundedReceiver<Change> {
 /// How long changes are gathered before one compilation takes them all.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 
-/// The kinds the model needs before it may be enforced.
-const WATCHED: [Kind; 4] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy, Kind::Node];
-
 /// Feeds the agent from the cluster until the channel closes: batches of changes, one
 /// reconcile per batch, and a Warning event on every policy rejected as invalid or over
 /// its budget.
@@ -134,7 +123,6 @@ pub async fn run<E: Enforcer>(client: Client, agent: Arc<Mutex<Agent<E>>>, node_
         Reporter { controller: "netpol-agent".into(), instance: Some(node_name.clone()) },
     );
     let agent = agent.clone();
-    let mut listed = BTreeSet::new();
     let mut reported: BTreeSet<Key> = BTreeSet::new();
     while let Some(first) = rx.recv().await {
         tokio::time::sleep(DEBOUNCE).await;
@@ -142,52 +130,36 @@ pub async fn run<E: Enforcer>(client: Client, agent: Arc<Mutex<Agent<E>>>, node_
         while let Ok(c) = rx.try_recv() {
             batch.push(c);
         }
-        listed.extend(batch.iter().filter_map(|c| match c {
-            Change::Relisted(kind, _) => Some(*kind),
-            _ => None,
-        }));
-        let all_listed = WATCHED.iter().all(|k| listed.contains(k));
+        // Where to publish a rejection: the policy object as this batch delivered it.
+        let references: BTreeMap<Key, ObjectReference> = batch
+            .iter()
+            .filter_map(|c| match c {
+                Change::Upsert(Object::NetworkPolicy(np)) => Some((key_of(np.as_ref()), np.object_ref(&()))),
+                _ => None,
+            })
+            .collect();
         let a = Arc::clone(&agent);
-        let node = node_name.clone();
         let (rejected, over_budget) = tokio::task::spawn_blocking(move || {
             let mut a = a.lock().unwrap_or_else(|p| p.into_inner());
-            let mut rejected = Vec::new();
-            for change in batch {
-                match change {
-                    Change::Upsert(obj) => {
-                        if let Object::Node(n) = &obj {
-                            if n.metadata.name.as_deref() == Some(node.as_str()) {
-                                a.node.pod_cidr = node_pod_cidr(n);
-                            }
-                        }
-                        let reference = match &obj {
-                            Object::NetworkPolicy(np) => Some(np.object_ref(&())),
-                            _ => None,
-                        };
-                        if let (Err(e), Some(r)) = (a.upsert(obj), reference) {
-                            rejected.push((r, e.to_string()));
-                        }
-                    }
-                    Change::Delete(kind, ns, name) => a.model.delete(kind, &ns, &name),
-                    Change::Relisted(kind, seen) => a.model.retain(kind, &seen),
-                }
-            }
-            let result = if all_listed && !a.is_synced() { a.mark_synced() } else { a.reconcile() };
-            if let Err(e) = result {
+            let (rejected, synced) = a.handle(batch);
+            if let Err(e) = synced {
                 warn!("reconcile failed (retrying with backoff): {e}");
             }
+            let rejected: Vec<(Key, String)> =
+                rejected.into_iter().map(|(k, e)| (k, e.to_string())).collect();
             let over_budget: Vec<(Key, ObjectReference, String)> = a
-                .compiled
+                .compiled()
                 .over_budget
                 .iter()
                 .filter_map(|(k, e)| {
-                    Some((k.clone(), a.model.policies.get(k)?.0.object_ref(&()), e.to_string()))
+                    Some((k.clone(), a.model().policies.get(k)?.0.object_ref(&()), e.to_string()))
                 })
                 .collect();
             (rejected, over_budget)
         })
         .await
         .unwrap_or_default();
+        let rejected = rejected.into_iter().filter_map(|(k, msg)| Some((references.get(&k)?.clone(), msg)));
         for (reference, msg) in rejected {
             publish_rejection(&recorder, &reference, "InvalidNetworkPolicy", msg).await;
         }

@@ -1,4 +1,22 @@
 //! Where the model comes from: the local store (local mode, the embedded default) or a
-//! Kubernetes API server. Sources deliver objects and know nothing of identities or maps.
+//! Kubernetes API server. Sources deliver objects and know nothing of identities or maps;
+//! both hand what they observe to the agent's one entry point,
+//! [`Agent::handle`](crate::controller::Agent::handle), which always reconciles.
 pub mod kubernetes;
 pub mod local;
+
+use std::collections::BTreeSet;
+
+use netpol_policy::model::{Key, Kind, Object};
+
+/// A change a source observed.
+#[derive(Debug)]
+pub enum Change {
+    Upsert(Object),
+    Delete(Kind, String, String),
+    /// A full list of `Kind` completed: anything else of that kind is gone.
+    Relisted(Kind, BTreeSet<Key>),
+}
+
+/// The kinds the model needs before it may be enforced.
+pub const WATCHED: [Kind; 4] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy, Kind::Node];
