@@ -17,7 +17,7 @@ use std::{
 };
 
 use netpol_tests::{
-    need_root,
+    need_root, objects,
     topology::Node,
     traffic::{tcp_probe, tcp_server, Conn, Server},
 };
@@ -161,16 +161,12 @@ impl Lab {
 }
 
 fn pod(name: &str, ip: Ipv4Addr, app: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
-           "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 80}]}]},
-           "status": {"podIP": ip.to_string()}})
+    let http = json!([{"name": "c", "image": "i", "ports": [{"name": "http", "containerPort": 80}]}]);
+    objects::pod("default", name, Some(ip)).label("app", app).set("spec.containers", http).json()
 }
 
 fn policy(name: &str, selector: Value, ingress: Value) -> Value {
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-           "metadata": {"name": name, "namespace": "default"},
-           "spec": {"podSelector": selector, "ingress": ingress}})
+    objects::policy("default", name, json!({"podSelector": selector, "ingress": ingress})).json()
 }
 
 /// Probes flows continuously; counts allowed flows that failed and denied flows that passed.

@@ -18,7 +18,7 @@ use netpol_policy::{
     compiler::Budgets,
     model::{Kind, Object},
 };
-use netpol_tests::RemoveOnDrop;
+use netpol_tests::{objects, RemoveOnDrop};
 use serde_json::{json, Value};
 
 fn settings(name: &str, local: bool, budgets: Budgets) -> (Settings, RemoveOnDrop) {
@@ -42,17 +42,12 @@ fn lo_endpoint(pod: &str) -> EndpointRequest {
 }
 
 fn pod(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "x", "labels": {"app": name}},
-           "spec": {"containers": []}, "status": {"podIP": "10.0.0.2", "phase": "Running"}})
+    objects::pod("x", name, Some("10.0.0.2".parse().unwrap())).json()
 }
 
 /// Ingress to every pod of x from `blocks` /32 ipBlocks on `ports` ports.
 fn policy(name: &str, blocks: u32, ports: u32) -> Value {
-    let from: Vec<Value> =
-        (0..blocks).map(|b| json!({"ipBlock": {"cidr": format!("172.16.0.{b}/32")}})).collect();
-    let ports: Vec<Value> = (0..ports).map(|p| json!({"port": 1000 + p})).collect();
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": name, "namespace": "x"},
-           "spec": {"podSelector": {}, "ingress": [{"from": from, "ports": ports}]}})
+    objects::ip_blocks_policy("x", name, json!({}), blocks, ports).json()
 }
 
 fn flags(a: &Agent<MemoryMaps>) -> u32 {

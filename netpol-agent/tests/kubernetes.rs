@@ -24,7 +24,7 @@ use netpol_agent::{
 };
 use netpol_api::NodeInfo;
 use netpol_policy::model::Key;
-use netpol_tests::RemoveOnDrop;
+use netpol_tests::{objects, RemoveOnDrop};
 use serde_json::{json, Value};
 
 /// What the scripted server has served and received.
@@ -130,12 +130,9 @@ async fn record_event(
 
 /// 600 /32 ipBlocks × 500 ports for every pod of `default`: 300k keys per local pod.
 fn huge_policy() -> Value {
-    let from: Vec<Value> = (0..600)
-        .map(|i| json!({"ipBlock": {"cidr": format!("172.16.{}.{}/32", i / 256, i % 256)}}))
-        .collect();
-    let ports: Vec<Value> = (0..500).map(|p| json!({"port": 1000 + p})).collect();
-    json!({"metadata": {"name": "huge", "namespace": "default", "resourceVersion": "1", "uid": "u-huge"},
-           "spec": {"podSelector": {}, "ingress": [{"from": from, "ports": ports}]}})
+    objects::ip_blocks_policy("default", "huge", json!({}), 600, 500)
+        .set("metadata.uid", json!("u-huge"))
+        .json()
 }
 
 fn server(st: Shared) -> Router {

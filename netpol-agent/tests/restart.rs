@@ -26,7 +26,7 @@ use netpol_agent::{
 };
 use netpol_api::{EndpointRequest, NodeInfo};
 use netpol_tests::{
-    need_root,
+    need_root, objects,
     topology::Node,
     traffic::{tcp_probe, tcp_server, Conn},
     RemoveOnDrop,
@@ -42,9 +42,7 @@ const ALLOWED: Duration = Duration::from_secs(3);
 const DENIED: Duration = Duration::from_millis(600);
 
 fn pod(name: &str, app: &str, ip: Ipv4Addr) -> Value {
-    json!({"metadata": {"name": name, "namespace": "default", "resourceVersion": "1", "labels": {"app": app}},
-           "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
-           "status": {"phase": "Running", "podIP": ip.to_string()}})
+    objects::pod("default", name, Some(ip)).label("app", app).json()
 }
 
 fn list(kind: &str, api: &str, items: Value) -> Response {
@@ -75,13 +73,16 @@ fn server(policies_down: Arc<AtomicBool>) -> Router {
             }
         })
     };
-    let namespaces = json!([{"metadata": {"name": "default", "resourceVersion": "1"}}]);
-    let nodes = json!([{"metadata": {"name": "n1", "resourceVersion": "1"},
-                        "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP.to_string()}]}}]);
+    let namespaces = json!([objects::namespace("default").json()]);
+    let nodes = json!([objects::node("n1", NODE_IP).json()]);
     let pods = json!([pod("web", "web", WEB), pod("db", "db", DB), pod("other", "other", OTHER)]);
-    let policies = json!([{"metadata": {"name": "db", "namespace": "default", "resourceVersion": "1"},
-        "spec": {"podSelector": {"matchLabels": {"app": "db"}},
-                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}], "ports": [{"port": 8080}]}]}}]);
+    let policies = json!([objects::policy(
+        "default",
+        "db",
+        json!({"podSelector": {"matchLabels": {"app": "db"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}], "ports": [{"port": 8080}]}]})
+    )
+    .json()]);
     let policy_route = get(move |q: Q| {
         let (down, items) = (policies_down.load(Ordering::SeqCst), policies.clone());
         async move {

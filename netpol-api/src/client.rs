@@ -24,6 +24,40 @@ impl std::fmt::Display for ClientError {
     }
 }
 
+fn unreachable(e: &dyn std::fmt::Display) -> ClientError {
+    ClientError::Unreachable(e.to_string())
+}
+
+/// A runtime of the call's own (callers are short-lived, blocking commands).
+fn runtime() -> Result<tokio::runtime::Runtime, ClientError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Other(format!("tokio runtime: {e}")))
+}
+
+/// Sends one request on a new connection and returns the response head (the body still
+/// streaming).
+async fn send(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| unreachable(&e))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "netpol-agent")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| ClientError::Other(e.to_string()))?;
+    sender.send_request(req).await.map_err(|e| unreachable(&e))
+}
+
 /// Sends `body` (JSON) to `path` and returns the status and body of the answer.
 pub fn call(
     socket: &Path,
@@ -32,26 +66,9 @@ pub fn call(
     body: Option<Vec<u8>>,
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), ClientError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ClientError::Other(format!("tokio runtime: {e}")))?;
-    let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable(e.to_string());
-    rt.block_on(async {
+    runtime()?.block_on(async {
         let exchange = async {
-            let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| unreachable(&e))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| unreachable(&e))?;
-            tokio::spawn(conn);
-            let req = Request::builder()
-                .method(method)
-                .uri(path)
-                .header("host", "netpol-agent")
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body.unwrap_or_default())))
-                .map_err(|e| ClientError::Other(e.to_string()))?;
-            let resp = sender.send_request(req).await.map_err(|e| unreachable(&e))?;
+            let resp = send(socket, method, path, body.unwrap_or_default()).await?;
             let status = resp.status();
             let bytes = resp.into_body().collect().await.map_err(|e| unreachable(&e))?.to_bytes();
             Ok((status, bytes))
@@ -71,27 +88,8 @@ pub fn follow(
     connect: Duration,
     mut on_line: impl FnMut(&[u8]) -> bool,
 ) -> Result<(), ClientError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ClientError::Other(format!("tokio runtime: {e}")))?;
-    let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable(e.to_string());
-    rt.block_on(async {
-        let head = async {
-            let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| unreachable(&e))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| unreachable(&e))?;
-            tokio::spawn(conn);
-            let req = Request::builder()
-                .method(Method::GET)
-                .uri(path)
-                .header("host", "netpol-agent")
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| ClientError::Other(e.to_string()))?;
-            sender.send_request(req).await.map_err(|e| unreachable(&e))
-        };
-        let resp = tokio::time::timeout(connect, head)
+    runtime()?.block_on(async {
+        let resp = tokio::time::timeout(connect, send(socket, Method::GET, path, Vec::new()))
             .await
             .map_err(|_| unreachable(&format!("no answer in {connect:?}")))??;
         if !resp.status().is_success() {

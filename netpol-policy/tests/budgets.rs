@@ -10,6 +10,7 @@ use netpol_policy::{
     entries::PolicyMapKey,
     model::{Model, Object},
 };
+use netpol_tests::objects;
 use serde_json::{json, Value};
 
 fn model(objects: Vec<Value>) -> Model {
@@ -26,8 +27,7 @@ fn model(objects: Vec<Value>) -> Model {
 }
 
 fn pod(ns: &str, name: &str, ip: &str) -> Value {
-    json!({"kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
-           "spec": {"nodeName": "n1", "containers": []}, "status": {"podIP": ip, "phase": "Running"}})
+    objects::pod(ns, name, Some(ip.parse().unwrap())).json()
 }
 
 fn endpoint(ifindex: u32, ns: &str, name: &str, ip: &str) -> LocalEndpoint {
@@ -35,13 +35,8 @@ fn endpoint(ifindex: u32, ns: &str, name: &str, ip: &str) -> LocalEndpoint {
 }
 
 /// `blocks` /32 ipBlocks × `ports` ports, selecting every pod of `ns`.
-fn oversized(ns: &str, blocks: u32, ports: u16) -> Value {
-    let peers: Vec<Value> = (0..blocks)
-        .map(|i| json!({"ipBlock": {"cidr": format!("172.{}.{}.{}/32", 16 + i / 65536, (i / 256) % 256, i % 256)}}))
-        .collect();
-    let ports: Vec<Value> = (0..ports).map(|p| json!({"port": 1000 + p})).collect();
-    json!({"kind": "NetworkPolicy", "metadata": {"name": "big", "namespace": ns},
-           "spec": {"podSelector": {}, "ingress": [{"from": peers, "ports": ports}]}})
+fn oversized(ns: &str, blocks: u32, ports: u32) -> Value {
+    objects::ip_blocks_policy(ns, "big", json!({}), blocks, ports).json()
 }
 
 fn keys_of(c: &netpol_policy::compiler::Compiled, ep_id: u32) -> usize {

@@ -1,9 +1,11 @@
 //! Machinery for netpol's root-only tests: network namespaces and pods that clean up after
 //! themselves (also when a test panics), crafted packets for BPF_PROG_TEST_RUN, and traffic
-//! probes (TCP, UDP, HTTP, curl) run inside namespaces.
+//! probes (TCP, UDP, HTTP, curl) run inside namespaces, and Kubernetes object builders
+//! ([`objects`]) for every suite.
 //!
 //! Every name a test makes starts with a per-test prefix, so tests can run in parallel.
 pub mod netns;
+pub mod objects;
 pub mod packet;
 pub mod topology;
 pub mod traffic;

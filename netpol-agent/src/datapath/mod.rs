@@ -577,13 +577,9 @@ fn classifier<'a>(bpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Sched
     prog.try_into().map_err(|source| DatapathError::Program { prog: name, source })
 }
 
-/// Removes a key; true when it was there.
-fn remove_quiet<K: aya::Pod, V: aya::Pod>(
-    m: &mut HashMap<MapData, K, V>,
-    k: &K,
-    name: &'static str,
-) -> Result<bool> {
-    match m.remove(k) {
+/// A removal's outcome: true when the key was there, false when it was not.
+fn removed(r: std::result::Result<(), MapError>, name: &'static str) -> Result<bool> {
+    match r {
         Ok(()) => Ok(true),
         Err(MapError::KeyNotFound) => Ok(false),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
@@ -591,15 +587,19 @@ fn remove_quiet<K: aya::Pod, V: aya::Pod>(
     }
 }
 
+/// Removes a key; true when it was there.
+fn remove_quiet<K: aya::Pod, V: aya::Pod>(
+    m: &mut HashMap<MapData, K, V>,
+    k: &K,
+    name: &'static str,
+) -> Result<bool> {
+    removed(m.remove(k), name)
+}
+
 fn remove_lpm_quiet<K: aya::Pod, V: aya::Pod>(
     m: &mut LpmTrie<MapData, K, V>,
     k: &Key<K>,
     name: &'static str,
 ) -> Result<bool> {
-    match m.remove(k) {
-        Ok(()) => Ok(true),
-        Err(MapError::KeyNotFound) => Ok(false),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(map_err(name)(e)),
-    }
+    removed(m.remove(k), name)
 }
