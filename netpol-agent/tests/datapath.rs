@@ -719,3 +719,47 @@ fn local_addresses_sharing_a_slot_are_still_told_apart() {
     f.inbound(&Ip::udp(twin, 2, POD, 53), reason::ALLOW_POLICY);
     f.inbound(&Ip::udp(POD, 2, POD, 53), reason::DROP_SPOOFED_LOCAL);
 }
+
+/// A sync whose entries do not all fit still writes the isolation, and says how many
+/// entries are missing: a full map can cost an allow, never an isolation.
+#[test]
+fn a_full_policy_map_costs_an_allow_never_the_isolation() {
+    use netpol_agent::datapath::PolicyMapKey;
+    use netpol_common::{PolicyKey, PolicyValue};
+    let Some(mut f) = fixture("full", false, false) else { return };
+    let mut desired = f.dp().realized().unwrap();
+    // Someone else's keys fill the map to the last slot.
+    let junk =
+        |i: u32| PolicyMapKey::Exact(PolicyKey { ep_id: 99, peer: i, port: 1, proto: IPPROTO_TCP, dir: 0 });
+    for i in 0..netpol_common::sizes::POLICY {
+        desired.policy.insert(junk(i), PolicyValue { rule_id: 1 });
+    }
+    f.dp().sync(&desired).unwrap();
+    // Now one more allow, and the isolation it comes with.
+    let ifindex = *desired.endpoints.keys().next().unwrap();
+    desired.endpoints.get_mut(&ifindex).unwrap().flags = netpol_common::EP_ISOLATED_INGRESS;
+    let allow = PolicyEntry {
+        endpoint: EP,
+        direction: Direction::Ingress,
+        peer: PEER_ID,
+        protocol: Protocol::Tcp,
+        port: Some(80),
+        end_port: None,
+    };
+    for k in allow.map_keys().unwrap() {
+        desired.policy.insert(k, PolicyValue { rule_id: 2 });
+    }
+    let err = f.dp().sync(&desired).unwrap_err();
+    assert!(matches!(err, DatapathError::Incomplete { missing: 1, tried: 1, .. }), "{err}");
+    let flags = f.dp().endpoints().unwrap().into_iter().find(|(i, _)| *i == ifindex).unwrap().1.flags;
+    assert_eq!(flags, netpol_common::EP_ISOLATED_INGRESS, "the isolation waited for the entries");
+    // Freeing room lets the next sync complete.
+    desired.policy.remove(&junk(0));
+    f.dp().sync(&desired).unwrap();
+    assert!(f
+        .dp()
+        .policy_keys()
+        .unwrap()
+        .iter()
+        .any(|(k, v)| matches!(k, PolicyMapKey::Exact(k) if k.peer == PEER_ID) && v.rule_id == 2));
+}
