@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netpol_common::{
-    counter, sizes, CtKey, CtValue, Endpoint, EventBucket, FragKey, FragValue, IpcacheEntry, LocalSlot, PolicyKey,
-    PolicyValue, RangeKey,
+    counter, sizes, CtKey, CtValue, Endpoint, EventBucket, FragKey, FragValue, IpcacheEntry, LocalSlot,
+    PolicyKey, PolicyValue, RangeKey,
 };
 
 #[map]
