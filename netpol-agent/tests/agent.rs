@@ -7,8 +7,8 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::{Child, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
@@ -17,6 +17,7 @@ use std::{
 };
 
 use netpol_tests::{
+    agent::AgentProcess,
     need_root, objects,
     topology::Node,
     traffic::{tcp_probe, tcp_server, Conn, Server},
@@ -27,24 +28,11 @@ const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 70, 255, 1);
 const ALLOWED: Duration = Duration::from_secs(3);
 const DENIED: Duration = Duration::from_millis(400);
 
+/// A node with pods, and the agent process enforcing them (torn down on drop).
 struct Lab {
-    prefix: String,
-    dir: PathBuf,
-    agent: Option<Child>,
     _servers: Vec<Server>,
+    agent: AgentProcess,
     node: Node,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        self.kill();
-        self._servers.clear();
-        let _ = Command::new(env!("CARGO_BIN_EXE_netpol-agent"))
-            .args(["--name", &self.pins(), "datapath", "teardown"])
-            .output();
-        let _ = std::fs::remove_dir_all(PathBuf::from("/sys/fs/bpf").join(self.pins()));
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 impl Lab {
@@ -56,12 +44,8 @@ impl Lab {
         for (name, ip) in pods {
             node.add_pod(name, *ip);
         }
-        let dir = std::env::temp_dir().join(format!("netpol-agent-{prefix}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut lab = Lab { prefix: prefix.into(), dir, agent: None, _servers: Vec::new(), node };
-        let _ = std::fs::remove_dir_all(PathBuf::from("/sys/fs/bpf").join(lab.pins()));
-        lab.start();
+        let agent = AgentProcess::start(Path::new(env!("CARGO_BIN_EXE_netpol-agent")), &node.ns, prefix);
+        let lab = Lab { _servers: Vec::new(), agent, node };
         for (name, ip) in pods {
             let pod = lab.node.pod(name);
             let ifindex = lab.node.ns.ip(&["-o", "link", "show", &pod.host_if]);
@@ -75,64 +59,20 @@ impl Lab {
         Some(lab)
     }
 
-    fn pins(&self) -> String {
-        format!("test-agent-{}", self.prefix)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("agent.sock")
-    }
-
-    /// Starts the agent process in the node's namespace; returns once it answers.
-    fn start(&mut self) {
-        let _ = std::fs::remove_file(self.socket());
-        let child = self
-            .node
-            .ns
-            .cmd(env!("CARGO_BIN_EXE_netpol-agent"))
-            .args(["--name", &self.pins(), "run", "--node-name", "n1"])
-            .arg("--socket")
-            .arg(self.socket())
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.agent = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.socket().exists() && self.try_api("GET", "/healthz", None).is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("the agent did not come up");
-    }
-
-    /// SIGKILL: no shutdown path runs.
     fn kill(&mut self) {
-        if let Some(mut c) = self.agent.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.agent.kill();
+    }
+
+    fn start(&mut self) {
+        self.agent.restart();
     }
 
     fn try_api(&self, method: &str, path: &str, body: Option<Value>) -> Option<String> {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--fail-with-body", "-X", method, "--unix-socket"]).arg(self.socket());
-        if let Some(b) = body {
-            cmd.args(["-H", "content-type: application/json", "-d", &b.to_string()]);
-        }
-        let out = cmd.arg(format!("http://agent{path}")).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        self.agent.try_api(method, path, body.as_ref())
     }
 
     fn api(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let text = self
-            .try_api(method, path, body.clone())
-            .unwrap_or_else(|| panic!("{method} {path} {body:?} failed"));
-        serde_json::from_str(&text).unwrap_or(Value::Null)
+        self.agent.api(method, path, body.as_ref())
     }
 
     /// Applies objects; every one must be accepted.
@@ -148,13 +88,7 @@ impl Lab {
     }
 
     fn datapath_show(&self) -> String {
-        let out = self
-            .node
-            .ns
-            .cmd(env!("CARGO_BIN_EXE_netpol-agent"))
-            .args(["--name", &self.pins(), "datapath", "show", "-o", "json"])
-            .output()
-            .unwrap();
+        let out = self.agent.command(&["datapath", "show", "-o", "json"]).output().unwrap();
         assert!(out.status.success());
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -354,12 +288,10 @@ fn the_agent_reads_every_event_and_monitor_follows_the_current_ones() {
     for _ in 0..3 {
         assert!(!tcp_probe(&lab.ns("c"), to_b, DENIED));
     }
+    let socket = lab.agent.socket();
     let monitor = lab
-        .node
-        .ns
-        .cmd(env!("CARGO_BIN_EXE_netpol-agent"))
-        .args(["--name", &lab.pins(), "datapath", "monitor", "-o", "json", "--socket"])
-        .arg(lab.socket())
+        .agent
+        .command(&["datapath", "monitor", "-o", "json", "--socket", socket.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

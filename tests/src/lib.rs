@@ -4,6 +4,7 @@
 //! ([`objects`]) for every suite.
 //!
 //! Every name a test makes starts with a per-test prefix, so tests can run in parallel.
+pub mod agent;
 pub mod netns;
 pub mod objects;
 pub mod packet;
