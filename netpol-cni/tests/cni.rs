@@ -19,6 +19,7 @@ use netpol_agent::{
 };
 use netpol_api::NodeInfo;
 use netpol_tests::{
+    cni::{self, Call, Out},
     need_root,
     netns::{spawn_in_netns, NetNs},
     packet::router_advert,
@@ -27,7 +28,7 @@ use netpol_tests::{
 use serde_json::{json, Value};
 
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 60, 255, 1);
-const CNI_PLUGINS: &str = "/usr/lib/cni";
+const CNI_PLUGINS: &str = cni::CNI_PATH;
 
 /// A node namespace with an agent serving its API there, and a scratch directory.
 struct Node {
@@ -66,21 +67,6 @@ impl Drop for Node {
         self.pods.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// The CNI_* values of one call (empty = unset).
-#[derive(Clone, Copy)]
-struct Call<'a> {
-    cid: &'a str,
-    netns: &'a str,
-    ifname: &'a str,
-    args: &'a str,
-}
-
-struct Out {
-    ok: bool,
-    json: Value,
-    stderr: String,
 }
 
 impl Node {
@@ -164,37 +150,9 @@ impl Node {
         })
     }
 
-    /// Runs a plugin binary as a runtime does.
+    /// Runs a plugin binary as a runtime does, in this node's namespace.
     fn exec(&self, bin: &str, command: &str, conf: &Value, call: Call) -> Out {
-        let Call { cid, netns, ifname, args } = call;
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.ns.path()))
-            .arg("--")
-            .arg(bin)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CNI_COMMAND", command)
-            .env("CNI_PATH", CNI_PLUGINS)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in
-            [("CNI_CONTAINERID", cid), ("CNI_NETNS", netns), ("CNI_IFNAME", ifname), ("CNI_ARGS", args)]
-        {
-            if !v.is_empty() {
-                cmd.env(k, v);
-            }
-        }
-        let mut child = cmd.spawn().unwrap();
-        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let json = if stdout.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&stdout).unwrap_or(json!(stdout))
-        };
-        Out { ok: out.status.success(), json, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+        cni::exec(Path::new(bin), &self.ns, command, conf, call)
     }
 
     fn cni(&self, command: &str, conf: &Value, cid: &str, netns: &str) -> Out {
