@@ -68,7 +68,6 @@ pub enum AgentError {
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub last_compile: Duration,
-    pub last_sync: SyncReport,
     /// Whether the last sync failed (a retry is due).
     pub last_sync_failed: bool,
 }
@@ -330,7 +329,6 @@ impl<E: Enforcer> Agent<E> {
         if !report.is_noop() {
             info!(%report, compile = ?self.stats.last_compile, "datapath synced");
         }
-        self.stats.last_sync = report.clone();
         self.save_numbering()?;
         Ok(report)
     }
@@ -466,10 +464,13 @@ impl<E: Enforcer> Agent<E> {
     /// Puts `obj` in the trial model unless it does not validate or would push a policy
     /// over its budget (then the trial model is left as it was).
     fn admit(&self, trial: &mut Model, obj: &Object) -> Result<(), AgentError> {
-        let before = trial.clone();
-        trial.upsert(obj.clone())?;
-        let Object::NetworkPolicy(np) = obj else { return Ok(()) };
+        let Object::NetworkPolicy(np) = obj else {
+            trial.upsert(obj.clone())?;
+            return Ok(());
+        };
         let key = policy_key(np);
+        let before = (trial.policies.get(&key).cloned(), trial.rejected.get(&key).cloned());
+        trial.upsert(obj.clone())?;
         let (endpoints, _) = self.registry.local_endpoints();
         let compiled =
             compile_with(trial, &self.node.node_name, &endpoints, &mut self.alloc.clone(), &self.budgets);
@@ -478,7 +479,14 @@ impl<E: Enforcer> Agent<E> {
         else {
             return Ok(());
         };
-        *trial = before;
+        trial.delete(Kind::NetworkPolicy, &key.0, &key.1);
+        let (policy, rejected) = before;
+        if let Some(p) = policy {
+            trial.policies.insert(key.clone(), p);
+        }
+        if let Some(r) = rejected {
+            trial.rejected.insert(key.clone(), r);
+        }
         Err(AgentError::OverBudget(if *other == key {
             e.to_string()
         } else {
