@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use netpol_common::{identity, Endpoint, IpcacheEntry, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
 use netpol_policy::{
     compiler::{compile_with, Allocators, Budgets, Compiled},
-    model::{node_pod_cidr, Key, Kind, Model, Object},
+    model::{self, node_pod_cidr, Key, Kind, Model, Object},
     policy::PolicyError,
 };
 
@@ -125,13 +125,6 @@ pub fn host_addresses() -> Vec<std::net::Ipv4Addr> {
     }
     unsafe { libc::freeifaddrs(ifap) };
     out
-}
-
-fn policy_key(np: &k8s_openapi::api::networking::v1::NetworkPolicy) -> Key {
-    (
-        np.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
-        np.metadata.name.clone().unwrap_or_default(),
-    )
 }
 
 /// The local store as a source, at start: this machine as the node, every stored object,
@@ -265,7 +258,7 @@ impl<E: Enforcer> Agent<E> {
                         }
                     }
                     let key = match &obj {
-                        Object::NetworkPolicy(np) => Some(policy_key(np)),
+                        Object::NetworkPolicy(np) => Some(model::key_of(&np.metadata)),
                         _ => None,
                     };
                     if let (Err(e), Some(key)) = (self.upsert(obj), key) {
@@ -468,7 +461,7 @@ impl<E: Enforcer> Agent<E> {
             trial.upsert(obj.clone())?;
             return Ok(());
         };
-        let key = policy_key(np);
+        let key = model::key_of(&np.metadata);
         let before = (trial.policies.get(&key).cloned(), trial.rejected.get(&key).cloned());
         trial.upsert(obj.clone())?;
         let (endpoints, _) = self.registry.local_endpoints();

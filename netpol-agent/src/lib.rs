@@ -10,6 +10,8 @@
 //!   [`sources`]: the local store and the Kubernetes watchers that feed it.
 //! - [`api`]: the HTTP/JSON API on the agent's Unix socket; [`monitor`]: the event ring,
 //!   always consumed, counted and served; [`metrics`]: the Prometheus exposition.
+//! - `testing` (feature `testing`): harnesses for the test suites (a pinned datapath torn
+//!   down on drop, an in-process agent).
 pub mod api;
 pub mod controller;
 pub mod datapath;
@@ -18,3 +20,5 @@ pub mod enforcer;
 pub mod metrics;
 pub mod monitor;
 pub mod sources;
+#[cfg(feature = "testing")]
+pub mod testing;

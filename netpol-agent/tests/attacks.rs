@@ -277,3 +277,28 @@ fn a_drop_flood_by_one_pod_does_not_hide_anothers_drop_event() {
     let limited = lab.dp().counters().unwrap().events_rate_limited() - limited_before;
     assert!(limited as usize + a_events >= flood / 2, "only {limited} suppressed: did the flood arrive?");
 }
+
+#[test]
+fn a_drop_flood_into_a_pod_does_not_hide_another_peers_drop_at_that_pod() {
+    let Some(mut lab) = Lab::new("evinto", AttachMode::Auto) else { return };
+    // c admits nobody: every datagram to it is dropped at c's ingress, where the event is
+    // charged to c and to the sender's identity.
+    lab.isolate("c", EP_C, C, ID_C, true, false);
+    lab.dp().drain_events();
+    let flood = 300_000;
+    let t = Instant::now();
+    udp_flood(&lab, "a", SocketAddrV4::new(C, PORT), flood);
+    let took = t.elapsed();
+    udp_send(&lab, "b", 4243, C, PORT);
+    let events = lab.dp().drain_events();
+    let at_c = |peer: u32| {
+        events.iter().filter(|e| e.ep_id == EP_C && e.peer == peer && e.reason == reason::DROP_POLICY).count()
+    };
+    let (from_a, from_b) = (at_c(ID_A), at_c(ID_B));
+    eprintln!("{flood} drops from a at c in {took:?}: {from_a} events from a, {from_b} from b");
+    assert!(from_b >= 1, "b's drop at c was crowded out by a's flood into c");
+    let allowance = netpol_common::DROP_EVENT_BURST
+        + (took.as_secs_f64() * netpol_common::DROP_EVENTS_PER_SEC as f64) as u64
+        + 200;
+    assert!(from_a > 0 && (from_a as u64) <= allowance, "a got {from_a} events at c, allowance {allowance}");
+}

@@ -11,6 +11,7 @@ use netpol_agent::datapath::{
     ifindex, mount_bpffs, Config, Datapath, DatapathError, Direction, EndpointSpec, Hook, IpcacheSpec,
     PolicyEntry, Protocol,
 };
+use netpol_agent::testing::PinnedDatapath;
 use netpol_common::{identity, reason, Event, CT_CLOSING, IPPROTO_TCP, VERDICT_ALLOW, VERDICT_DROP};
 use netpol_tests::{
     need_root,
@@ -29,19 +30,8 @@ const OTHER_ID: u32 = 302;
 const CIDR_16: u32 = identity::FIRST_CIDR;
 const CIDR_24: u32 = identity::FIRST_CIDR + 1;
 
-struct Fixture {
-    dp: Option<Datapath>,
-    root: std::path::PathBuf,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if let Some(dp) = self.dp.take() {
-            let _ = dp.teardown();
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
+/// The test's own datapath (torn down on drop) and the checks on it.
+struct Fixture(PinnedDatapath);
 
 fn config(name: &str) -> Config {
     Config { name: format!("test-dp-{name}"), ..Default::default() }
@@ -52,10 +42,7 @@ fn fixture(name: &str, isolated_ingress: bool, isolated_egress: bool) -> Option<
     if need_root() {
         return None;
     }
-    let cfg = config(name);
-    let root = cfg.root();
-    let _ = std::fs::remove_dir_all(&root);
-    let mut f = Fixture { dp: Some(Datapath::open(cfg).expect("open datapath")), root };
+    let mut f = Fixture(PinnedDatapath::open(config(name)));
     let dp = f.dp();
     dp.upsert_endpoint(&pod_on_lo(isolated_ingress, isolated_egress)).unwrap();
     for (ip, id) in [(POD, POD_ID), (PEER, PEER_ID), (OTHER, OTHER_ID)] {
@@ -93,7 +80,7 @@ fn allow(
 
 impl Fixture {
     fn dp(&mut self) -> &mut Datapath {
-        self.dp.as_mut().unwrap()
+        &mut self.0
     }
 
     /// Runs the packet; asserts the action and that only `expect`'s counter moved.
@@ -611,8 +598,7 @@ fn reopening_keeps_every_map() {
     f.inbound(&syn(PEER, 1, POD, 80), reason::ALLOW_POLICY);
     let before = f.dp().realized().unwrap();
     let counters = f.dp().counters().unwrap();
-    drop(f.dp.take());
-    f.dp = Some(Datapath::open(config("reopen")).unwrap());
+    f.0.reopen();
     assert_eq!(f.dp().realized().unwrap(), before);
     assert_eq!(f.dp().counters().unwrap(), counters);
     f.inbound(&ack(PEER, 1, POD, 80), reason::ALLOW_ESTABLISHED);

@@ -210,16 +210,16 @@ fn program_ids(root: &std::path::Path) -> Vec<u32> {
 fn inspecting_a_datapath_changes_nothing() {
     let Some(mut lab) = Lab::new("nfinsp", AttachMode::Auto) else { return };
     let cfg = lab.dp().config().clone();
-    let live = program_ids(&lab.root);
+    let live = program_ids(&lab.root());
     assert_eq!(live.len(), 6);
     // Another binary looking (show, counters, monitor) leaves the live programs in place.
     let look = Datapath::inspect(cfg.clone()).unwrap();
     assert_eq!(look.endpoints().unwrap().len(), 3);
     drop(look);
-    assert_eq!(program_ids(&lab.root), live, "inspecting moved the links");
+    assert_eq!(program_ids(&lab.root()), live, "inspecting moved the links");
     // Taking over (what the agent does) moves them to its own programs.
     let agent = Datapath::open(cfg.clone()).unwrap();
-    assert!(program_ids(&lab.root).iter().all(|id| !live.contains(id)));
+    assert!(program_ids(&lab.root()).iter().all(|id| !live.contains(id)));
     drop(agent);
     // Nothing pinned: inspecting refuses and creates nothing.
     let missing = netpol_agent::datapath::Config { name: "test-nf-nfinsp-none".into(), ..cfg };
@@ -233,7 +233,7 @@ fn agent_restarts_keep_enforcing_without_a_gap() {
     lab.tcp_servers("b", &[80]);
     let name = "test-nf-nfrst";
     // Hand the datapath over to agent processes: this one only watches from now on.
-    lab.dp.take();
+    lab.dp.release();
     let state = |with_rule: bool| {
         let policy = if with_rule {
             r#"[{"endpoint":2,"direction":"ingress","peer":1000,"protocol":"TCP","port":80,"ruleId":7}]"#
@@ -274,7 +274,7 @@ fn agent_restarts_keep_enforcing_without_a_gap() {
     assert!(out.contains("policy +1/-0"), "{out}");
     lab.tcp("a", B, 80, true);
     lab.tcp("c", B, 80, false);
-    let links = link_ids(&lab.root);
+    let links = link_ids(&lab.root());
     assert_eq!(links.len(), 6, "{links:?}");
 
     // A long-running agent (the event monitor) is killed with SIGKILL, under probing.
@@ -324,7 +324,7 @@ fn agent_restarts_keep_enforcing_without_a_gap() {
     assert_eq!(failed.load(Ordering::SeqCst), 0, "allowed probes failed across restarts");
     assert_eq!(leaked.load(Ordering::SeqCst), 0, "denied probes got through across restarts");
     assert!(ok.load(Ordering::SeqCst) >= 3);
-    assert_eq!(link_ids(&lab.root), links, "links were re-created instead of kept");
+    assert_eq!(link_ids(&lab.root()), links, "links were re-created instead of kept");
 
     // A changed state is applied incrementally, and teardown removes everything.
     let out = agent(&["datapath", "apply", "-f", "-"], Some(state(false)));
@@ -333,7 +333,7 @@ fn agent_restarts_keep_enforcing_without_a_gap() {
     let shown = agent(&["datapath", "show", "-o", "json"], None);
     assert!(shown.contains("\"isolatedIngress\":true"), "{shown}");
     agent(&["datapath", "teardown"], None);
-    assert!(!lab.root.exists(), "teardown left pins");
+    assert!(!lab.root().exists(), "teardown left pins");
     lab.tcp("c", B, 80, true);
 }
 
@@ -350,10 +350,9 @@ fn clsact_attachment_enforces_and_survives_a_reopen() {
     lab.tcp("a", B, 80, true);
     lab.tcp("c", B, 80, false);
     // Close this datapath (the filters stay), reopen, and enforcement is unchanged.
-    let cfg = lab.dp().config().clone();
-    lab.dp.take();
+    lab.dp.release();
     lab.tcp("c", B, 80, false);
-    lab.dp = Some(Datapath::open(cfg).unwrap());
+    lab.dp.reopen();
     lab.tcp("a", B, 80, true);
     lab.tcp("c", B, 80, false);
     let after = lab.node.ns.cmd("tc").args(["filter", "show", "dev", &b_if, "egress"]).output().unwrap();

@@ -7,7 +7,7 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::{Duration, Instant},
 };
@@ -20,9 +20,9 @@ use axum::{
     Json, Router,
 };
 use netpol_agent::{
-    api::Shared,
-    controller::{Agent, Settings},
+    controller::Settings,
     datapath::{ifindex, Config},
+    testing::{PinnedDatapath, TestAgent},
 };
 use netpol_api::{EndpointRequest, NodeInfo};
 use netpol_tests::{
@@ -101,47 +101,27 @@ fn server(policies_down: Arc<AtomicBool>) -> Router {
         .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", post(|| async { StatusCode::CREATED }))
 }
 
-/// One agent in cluster mode, on its own runtime (threads in the node namespace).
-struct RunningAgent {
-    agent: Shared,
-    rt: tokio::runtime::Runtime,
+/// Hands pod `name` to the agent as netpol-cni would.
+fn register(agent: &TestAgent, node: &Node, name: &str, ip: Ipv4Addr) {
+    let host = node.pod(name).host_if.clone();
+    let req = EndpointRequest {
+        container_id: format!("cid-{name}"),
+        ifname: "eth0".into(),
+        netns: node.pod(name).ns.path(),
+        pod_namespace: "default".into(),
+        pod_name: name.into(),
+        ip,
+        host_ifindex: ifindex(&host).unwrap(),
+        host_ifname: host,
+    };
+    agent.agent().register(req).unwrap();
 }
 
-impl RunningAgent {
-    fn start(cfg: &Config, settings: &Settings, api: std::net::SocketAddr) -> RunningAgent {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let dp = netpol_agent::datapath::Datapath::open(cfg.clone()).unwrap();
-        let agent: Shared = Arc::new(Mutex::new(Agent::start(dp, settings).unwrap()));
-        let client = {
-            let _rt = rt.enter();
-            kube::Client::try_from(kube::Config::new(format!("http://{api}").parse().unwrap())).unwrap()
-        };
-        rt.spawn(netpol_agent::sources::kubernetes::run(client, agent.clone(), "n1".into()));
-        RunningAgent { agent, rt }
-    }
-
-    fn synced(&self) -> bool {
-        self.agent.lock().unwrap().is_synced()
-    }
-
-    fn register(&self, node: &Node, name: &str, ip: Ipv4Addr) {
-        let host = node.pod(name).host_if.clone();
-        let req = EndpointRequest {
-            container_id: format!("cid-{name}"),
-            ifname: "eth0".into(),
-            netns: node.pod(name).ns.path(),
-            pod_namespace: "default".into(),
-            pod_name: name.into(),
-            ip,
-            host_ifindex: ifindex(&host).unwrap(),
-            host_ifname: host,
-        };
-        self.agent.lock().unwrap().register(req).unwrap();
-    }
-
-    fn stop(self) {
-        self.rt.shutdown_background();
-    }
+/// One agent in cluster mode (its threads in the node namespace).
+fn cluster_agent(cfg: &Config, settings: &Settings, api: std::net::SocketAddr) -> TestAgent {
+    let agent = TestAgent::start(cfg, settings);
+    agent.watch(api, "n1");
+    agent
 }
 
 fn wait(what: &str, mut cond: impl FnMut() -> bool) {
@@ -163,11 +143,10 @@ fn a_restart_against_a_slow_api_server_never_opens_an_isolated_pod() {
     }
     let cfg = Config { name: "test-restart".into(), ..Default::default() };
     let state_dir = std::env::temp_dir().join("netpol-test-restart");
-    let _ = std::fs::remove_dir_all(cfg.root());
     let _ = std::fs::remove_dir_all(&state_dir);
     let _entered = node.ns.enter();
-    let _cleanup = RemoveOnDrop(vec![cfg.root(), state_dir.clone()]);
-    let _teardown = Teardown(cfg.clone());
+    let _cleanup = RemoveOnDrop(vec![state_dir.clone()]);
+    let _pins = PinnedDatapath::guard(cfg.clone());
     let settings = Settings {
         state_dir,
         node: NodeInfo { node_name: "n1".into(), pod_cidr: None },
@@ -182,11 +161,11 @@ fn a_restart_against_a_slow_api_server_never_opens_an_isolated_pod() {
     let app = server(down.clone());
     api_rt.spawn(async move { axum::serve(listener, app).await });
 
-    let first = RunningAgent::start(&cfg, &settings, addr);
+    let first = cluster_agent(&cfg, &settings, addr);
     for (name, ip) in [("web", WEB), ("db", DB), ("other", OTHER)] {
-        first.register(&node, name, ip);
+        register(&first, &node, name, ip);
     }
-    wait("the first agent to sync", || first.synced());
+    wait("the first agent to sync", || first.agent().is_synced());
     let _servers = [tcp_server(&node.pod("db").ns.name, 8080)];
     let db = SocketAddrV4::new(DB, 8080);
     let (web_ns, other_ns) = (node.pod("web").ns.name.clone(), node.pod("other").ns.name.clone());
@@ -197,13 +176,13 @@ fn a_restart_against_a_slow_api_server_never_opens_an_isolated_pod() {
 
     // Restart while the API server fails every policy list.
     down.store(true, Ordering::SeqCst);
-    first.stop();
-    let second = RunningAgent::start(&cfg, &settings, addr);
-    second.register(&node, "late", LATE);
+    drop(first);
+    let second = cluster_agent(&cfg, &settings, addr);
+    register(&second, &node, "late", LATE);
     let window = Instant::now();
     let mut probes = 0;
     while window.elapsed() < Duration::from_secs(4) {
-        assert!(!second.synced(), "synced without the policies");
+        assert!(!second.agent().is_synced(), "synced without the policies");
         assert!(!tcp_probe(&other_ns, db, DENIED), "db lost its isolation during the restart");
         assert!(conn.exchange(&format!("during {probes}"), ALLOWED), "the established flow was cut");
         assert!(!tcp_probe(&node.pod("late").ns.name, db, DENIED), "the held-closed pod reached db");
@@ -213,21 +192,10 @@ fn a_restart_against_a_slow_api_server_never_opens_an_isolated_pod() {
 
     // The policies list again: the model is enforced, and still nothing opened or broke.
     down.store(false, Ordering::SeqCst);
-    wait("the second agent to sync", || second.synced());
+    wait("the second agent to sync", || second.agent().is_synced());
     assert!(!tcp_probe(&other_ns, db, DENIED), "db opened after the sync");
     assert!(tcp_probe(&web_ns, db, ALLOWED), "web lost db after the sync");
     assert!(conn.exchange("after", ALLOWED), "the established flow was cut by the sync");
-    second.stop();
+    drop(second);
     api_rt.shutdown_background();
-}
-
-/// Detaches and unpins the datapath when the test ends, also on failure.
-struct Teardown(Config);
-
-impl Drop for Teardown {
-    fn drop(&mut self) {
-        if let Ok(dp) = netpol_agent::datapath::Datapath::open(self.0.clone()) {
-            let _ = dp.teardown();
-        }
-    }
 }

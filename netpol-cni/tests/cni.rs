@@ -8,20 +8,20 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
 use netpol_agent::{
-    api,
-    controller::{Agent, Settings},
+    controller::Settings,
     datapath::Config,
+    testing::{PinnedDatapath, TestAgent},
 };
 use netpol_api::NodeInfo;
 use netpol_tests::{
     cni::{self, Call, Out},
     need_root,
-    netns::{spawn_in_netns, NetNs},
+    netns::NetNs,
     packet::router_advert,
     traffic::{inject_frame, mac_of, tcp_probe, tcp_server},
 };
@@ -35,27 +35,10 @@ struct Node {
     prefix: String,
     dir: PathBuf,
     socket: Option<PathBuf>,
-    agent: Option<AgentThread>,
+    agent: Option<TestAgent>,
+    pins: PinnedDatapath,
     pods: Vec<NetNs>,
     ns: NetNs,
-}
-
-struct AgentThread {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    pins: PathBuf,
-}
-
-impl Drop for AgentThread {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.pins);
-    }
 }
 
 impl Drop for Node {
@@ -84,7 +67,8 @@ impl Node {
         let dir = std::env::temp_dir().join(format!("netpol-cni-{prefix}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut node = Node { prefix: prefix.into(), dir, socket, agent: None, pods: Vec::new(), ns };
+        let pins = PinnedDatapath::guard(Config { name: format!("test-cni-{prefix}"), ..Default::default() });
+        let mut node = Node { prefix: prefix.into(), dir, socket, agent: None, pins, pods: Vec::new(), ns };
         node.start_agent();
         Some(node)
     }
@@ -93,38 +77,19 @@ impl Node {
         self.socket.clone().unwrap_or_else(|| self.dir.join("agent.sock"))
     }
 
-    /// Runs the agent (datapath + API) on a thread inside the node namespace.
+    /// Runs the agent (datapath + API) in this process, its threads in the node namespace.
     fn start_agent(&mut self) {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let cfg = Config { name: format!("test-cni-{}", self.prefix), ..Default::default() };
-        let pins = cfg.root();
-        let _ = std::fs::remove_dir_all(&pins);
-        let (socket, state_dir) = (self.socket(), self.dir.join("agent-state"));
-        let thread = spawn_in_netns(&self.ns.name, move || {
-            let dp = netpol_agent::datapath::Datapath::open(cfg).expect("datapath");
-            let node = NodeInfo { node_name: "test".into(), pod_cidr: Some("10.60.1.0/24".into()) };
-            let settings = Settings { state_dir, node, local: true, budgets: Default::default() };
-            let agent = Agent::start(dp, &settings).expect("agent");
-            let state = Arc::new(Mutex::new(agent));
-            let rt =
-                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-            rt.block_on(async move {
-                let serve = api::serve(&socket, state, async {
-                    let _ = rx.await;
-                });
-                let _ = ready_tx.send(());
-                serve.await.expect("serve");
-            });
-        });
-        ready_rx.recv().unwrap();
-        for _ in 0..100 {
-            if self.socket().exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.agent = Some(AgentThread { stop: Some(tx), thread: Some(thread), pins });
+        let node = NodeInfo { node_name: "test".into(), pod_cidr: Some("10.60.1.0/24".into()) };
+        let settings = Settings {
+            state_dir: self.dir.join("agent-state"),
+            node,
+            local: true,
+            budgets: Default::default(),
+        };
+        let _inside = self.ns.enter();
+        let mut agent = TestAgent::start(self.pins.config(), &settings);
+        agent.serve(&self.socket());
+        self.agent = Some(agent);
     }
 
     fn pod(&mut self, name: &str) -> String {

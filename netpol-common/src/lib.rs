@@ -11,7 +11,7 @@
 /// Bumped whenever a key, value or map definition below changes. The pin directory is
 /// versioned with it, because the kernel would otherwise silently reuse an old pinned map with
 /// a different layout (aya does not compare key/value sizes when it reuses a pin).
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Program names in the object.
 pub mod programs {
@@ -43,7 +43,7 @@ pub mod maps {
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
-    /// Endpoint id → its drop-event token bucket ([`EventBucket`](super::EventBucket)).
+    /// (endpoint, peer) → a drop-event token bucket ([`EventBucket`](super::EventBucket)).
     pub const EVENT_BUCKETS: &str = "EVENT_BUCKETS";
     pub const ALL: [&str; 12] = [
         ENDPOINTS,
@@ -376,8 +376,18 @@ pub mod counter {
     pub const COUNT: u32 = EVENTS_RATE_LIMITED + 1;
 }
 
-/// A token bucket for one endpoint's drop events: one pod flooding drops cannot crowd the
-/// other pods' events out of the ring. Refilled at `DROP_EVENTS_PER_SEC`, holding at most
+/// Whose drop events share a bucket. Drops on the way out of a pod are the pod's own
+/// (`peer` 0, whatever source it forges); drops on the way in are per sending identity, so
+/// a peer flooding a pod with denied packets cannot hide another peer's drops at that pod.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBucketKey {
+    pub ep_id: u32,
+    pub peer: u32,
+}
+
+/// A token bucket for drop events: one pod flooding drops cannot crowd the other pods'
+/// events out of the ring. Refilled at `DROP_EVENTS_PER_SEC`, holding at most
 /// `DROP_EVENT_BURST`; updates from several CPUs may race, which only blurs the rate.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -393,6 +403,7 @@ pub const NS_PER_DROP_EVENT: u64 = 1_000_000_000 / DROP_EVENTS_PER_SEC;
 
 const _: () = {
     assert!(core::mem::size_of::<EventBucket>() == 16);
+    assert!(core::mem::size_of::<EventBucketKey>() == 8);
     assert!(core::mem::size_of::<Endpoint>() == 24);
     assert!(core::mem::size_of::<IpcacheEntry>() == 8);
     assert!(core::mem::size_of::<PolicyKey>() == 12);
@@ -422,5 +433,6 @@ mod user {
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for LocalSlot {}
     unsafe impl aya::Pod for EventBucket {}
+    unsafe impl aya::Pod for EventBucketKey {}
     unsafe impl aya::Pod for Event {}
 }

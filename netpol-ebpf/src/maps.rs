@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netpol_common::{
-    counter, sizes, CtKey, CtValue, Endpoint, EventBucket, FragKey, FragValue, IpcacheEntry, LocalSlot,
-    PolicyKey, PolicyValue, RangeKey,
+    counter, sizes, CtKey, CtValue, Endpoint, EventBucket, EventBucketKey, FragKey, FragValue, IpcacheEntry,
+    LocalSlot, PolicyKey, PolicyValue, RangeKey,
 };
 
 #[map]
@@ -31,6 +31,7 @@ pub static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(sizes:
 #[map]
 pub static EVENTS: RingBuf = RingBuf::pinned(sizes::EVENTS_BYTES, 0);
 #[map]
-pub static EVENT_BUCKETS: LruHashMap<u32, EventBucket> = LruHashMap::pinned(sizes::EVENT_BUCKETS, 0);
+pub static EVENT_BUCKETS: LruHashMap<EventBucketKey, EventBucket> =
+    LruHashMap::pinned(sizes::EVENT_BUCKETS, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);

@@ -6,7 +6,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netpol_common::{
-    counter, Event, EventBucket, DROP_EVENT_BURST, NS_PER_DROP_EVENT, VERDICT_ALLOW, VERDICT_DROP,
+    counter, Event, EventBucket, EventBucketKey, DIR_INGRESS, DROP_EVENT_BURST, NS_PER_DROP_EVENT,
+    VERDICT_ALLOW, VERDICT_DROP,
 };
 
 use crate::{
@@ -47,13 +48,13 @@ pub fn count(idx: u32) {
     }
 }
 
-/// Takes a token from the endpoint's drop-event bucket; false when it is empty.
+/// Takes a token from the drop-event bucket of `key`; false when it is empty.
 #[inline(always)]
-fn drop_event_token(ep_id: u32, now: u64) -> bool {
-    let Some(b) = EVENT_BUCKETS.get_ptr_mut(&ep_id) else {
+fn drop_event_token(key: &EventBucketKey, now: u64) -> bool {
+    let Some(b) = EVENT_BUCKETS.get_ptr_mut(key) else {
         let full = EventBucket { refilled_ns: now, tokens: DROP_EVENT_BURST - 1 };
-        // A full LRU evicts; a failed insert only forgets this endpoint's rate.
-        let _ = EVENT_BUCKETS.insert(&ep_id, &full, 0);
+        // A full LRU evicts; a failed insert only forgets this key's rate.
+        let _ = EVENT_BUCKETS.insert(key, &full, 0);
         return true;
     };
     // SAFETY: a map value pointer, valid for this program run.
@@ -73,7 +74,9 @@ fn drop_event_token(ep_id: u32, now: u64) -> bool {
 #[inline(always)]
 fn emit(ctx: &TcContext, ep_id: u32, dir: u8, f: &Flow, d: &Decision) {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if d.drop && !drop_event_token(ep_id, now) {
+    // Inbound drops per sending identity; outbound ones are the pod's own, whatever it forges.
+    let key = EventBucketKey { ep_id, peer: if dir == DIR_INGRESS { d.peer } else { 0 } };
+    if d.drop && !drop_event_token(&key, now) {
         count(counter::EVENTS_RATE_LIMITED);
         return;
     }

@@ -143,12 +143,13 @@ fn budget_limits() {
     let side = 128; // 128 blocks × 128 ports = 16384 keys: one policy at its budget
                     // (namespace, ipBlocks, ports) of each policy.
     type Policies = Vec<(usize, u32, u32)>;
-    let cases: [(&str, Policies); 5] = [
+    let cases: [(&str, Policies); 6] = [
         ("one policy at its budget", vec![(0, side, side)]),
         ("one namespace at its budget (4 such policies)", (0..4).map(|_| (0, side, side)).collect()),
         ("the node full: 15 namespaces at 16384 keys", (0..15).map(|n| (n, side, side)).collect()),
         ("rejected: 600 blocks × 500 ports (300k keys)", vec![(0, 600, 500)]),
         ("rejected: 2000 blocks × 2000 ports (4M keys)", vec![(0, 2000, 2000)]),
+        ("one namespace of 200 policies at 16384 keys (3.3M)", (0..200).map(|_| (0, side, side)).collect()),
     ];
     for (what, policies) in cases {
         let (mut m, mut local) = (Model::default(), Vec::new());

@@ -59,6 +59,12 @@ fn name_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) ->
     meta.name.clone().unwrap_or_default()
 }
 
+/// The key a namespaced object is stored under: (namespace, name), a missing namespace
+/// being `default` as the API server defaults it.
+pub fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
+    (ns_of(meta), name_of(meta))
+}
+
 impl Model {
     /// Adds or replaces an object. A policy that does not validate is rejected (its error
     /// returned and remembered); the rest of the model is untouched.
@@ -68,13 +74,13 @@ impl Model {
                 self.namespaces.insert(name_of(&n.metadata), *n);
             }
             Object::Pod(p) => {
-                self.pods.insert((ns_of(&p.metadata), name_of(&p.metadata)), *p);
+                self.pods.insert(key_of(&p.metadata), *p);
             }
             Object::Node(n) => {
                 self.nodes.insert(name_of(&n.metadata), *n);
             }
             Object::NetworkPolicy(np) => {
-                let key = (ns_of(&np.metadata), name_of(&np.metadata));
+                let key = key_of(&np.metadata);
                 match Policy::parse(&np) {
                     Ok(p) => {
                         self.rejected.remove(&key);

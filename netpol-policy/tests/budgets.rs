@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use netpol_common::{identity, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
 use netpol_policy::{
-    compiler::{compile, Allocators, BudgetError, LocalEndpoint},
+    compiler::{compile, compile_with, Allocators, BudgetError, Budgets, LocalEndpoint},
     entries::PolicyMapKey,
     model::{Model, Object},
 };
@@ -91,6 +91,39 @@ fn rejecting_costs_the_budget_not_the_expansion() {
     assert_eq!(c.over_budget.len(), 1);
     assert!(c.state.policy.is_empty());
     assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+#[test]
+fn a_namespace_of_many_policies_costs_a_bounded_count() {
+    // 30 policies of 90 keys in `t` (per policy 100, per namespace 200): counting stops
+    // once `t` passes 400 counted keys; `u`'s policy is unaffected.
+    let budgets = Budgets { per_policy: 100, per_namespace: 200 };
+    let mut objs = vec![pod("t", "p", "10.0.0.2"), pod("u", "q", "10.0.0.3")];
+    objs.extend(
+        (0..30).map(|i| objects::ip_blocks_policy("t", &format!("np{i:02}"), json!({}), 10, 9).json()),
+    );
+    objs.push(objects::ip_blocks_policy("u", "np", json!({}), 10, 9).json());
+    let m = model(objs);
+    let eps = [endpoint(1, "t", "p", "10.0.0.2"), endpoint(2, "u", "q", "10.0.0.3")];
+    let c = compile_with(&m, "n1", &eps, &mut Allocators::default(), &budgets);
+    let uncounted: Vec<&String> = c
+        .over_budget
+        .iter()
+        .filter(|(_, e)| matches!(e, BudgetError::NamespaceUncounted { counted: 450, budget: 200, .. }))
+        .map(|((_, n), _)| n)
+        .collect();
+    assert_eq!(uncounted.len(), 25, "{:?}", c.over_budget);
+    assert_eq!(uncounted[0], "np05", "the policies after the bound, in name order");
+    let over_ns = c.over_budget.values().filter(|e| matches!(e, BudgetError::Namespace { .. })).count();
+    assert_eq!(over_ns, 3, "of the 5 counted, the 2 that fit 200 are admitted");
+    assert_eq!(c.over_budget.len(), 28);
+    assert!(c.over_budget.keys().all(|(ns, _)| ns == "t"));
+    let msg = c.over_budget[&("t".to_string(), "np29".to_string())].to_string();
+    assert!(msg.contains("t/np29") && msg.contains("not expanded"), "{msg}");
+    // Admitted policies write their keys; every policy of t still isolates p.
+    assert_eq!(keys_of(&c, 1), 90, "two admitted policies with the same 90 keys");
+    assert_eq!(keys_of(&c, 2), 90);
+    assert_eq!(c.state.endpoints[&1].flags, EP_ISOLATED_INGRESS);
 }
 
 #[test]

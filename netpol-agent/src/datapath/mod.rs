@@ -28,7 +28,7 @@ use netpol_common::{
     IpcacheEntry, LocalSlot, PolicyKey, PolicyValue, RangeKey, LAYOUT_VERSION, LOCAL_SLOT_SHARED,
 };
 
-pub use attach::{ifindex, ifname, AttachMode, Hook};
+pub use attach::{ifindex, ifname, remove_pins, AttachMode, Hook};
 pub use bpffs::ensure_mounted as mount_bpffs;
 pub use netpol_policy::entries::{
     port_blocks, proto_name, Direction, EndpointSpec, IpcacheSpec, PolicyEntry, PolicyMapKey, Protocol,
@@ -122,7 +122,11 @@ fn expected_layout(name: &str) -> (u32, u32, u32) {
         maps::FRAGMENTS => s(size_of::<FragKey>(), size_of::<FragValue>(), sizes::FRAGMENTS),
         maps::EVENTS => s(0, 0, sizes::EVENTS_BYTES),
         maps::COUNTERS => s(4, 8, counter::COUNT),
-        maps::EVENT_BUCKETS => s(4, size_of::<netpol_common::EventBucket>(), sizes::EVENT_BUCKETS),
+        maps::EVENT_BUCKETS => s(
+            size_of::<netpol_common::EventBucketKey>(),
+            size_of::<netpol_common::EventBucket>(),
+            sizes::EVENT_BUCKETS,
+        ),
         other => unreachable!("unknown map {other}"),
     }
 }

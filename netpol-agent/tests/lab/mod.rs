@@ -12,6 +12,7 @@ use std::{
 use netpol_agent::datapath::{
     AttachMode, Config, Datapath, Direction, EndpointSpec, IpcacheSpec, PolicyEntry, Protocol,
 };
+use netpol_agent::testing::PinnedDatapath;
 use netpol_common::identity;
 use netpol_tests::{
     need_root,
@@ -33,25 +34,14 @@ pub const EP_C: u32 = 3;
 pub const ALLOWED: Duration = Duration::from_secs(3);
 pub const DENIED: Duration = Duration::from_millis(700);
 
-/// A node with pods a, b, c, and the datapath attached to all three.
+/// A node with pods a, b, c, and the datapath attached to all three. Fields drop in
+/// order: servers, then the datapath (detached inside the node namespace), then the node.
 pub struct Lab {
     pub servers: Vec<Server>,
-    pub dp: Option<Datapath>,
-    pub root: PathBuf,
+    pub dp: PinnedDatapath,
     // Keeps this thread in the node namespace (aya attaches by interface name there).
-    pub entered: Option<Entered>,
+    entered: Entered,
     pub node: Node,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        self.servers.clear();
-        if let Some(dp) = self.dp.take() {
-            let _ = dp.teardown();
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-        self.entered.take();
-    }
 }
 
 pub fn spec(
@@ -83,11 +73,9 @@ impl Lab {
         node.add_pod("b", B);
         node.add_pod("c", C);
         let cfg = Config { name: format!("test-nf-{prefix}"), attach: mode, ..Default::default() };
-        let root = cfg.root();
-        let _ = std::fs::remove_dir_all(&root);
-        let entered = Some(node.ns.enter());
-        let mut lab = Lab { servers: Vec::new(), dp: None, root, entered, node };
-        lab.dp = Some(Datapath::open(cfg).expect("open datapath"));
+        let entered = node.ns.enter();
+        let dp = PinnedDatapath::open(cfg);
+        let mut lab = Lab { servers: Vec::new(), dp, entered, node };
         for (pod, ep, ip, id) in [("a", EP_A, A, ID_A), ("b", EP_B, B, ID_B), ("c", EP_C, C, ID_C)] {
             let s = spec(&lab, pod, ep, ip, id, false, false);
             lab.dp().upsert_endpoint(&s).unwrap();
@@ -100,7 +88,11 @@ impl Lab {
     }
 
     pub fn dp(&mut self) -> &mut Datapath {
-        self.dp.as_mut().unwrap()
+        &mut self.dp
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dp.config().root()
     }
 
     pub fn ns(&self, pod: &str) -> String {
@@ -140,7 +132,7 @@ impl Lab {
     }
 
     pub fn counter(&self, r: u8) -> u64 {
-        self.dp.as_ref().unwrap().counters().unwrap().reason(r)
+        self.dp.counters().unwrap().reason(r)
     }
 }
 

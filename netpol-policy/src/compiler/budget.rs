@@ -9,7 +9,9 @@
 //! less isolated than its stored policies say.
 //!
 //! Counting stops at the per-policy budget, so a hostile policy costs at most that much
-//! time and memory to reject.
+//! time and memory to reject; and once a namespace's counted policies pass twice its
+//! budget, its remaining policies (in name order) are rejected uncounted, so a namespace
+//! with many policies costs at most about `2 × per_namespace + per_policy` keys of work.
 
 use std::collections::BTreeMap;
 
@@ -58,6 +60,56 @@ pub enum BudgetError {
          beside the other policies' ({used} of {capacity} in use); rejected whole"
     )]
     Node { policy: String, cost: usize, used: usize, capacity: usize },
+    #[error(
+        "NetworkPolicy {policy}: namespace {namespace}'s other policies already expand to \
+         {counted} policy map entries on this node, past twice the per-namespace budget of \
+         {budget}; not expanded, rejected whole"
+    )]
+    NamespaceUncounted { policy: String, namespace: String, counted: usize, budget: usize },
+}
+
+/// The bound on counting: keys counted per namespace, and the policies left uncounted.
+pub struct Counting<'a> {
+    budgets: &'a Budgets,
+    per_namespace: BTreeMap<String, usize>,
+    uncounted: Vec<Key>,
+}
+
+impl<'a> Counting<'a> {
+    pub fn new(budgets: &'a Budgets) -> Self {
+        Counting { budgets, per_namespace: BTreeMap::new(), uncounted: Vec::new() }
+    }
+
+    fn limit(&self) -> usize {
+        self.budgets.per_namespace.saturating_mul(2)
+    }
+
+    /// Whether `key` may still be expanded; if not, it is rejected uncounted.
+    pub fn may_count(&mut self, key: &Key) -> bool {
+        let counted = self.per_namespace.get(&key.0).copied().unwrap_or(0);
+        let may = counted <= self.limit();
+        if !may {
+            self.uncounted.push(key.clone());
+        }
+        may
+    }
+
+    pub fn counted(&mut self, key: &Key, cost: &Cost) {
+        *self.per_namespace.entry(key.0.clone()).or_default() += cost.total();
+    }
+
+    pub fn uncounted(self) -> impl Iterator<Item = (Key, BudgetError)> {
+        let (per_namespace, budget) = (self.per_namespace, self.budgets.per_namespace);
+        self.uncounted.into_iter().map(move |key| {
+            let err = BudgetError::NamespaceUncounted {
+                policy: name(&key),
+                namespace: key.0.clone(),
+                counted: per_namespace[&key.0],
+                budget,
+            };
+            (key, err)
+        })
+    }
 }
 
 /// The keys a policy adds on this node, counted up to the per-policy budget.

@@ -74,18 +74,24 @@ pub fn compile_with(
     let mut expander = Expander::new(&ids.info, &cidrs);
     // Each policy's keys are kept from the budget pass while they fit in what the node's maps
     // hold (so memory stays bounded by the maps plus one policy's budget); past that, an
-    // admitted policy is expanded again below.
+    // admitted policy is expanded again below. Counting itself is bounded per namespace.
     let mut expanded = BTreeMap::new();
     let mut costs = BTreeMap::new();
+    let mut counting = budget::Counting::new(budgets);
     let mut held = 0;
     for (key, eps) in &selected {
+        if !counting.may_count(key) {
+            continue;
+        }
         let (cost, keys) = expand_within(&mut expander, &model.policies[key].1, eps, &ids, budgets);
+        counting.counted(key, &cost);
         costs.insert(key.clone(), cost);
         let keep = held + keys.len() <= NODE_EXACT_KEYS + NODE_RANGE_KEYS;
         held += if keep { keys.len() } else { 0 };
         expanded.insert(key, keep.then_some(keys));
     }
-    let over_budget = budget::admit(&costs, budgets);
+    let mut over_budget = budget::admit(&costs, budgets);
+    over_budget.extend(counting.uncounted());
 
     let mut out = Compiled { over_budget, ..Compiled::default() };
     for (key, keys) in expanded.into_iter().filter(|(k, _)| !out.over_budget.contains_key(*k)) {
