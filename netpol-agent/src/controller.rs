@@ -33,6 +33,7 @@ use netpol_policy::{
     compiler::{compile_with, Allocators, Budgets, Compiled},
     model::{self, node_pod_cidr, Key, Kind, Model, Object},
     policy::PolicyError,
+    services,
 };
 
 use crate::{
@@ -158,6 +159,14 @@ fn local_snapshot(node_name: &str, store: &LocalStore) -> Vec<Change> {
     changes
 }
 
+/// Local mode has no endpoint-slice controller: the model's EndpointSlices are derived from
+/// its Services and Pods, as that controller would write them.
+fn derive_endpoint_slices(model: &mut Model) {
+    let slices: Vec<_> =
+        model.services.values().flat_map(|svc| services::endpoint_slices(svc, model.pods.values())).collect();
+    model.endpoint_slices = slices.into_iter().map(|s| (model::key_of(&s.metadata), s)).collect();
+}
+
 impl<E: Enforcer> Agent<E> {
     /// Loads the persisted state (registry, numbering, local store). In local mode it
     /// enforces the result at once; from a cluster it waits for [`Agent::mark_synced`].
@@ -273,6 +282,9 @@ impl<E: Enforcer> Agent<E> {
                     }
                 }
             }
+        }
+        if self.store.is_some() {
+            derive_endpoint_slices(&mut self.model);
         }
         (rejected, self.reconcile())
     }

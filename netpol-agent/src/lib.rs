@@ -3,7 +3,8 @@
 //! and the sources.
 //!
 //! - [`datapath`]: the eBPF programs, their pinned maps and links, and a typed API over them
-//!   (the only module that talks to the kernel through aya).
+//!   (the only module that talks to the kernel through aya); [`cgroup`]: where the socket
+//!   hooks for Services attach.
 //! - [`endpoints`]: attachments handed over by netpol-cni, persisted, with their identities.
 //! - [`controller`]: the agent's state and its loop body (compile, then sync), over an
 //!   [`enforcer`] (the datapath, or in-memory maps for tests);
@@ -13,6 +14,7 @@
 //! - `testing` (feature `testing`): harnesses for the test suites (a pinned datapath torn
 //!   down on drop, an in-process agent).
 pub mod api;
+pub mod cgroup;
 pub mod controller;
 pub mod datapath;
 pub mod endpoints;

@@ -1,5 +1,6 @@
 //! Test harnesses around the real agent (feature `testing`), shared by this crate's suites
-//! and netpol-cni's: a pinned datapath torn down on drop, and an agent running in process.
+//! and netpol-cni's: a pinned datapath torn down on drop, an agent running in process, and
+//! a cgroup of the test's own for the socket hooks.
 //! The generic fixtures (namespaces, traffic, packets, object builders, the agent binary and
 //! the CNI caller) are in `netpol-tests`, which cannot depend on this crate.
 //!
@@ -7,9 +8,12 @@
 //! when the test panics; a harness never touches pins of another [`Config::name`].
 
 use std::{
+    ffi::CString,
     net::SocketAddr,
     ops::{Deref, DerefMut},
-    path::Path,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::Command,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -18,6 +22,7 @@ use tokio::{runtime::Runtime, sync::oneshot, task::JoinHandle};
 
 use crate::{
     api::{self, Shared},
+    cgroup::cgroup2_mount,
     controller::{Agent, Settings},
     datapath::{remove_pins, Config, Datapath},
     sources::kubernetes,
@@ -152,4 +157,67 @@ impl Drop for TestAgent {
             rt.shutdown_timeout(Duration::from_secs(2));
         }
     }
+}
+
+/// A cgroup2 directory of the test's own (`netpol-test-<name>` under the mount): the socket
+/// hooks attach here and only the processes the test puts in it are translated. On drop
+/// its processes are killed and the directory removed.
+pub struct TestCgroup {
+    path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> TestCgroup {
+        let path = cgroup2_mount().expect("a cgroup2 mount").join(format!("netpol-test-{name}"));
+        remove_cgroup(&path);
+        std::fs::create_dir(&path).expect("create the test cgroup");
+        TestCgroup { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes `cmd`'s process (and everything it starts) join this cgroup before it execs.
+    pub fn adopt<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        let procs =
+            CString::new(self.path.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                libc::close(fd);
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            })
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        remove_cgroup(&self.path);
+    }
+}
+
+/// Kills whatever runs in the cgroup, then removes it (a cgroup with processes cannot go).
+fn remove_cgroup(path: &Path) {
+    if !path.exists() {
+        return;
+    }
+    let _ = std::fs::write(path.join("cgroup.kill"), "1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(path.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_dir(path);
 }

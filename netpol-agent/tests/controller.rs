@@ -134,9 +134,8 @@ fn nothing_is_enforced_from_a_model_that_is_not_fully_listed() {
     // Every kind listed (web is back), without policies: now the model is enforced.
     let web = BTreeSet::from([("x".to_string(), "web".to_string())]);
     let mut relisted = vec![Change::Upsert(obj(pod("web"))), Change::Relisted(Kind::Pod, web)];
-    relisted.extend(
-        [Kind::Namespace, Kind::NetworkPolicy, Kind::Node].map(|k| Change::Relisted(k, Default::default())),
-    );
+    let rest = [Kind::Namespace, Kind::NetworkPolicy, Kind::Node, Kind::Service, Kind::EndpointSlice];
+    relisted.extend(rest.map(|k| Change::Relisted(k, Default::default())));
     let (_, synced) = a.handle(relisted);
     synced.unwrap();
     assert!(a.is_synced());

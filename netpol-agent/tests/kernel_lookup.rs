@@ -3,7 +3,7 @@
 //! into the kernel maps, and every new flow in both directions must get the same verdict
 //! from BPF_PROG_TEST_RUN as from the model (root).
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use netpol_agent::datapath::{ifindex, Config, Datapath, Hook};
 use netpol_common::{DIR_EGRESS, DIR_INGRESS};
@@ -55,7 +55,7 @@ fn the_lookup_model_matches_the_kernel_programs() {
             let mut st = MapState {
                 ipcache: full.ipcache.clone(),
                 policy: full.policy.clone(),
-                endpoints: BTreeMap::new(),
+                ..MapState::default()
             };
             st.endpoints.insert(lo, full.endpoints[index]);
             dp.sync(&st).unwrap();

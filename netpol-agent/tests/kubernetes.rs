@@ -146,8 +146,25 @@ fn server(st: Shared) -> Router {
          "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["192.168.0.0/16"]}}]}]}},
         huge_policy(),
     ]);
+    let services = json!([objects::service(
+        "default",
+        "api",
+        "10.96.0.20",
+        json!({"app": "api"}),
+        json!([{"port": 80, "targetPort": 8080}])
+    )
+    .json()]);
+    let slices =
+        json!([
+            objects::endpoint_slice("default", "api-1", "api", json!([{"port": 8080}]), &["10.1.0.2"]).json()
+        ]);
     Router::new()
         .route("/api/v1/pods", get(pods))
+        .route("/api/v1/services", list_then_quiet("ServiceList", "v1", services))
+        .route(
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            list_then_quiet("EndpointSliceList", "discovery.k8s.io/v1", slices),
+        )
         .route("/api/v1/namespaces", list_then_quiet("NamespaceList", "v1", namespaces))
         .route("/api/v1/nodes", list_then_quiet("NodeList", "v1", nodes))
         .route(
@@ -255,6 +272,17 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
         a.compiled().state.ipcache.keys().any(|n| n.to_string() == "10.1.0.5/32"),
         "d is not in the ipcache"
     );
+    // The Service and its EndpointSlice from the API: one frontend, one backend slot, and
+    // its ClusterIP known as a Service address.
+    let st = &a.enforcer().state;
+    assert_eq!(st.services.len(), 2, "{:?}", st.services);
+    let front = st.services.iter().find(|(k, _)| k.slot == 0).unwrap();
+    assert_eq!(
+        (front.0.addr, front.0.port, front.1.count),
+        (u32::from_ne_bytes([10, 96, 0, 20]), 80u16.to_be(), 1)
+    );
+    let cluster_ip = st.ipcache.iter().find(|(n, _)| n.to_string() == "10.96.0.20/32").unwrap();
+    assert_eq!(cluster_ip.1.identity, netpol_common::identity::SERVICE);
     drop(a);
     drop(s);
     rt.shutdown_background();

@@ -97,6 +97,11 @@ fn server(policies_down: Arc<AtomicBool>) -> Router {
         .route("/api/v1/namespaces", kind("NamespaceList", "v1", namespaces))
         .route("/api/v1/nodes", kind("NodeList", "v1", nodes))
         .route("/api/v1/pods", kind("PodList", "v1", pods))
+        .route("/api/v1/services", kind("ServiceList", "v1", json!([])))
+        .route(
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            kind("EndpointSliceList", "discovery.k8s.io/v1", json!([])),
+        )
         .route("/apis/networking.k8s.io/v1/networkpolicies", policy_route)
         .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", post(|| async { StatusCode::CREATED }))
 }

@@ -11,7 +11,7 @@
 /// Bumped whenever a key, value or map definition below changes. The pin directory is
 /// versioned with it, because the kernel would otherwise silently reuse an old pinned map with
 /// a different layout (aya does not compare key/value sizes when it reuses a pin).
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Program names in the object.
 pub mod programs {
@@ -21,6 +21,12 @@ pub mod programs {
     pub const TO_POD: &str = "netpol_to_pod";
     /// Returns TC_ACT_OK and nothing else: the baseline the benchmarks compare against.
     pub const PASS: &str = "netpol_pass";
+    /// cgroup sock_addr hooks (Services at the socket): ClusterIP → backend on connect and
+    /// on unconnected UDP sends, backend → ClusterIP on UDP receives and getpeername.
+    pub const CONNECT4: &str = "netpol_connect4";
+    pub const SENDMSG4: &str = "netpol_sendmsg4";
+    pub const RECVMSG4: &str = "netpol_recvmsg4";
+    pub const GETPEERNAME4: &str = "netpol_getpeername4";
 }
 
 /// Map names in the object (also their pin names).
@@ -45,7 +51,12 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// (endpoint, peer) → a drop-event token bucket ([`EventBucket`](super::EventBucket)).
     pub const EVENT_BUCKETS: &str = "EVENT_BUCKETS";
-    pub const ALL: [&str; 12] = [
+    /// Service frontends and their backend slots ([`ServiceKey`](super::ServiceKey)).
+    pub const SERVICES: &str = "SERVICES";
+    /// (socket cookie, backend) → the frontend that socket asked for
+    /// ([`RevNatKey`](super::RevNatKey)): how replies and getpeername get the ClusterIP back.
+    pub const SOCK_REV_NAT: &str = "SOCK_REV_NAT";
+    pub const ALL: [&str; 14] = [
         ENDPOINTS,
         ENDPOINT_IPS,
         LOCAL_SLOTS,
@@ -58,6 +69,8 @@ pub mod maps {
         EVENTS,
         COUNTERS,
         EVENT_BUCKETS,
+        SERVICES,
+        SOCK_REV_NAT,
     ];
 }
 
@@ -78,6 +91,10 @@ pub mod sizes {
     pub const EVENTS_BYTES: u32 = 8 << 20;
     /// LRU: a bucket per recently dropping endpoint.
     pub const EVENT_BUCKETS: u32 = 2 * ENDPOINTS;
+    /// Frontends plus backend slots.
+    pub const SERVICES: u32 = 65_536;
+    /// LRU: one entry per translated socket and backend.
+    pub const SOCK_REV_NAT: u32 = 262_144;
 }
 
 /// Security identities. Label identities and CIDR identities are allocated by the agent from
@@ -94,6 +111,10 @@ pub mod identity {
     /// A local endpoint whose pod's labels are not known yet: no selector matches it, and
     /// its endpoint is held closed (host only) until they are.
     pub const INIT: u32 = 5;
+    /// A Service's ClusterIP. Nothing addressed to one should reach a pod's interface (the
+    /// socket hooks translate it first): for an egress-isolated pod such a packet is
+    /// dropped (`DROP_SERVICE_UNTRANSLATED`), for others it passes and is counted.
+    pub const SERVICE: u32 = 6;
     pub const FIRST_LABEL: u32 = 256;
     pub const FIRST_CIDR: u32 = 1 << 24;
 }
@@ -329,7 +350,10 @@ pub mod reason {
     /// To a pod: the source is a local pod's address, but the packet did not come from that
     /// pod's interface.
     pub const DROP_SPOOFED_LOCAL: u8 = 20;
-    pub const COUNT: usize = 21;
+    /// From an egress-isolated pod, to a ClusterIP the socket hooks did not translate (a
+    /// raw socket, a process outside the hooked cgroup).
+    pub const DROP_SERVICE_UNTRANSLATED: u8 = 21;
+    pub const COUNT: usize = 22;
     pub const FIRST_DROP: u8 = DROP_POLICY;
 
     pub const NAMES: [&str; COUNT] = [
@@ -354,6 +378,7 @@ pub mod reason {
         "drop-arp-spoofed",
         "drop-icmp-routing",
         "drop-spoofed-local",
+        "drop-service-untranslated",
     ];
 
     pub fn name(r: u8) -> &'static str {
@@ -373,7 +398,69 @@ pub mod counter {
     pub const CT_INSERT_FAILED: u32 = EVENTS_LOST + 1;
     /// A drop event was not written: its endpoint was over its drop-event rate.
     pub const EVENTS_RATE_LIMITED: u32 = CT_INSERT_FAILED + 1;
-    pub const COUNT: u32 = EVENTS_RATE_LIMITED + 1;
+    /// A packet to a ClusterIP left a pod that is not egress-isolated (passed).
+    pub const SERVICE_UNTRANSLATED: u32 = EVENTS_RATE_LIMITED + 1;
+    /// A socket's ClusterIP:port was translated to a backend.
+    pub const SOCK_TRANSLATED: u32 = SERVICE_UNTRANSLATED + 1;
+    /// A connect or send to a frontend without backends was refused.
+    pub const SOCK_NO_BACKEND: u32 = SOCK_TRANSLATED + 1;
+    /// A translation could not be remembered for the way back (`SOCK_REV_NAT` write failed).
+    pub const SOCK_REV_NAT_FAILED: u32 = SOCK_NO_BACKEND + 1;
+    pub const COUNT: u32 = SOCK_REV_NAT_FAILED + 1;
+    /// The names of the slots after the reasons, in order.
+    pub const NAMES: [&str; (COUNT - EVENTS_LOST) as usize] = [
+        "events-lost",
+        "ct-insert-failed",
+        "events-rate-limited",
+        "service-untranslated",
+        "sock-translated",
+        "sock-no-backend",
+        "sock-rev-nat-failed",
+    ];
+}
+
+/// `SERVICES` key: a Service frontend (ClusterIP, port, protocol) and a slot. Slot 0 is the
+/// frontend itself (its value holds the backend count), slots 1..=count its backends.
+/// Address and port in network order, as the socket hooks read them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub slot: u32,
+}
+
+/// `SERVICES` value: for slot 0 the number of backends (address and port unused), for a
+/// backend slot its address and target port (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+    pub count: u32,
+}
+
+/// `SOCK_REV_NAT` key: a socket (its cookie) and the backend it was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevNatKey {
+    pub cookie: u64,
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// `SOCK_REV_NAT` value: the frontend the socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevNatValue {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
 }
 
 /// Whose drop events share a bucket. Drops on the way out of a pod are the pod's own
@@ -404,6 +491,10 @@ pub const NS_PER_DROP_EVENT: u64 = 1_000_000_000 / DROP_EVENTS_PER_SEC;
 const _: () = {
     assert!(core::mem::size_of::<EventBucket>() == 16);
     assert!(core::mem::size_of::<EventBucketKey>() == 8);
+    assert!(core::mem::size_of::<ServiceKey>() == 12);
+    assert!(core::mem::size_of::<ServiceValue>() == 12);
+    assert!(core::mem::size_of::<RevNatKey>() == 16);
+    assert!(core::mem::size_of::<RevNatValue>() == 8);
     assert!(core::mem::size_of::<Endpoint>() == 24);
     assert!(core::mem::size_of::<IpcacheEntry>() == 8);
     assert!(core::mem::size_of::<PolicyKey>() == 12);
@@ -434,5 +525,9 @@ mod user {
     unsafe impl aya::Pod for LocalSlot {}
     unsafe impl aya::Pod for EventBucket {}
     unsafe impl aya::Pod for EventBucketKey {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for RevNatKey {}
+    unsafe impl aya::Pod for RevNatValue {}
     unsafe impl aya::Pod for Event {}
 }

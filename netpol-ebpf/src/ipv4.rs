@@ -3,8 +3,8 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use netpol_common::{
-    local_slot, reason, Endpoint, FragKey, FragValue, DIR_EGRESS, IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP,
-    IPPROTO_UDP, LOCAL_SLOT_SHARED,
+    counter, identity, local_slot, reason, Endpoint, FragKey, FragValue, DIR_EGRESS, IPPROTO_ICMP,
+    IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, LOCAL_SLOT_SHARED,
 };
 
 use crate::{
@@ -13,7 +13,7 @@ use crate::{
     icmp::{self, IcmpError},
     maps::{ENDPOINT_IPS, FRAGMENTS, LOCAL_SLOTS},
     policy::{admits, isolated, resolve},
-    verdict::{finish, verdict, Decision, Flow, NO_FLOW},
+    verdict::{count, finish, verdict, Decision, Flow, NO_FLOW},
 };
 
 /// What the L4 parse found.
@@ -214,6 +214,20 @@ fn judge(ep: &Endpoint, dir: u8, f: &Flow, tracked: bool) -> (Decision, bool) {
     // A new flow, or a tracked one whose entry is gone (evicted, or older than the agent):
     // judged in its own direction and, when allowed, tracked from here on.
     let peer = resolve(key.remote_addr);
+    if dir == DIR_EGRESS && peer.identity == identity::SERVICE {
+        // The socket hooks translate ClusterIPs before a packet exists: this one bypassed
+        // them, and no policy can judge the backend it would reach.
+        if isolated(ep, dir) {
+            let d = Decision {
+                drop: true,
+                reason: reason::DROP_SERVICE_UNTRANSLATED,
+                rule_id: 0,
+                peer: peer.identity,
+            };
+            return (d, true);
+        }
+        count(counter::SERVICE_UNTRANSLATED);
+    }
     let mut d = if !isolated(ep, dir) {
         verdict(false, reason::ALLOW_NOT_ISOLATED)
     } else {

@@ -1,4 +1,5 @@
-//! netpol's datapath: two TC classifiers on the host side of every pod veth.
+//! netpol's datapath: two TC classifiers on the host side of every pod veth, and the
+//! socket hooks that translate Services ([`service`]).
 //!
 //! `netpol_from_pod` (tc ingress there) judges packets the pod sends: what it may send at
 //! all (anti-spoofing, no VLAN tags, no IPv6, no router messages), then the pod's egress
@@ -31,6 +32,7 @@
 //! | packet of a tracked flow / its reply               | pass         | pass     |
 //! | packet of a revoked flow (either way)              | policy       | policy   |
 //! | ICMP error plausibly about a tracked flow          | pass         | pass     |
+//! | from the pod: new flow to a ClusterIP (untranslated) | pass, counted | drop    |
 //! | anything else                                      | pass         | policy   |
 #![no_std]
 #![no_main]
@@ -42,6 +44,7 @@ mod ipv4;
 mod l2;
 mod maps;
 mod policy;
+mod service;
 mod verdict;
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};

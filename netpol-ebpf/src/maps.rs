@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use netpol_common::{
     counter, sizes, CtKey, CtValue, Endpoint, EventBucket, EventBucketKey, FragKey, FragValue, IpcacheEntry,
-    LocalSlot, PolicyKey, PolicyValue, RangeKey,
+    LocalSlot, PolicyKey, PolicyValue, RangeKey, RevNatKey, RevNatValue, ServiceKey, ServiceValue,
 };
 
 #[map]
@@ -35,3 +35,7 @@ pub static EVENT_BUCKETS: LruHashMap<EventBucketKey, EventBucket> =
     LruHashMap::pinned(sizes::EVENT_BUCKETS, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+#[map]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(sizes::SERVICES, 0);
+#[map]
+pub static SOCK_REV_NAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::pinned(sizes::SOCK_REV_NAT, 0);

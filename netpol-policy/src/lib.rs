@@ -2,8 +2,9 @@
 //! aya, no build script, no kernel — so `cargo test -p netpol-policy` needs neither root
 //! nor the eBPF toolchain.
 //!
-//! - [`model`]: what the sources deliver (Namespaces, Pods, NetworkPolicies, Nodes);
-//!   [`policy`]: NetworkPolicy validation and normalization.
+//! - [`model`]: what the sources deliver (Namespaces, Pods, NetworkPolicies, Nodes,
+//!   Services, EndpointSlices); [`policy`]: NetworkPolicy validation and normalization;
+//!   [`services`]: frontends and their ready backends (and local mode's EndpointSlices).
 //! - [`compiler`]: model → desired map state, in stages (identities, CIDR identities,
 //!   ipcache, rule expansion with named ports, budgets), with stable typed numbering.
 //! - [`entries`]: the entry vocabulary (direction, protocol, policy entry, raw map keys);
@@ -16,6 +17,7 @@ pub mod lookup;
 pub mod model;
 pub mod policy;
 pub mod reference;
+pub mod services;
 pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;

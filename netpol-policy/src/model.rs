@@ -1,5 +1,5 @@
-//! What the agent knows of the cluster: Namespaces, Pods, NetworkPolicies and Nodes, as the
-//! `k8s-openapi` objects the sources deliver. Policies are validated on the way in; a
+//! What the agent knows of the cluster: Namespaces, Pods, NetworkPolicies, Nodes, Services
+//! and EndpointSlices, as the `k8s-openapi` objects the sources deliver. Policies are validated on the way in; a
 //! rejected update keeps the policy's last valid version enforced.
 
 use std::{
@@ -8,7 +8,8 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Node, Pod},
+    core::v1::{Namespace, Node, Pod, Service},
+    discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
 
@@ -29,6 +30,8 @@ pub enum Object {
     Pod(Box<Pod>),
     NetworkPolicy(Box<NetworkPolicy>),
     Node(Box<Node>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -37,6 +40,8 @@ pub enum Kind {
     Pod,
     NetworkPolicy,
     Node,
+    Service,
+    EndpointSlice,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -47,6 +52,8 @@ pub struct Model {
     /// its parsed form (for the compiler).
     pub policies: BTreeMap<Key, (NetworkPolicy, Policy)>,
     pub nodes: BTreeMap<String, Node>,
+    pub services: BTreeMap<Key, Service>,
+    pub endpoint_slices: BTreeMap<Key, EndpointSlice>,
     /// The current rejection of each policy whose latest version was invalid.
     pub rejected: BTreeMap<Key, PolicyError>,
 }
@@ -78,6 +85,12 @@ impl Model {
             }
             Object::Node(n) => {
                 self.nodes.insert(name_of(&n.metadata), *n);
+            }
+            Object::Service(svc) => {
+                self.services.insert(key_of(&svc.metadata), *svc);
+            }
+            Object::EndpointSlice(slice) => {
+                self.endpoint_slices.insert(key_of(&slice.metadata), *slice);
             }
             Object::NetworkPolicy(np) => {
                 let key = key_of(&np.metadata);
@@ -112,6 +125,12 @@ impl Model {
             Kind::Node => {
                 self.nodes.remove(name);
             }
+            Kind::Service => {
+                self.services.remove(&key);
+            }
+            Kind::EndpointSlice => {
+                self.endpoint_slices.remove(&key);
+            }
         }
     }
 
@@ -123,6 +142,8 @@ impl Model {
             Kind::Namespace => self.namespaces.retain(|n, _| cluster(n)),
             Kind::Node => self.nodes.retain(|n, _| cluster(n)),
             Kind::Pod => self.pods.retain(|k, _| keep.contains(k)),
+            Kind::Service => self.services.retain(|k, _| keep.contains(k)),
+            Kind::EndpointSlice => self.endpoint_slices.retain(|k, _| keep.contains(k)),
             Kind::NetworkPolicy => {
                 self.policies.retain(|k, _| keep.contains(k));
                 self.rejected.retain(|k, _| keep.contains(k));

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use ipnet::Ipv4Net;
-use netpol_common::{Endpoint, IpcacheEntry, PolicyValue};
+use netpol_common::{Endpoint, IpcacheEntry, PolicyValue, ServiceKey, ServiceValue};
 
 use crate::entries::PolicyMapKey;
 
@@ -15,4 +15,6 @@ pub struct MapState {
     pub endpoints: BTreeMap<u32, Endpoint>,
     pub ipcache: BTreeMap<Ipv4Net, IpcacheEntry>,
     pub policy: BTreeMap<PolicyMapKey, PolicyValue>,
+    /// Service frontends and backend slots (the socket hooks' `SERVICES`).
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
 }

@@ -9,6 +9,7 @@ pub mod cni;
 pub mod netns;
 pub mod objects;
 pub mod packet;
+pub mod sockclient;
 pub mod topology;
 pub mod traffic;
 

@@ -85,6 +85,24 @@ pub fn ip_blocks_policy(ns: &str, name: &str, selector: Value, blocks: u32, port
     policy(ns, name, json!({"podSelector": selector, "ingress": [{"from": from, "ports": ports}]}))
 }
 
+/// A ClusterIP Service: `ports` as the API takes them.
+pub fn service(ns: &str, name: &str, cluster_ip: &str, selector: Value, ports: Value) -> Obj {
+    Obj(json!({"apiVersion": "v1", "kind": "Service", "metadata": meta(Some(ns), name),
+               "spec": {"type": "ClusterIP", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+                        "selector": selector, "ports": ports}}))
+}
+
+/// An IPv4 EndpointSlice of Service `service` with ready endpoints at `addresses`.
+pub fn endpoint_slice(ns: &str, name: &str, service: &str, ports: Value, addresses: &[&str]) -> Obj {
+    let endpoints: Vec<Value> =
+        addresses.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect();
+    Obj(
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": meta(Some(ns), name),
+               "addressType": "IPv4", "ports": ports, "endpoints": endpoints}),
+    )
+    .label("kubernetes.io/service-name", service)
+}
+
 pub fn namespace(name: &str) -> Obj {
     Obj(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta(None, name)}))
         .label("kubernetes.io/metadata.name", name)

@@ -289,6 +289,6 @@ pub fn remove_pins(root: &std::path::Path) -> Result<()> {
     std::fs::remove_dir_all(root).map_err(io_err(root))
 }
 
-fn link_err(path: &std::path::Path, e: impl std::fmt::Display) -> DatapathError {
+pub(super) fn link_err(path: &std::path::Path, e: impl std::fmt::Display) -> DatapathError {
     DatapathError::Link { path: path.to_path_buf(), msg: e.to_string() }
 }

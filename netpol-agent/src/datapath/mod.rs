@@ -1,5 +1,5 @@
-//! The datapath: the TC programs of netpol-ebpf, their maps pinned under one bpffs directory,
-//! their links, and a typed API to program them.
+//! The datapath: the TC programs of netpol-ebpf and its socket hooks for Services, their
+//! maps pinned under one bpffs directory, their links, and a typed API to program them.
 //!
 //! Opening a datapath never detaches or empties anything: maps are reused from their pins,
 //! and the programs behind existing links are swapped atomically for this binary's
@@ -8,6 +8,7 @@
 mod attach;
 mod bpffs;
 pub mod events;
+mod services;
 pub mod state;
 
 use std::{
@@ -25,7 +26,8 @@ use aya::{
 use ipnet::Ipv4Net;
 use netpol_common::{
     counter, local_slot, maps, programs, sizes, CtKey, CtValue, Endpoint, Event, FragKey, FragValue,
-    IpcacheEntry, LocalSlot, PolicyKey, PolicyValue, RangeKey, LAYOUT_VERSION, LOCAL_SLOT_SHARED,
+    IpcacheEntry, LocalSlot, PolicyKey, PolicyValue, RangeKey, RevNatKey, RevNatValue, ServiceKey,
+    ServiceValue, LAYOUT_VERSION, LOCAL_SLOT_SHARED,
 };
 
 pub use attach::{ifindex, ifname, remove_pins, AttachMode, Hook};
@@ -33,6 +35,7 @@ pub use bpffs::ensure_mounted as mount_bpffs;
 pub use netpol_policy::entries::{
     port_blocks, proto_name, Direction, EndpointSpec, IpcacheSpec, PolicyEntry, PolicyMapKey, Protocol,
 };
+pub use services::{SocketHooks, HOOKS as SOCKET_HOOKS};
 
 /// The eBPF object, built from netpol-ebpf by this crate's build script.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpol.bpf.o"));
@@ -122,6 +125,8 @@ fn expected_layout(name: &str) -> (u32, u32, u32) {
         maps::FRAGMENTS => s(size_of::<FragKey>(), size_of::<FragValue>(), sizes::FRAGMENTS),
         maps::EVENTS => s(0, 0, sizes::EVENTS_BYTES),
         maps::COUNTERS => s(4, 8, counter::COUNT),
+        maps::SERVICES => s(size_of::<ServiceKey>(), size_of::<ServiceValue>(), sizes::SERVICES),
+        maps::SOCK_REV_NAT => s(size_of::<RevNatKey>(), size_of::<RevNatValue>(), sizes::SOCK_REV_NAT),
         maps::EVENT_BUCKETS => s(
             size_of::<netpol_common::EventBucketKey>(),
             size_of::<netpol_common::EventBucket>(),
@@ -151,12 +156,8 @@ impl Counters {
     }
     /// Every named counter with its value.
     pub fn named(&self) -> Vec<(&'static str, u64)> {
-        let mut v: Vec<_> =
-            netpol_common::reason::NAMES.iter().copied().zip(self.0.iter().copied()).collect();
-        v.push(("events-lost", self.events_lost()));
-        v.push(("ct-insert-failed", self.ct_insert_failed()));
-        v.push(("events-rate-limited", self.events_rate_limited()));
-        v
+        let names = netpol_common::reason::NAMES.iter().chain(counter::NAMES.iter());
+        names.copied().zip(self.0.iter().copied()).collect()
     }
 }
 
@@ -176,6 +177,7 @@ pub struct Datapath {
     conntrack: HashMap<MapData, CtKey, CtValue>,
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
 }
 
 impl Datapath {
@@ -225,6 +227,11 @@ impl Datapath {
                 .load()
                 .map_err(|source| DatapathError::Program { prog: name, source })?;
         }
+        for name in services::HOOKS {
+            services::sock_program(&mut bpf, name)?
+                .load()
+                .map_err(|source| DatapathError::Program { prog: name, source })?;
+        }
         let mut take = |name: &'static str| {
             bpf.take_map(name)
                 .ok_or(DatapathError::Map { map: name, source: MapError::InvalidName { name: name.into() } })
@@ -240,6 +247,7 @@ impl Datapath {
         let conntrack = HashMap::try_from(take(maps::CONNTRACK)?).map_err(map_err(maps::CONNTRACK))?;
         let counters = PerCpuArray::try_from(take(maps::COUNTERS)?).map_err(map_err(maps::COUNTERS))?;
         let events = Some(RingBuf::try_from(take(maps::EVENTS)?).map_err(map_err(maps::EVENTS))?);
+        let services = HashMap::try_from(take(maps::SERVICES)?).map_err(map_err(maps::SERVICES))?;
         Ok(Datapath {
             cfg,
             pin_dir,
@@ -254,6 +262,7 @@ impl Datapath {
             conntrack,
             counters,
             events,
+            services,
         })
     }
 

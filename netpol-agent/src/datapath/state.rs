@@ -104,6 +104,8 @@ pub struct SyncReport {
     pub ipcache_removed: usize,
     pub policy_upserted: usize,
     pub policy_removed: usize,
+    pub services_upserted: usize,
+    pub services_removed: usize,
     pub generations_bumped: usize,
     pub attached: usize,
     pub detached: usize,
@@ -119,13 +121,15 @@ impl fmt::Display for SyncReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "endpoints +{}/-{}, ipcache +{}/-{}, policy +{}/-{}, re-checked endpoints {}, attached {}, detached {}",
+            "endpoints +{}/-{}, ipcache +{}/-{}, policy +{}/-{}, services +{}/-{}, re-checked endpoints {}, attached {}, detached {}",
             self.endpoints_upserted,
             self.endpoints_removed,
             self.ipcache_upserted,
             self.ipcache_removed,
             self.policy_upserted,
             self.policy_removed,
+            self.services_upserted,
+            self.services_removed,
             self.generations_bumped,
             self.attached,
             self.detached
@@ -144,6 +148,7 @@ impl Datapath {
             endpoints: self.endpoints()?.into_iter().collect(),
             ipcache: self.ipcache()?.into_iter().collect(),
             policy: self.policy_keys()?.into_iter().collect(),
+            services: self.services()?,
         })
     }
 
@@ -177,6 +182,10 @@ impl Datapath {
                 report.endpoints_upserted += 1;
             }
         }
+        // Services after the ipcache knows their ClusterIPs and backends.
+        let (written, removed) = self.sync_services(&desired.services)?;
+        report.services_upserted = written;
+        report.services_removed = removed;
 
         for k in cur.policy.keys().filter(|k| !desired.policy.contains_key(k)) {
             self.delete_policy_key(*k)?;

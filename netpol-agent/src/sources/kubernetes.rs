@@ -1,11 +1,11 @@
-//! The Kubernetes source: kube-runtime watchers for Namespaces, Pods, NetworkPolicies and
-//! Nodes. kube's watcher lists, then watches from the list's resourceVersion with bookmarks;
+//! The Kubernetes source: kube-runtime watchers for Namespaces, Pods, NetworkPolicies,
+//! Nodes, Services and EndpointSlices. kube's watcher lists, then watches from the list's resourceVersion with bookmarks;
 //! on a dropped connection it resumes from the last version seen, and on `410 Gone` it
 //! lists again — so every relist is a full snapshot, and objects that vanished while the
 //! watch was down are deleted from the model when the snapshot completes. Errors back off
 //! exponentially (kube's default backoff) and never end the source.
 //!
-//! The agent enforces the model only once all four kinds have listed
+//! The agent enforces the model only once every kind has listed
 //! ([`Agent::mark_synced`](crate::controller::Agent::mark_synced)): a restart against a slow
 //! or failing API server keeps the pinned state enforcing instead of compiling a partial
 //! model (policies without their peers, pods without their policies).
@@ -20,7 +20,8 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Node, ObjectReference, Pod},
+        core::v1::{Namespace, Node, ObjectReference, Pod, Service},
+        discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
     NamespaceResourceScope,
@@ -90,7 +91,7 @@ fn namespaced_all<K: Resource<DynamicType = (), Scope = NamespaceResourceScope>>
     Api::all(client.clone())
 }
 
-/// Starts the four watchers; their changes arrive on the returned channel.
+/// Starts the watchers; their changes arrive on the returned channel.
 pub fn start(client: &Client) -> mpsc::UnboundedReceiver<Change> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(watch(
@@ -106,7 +107,19 @@ pub fn start(client: &Client) -> mpsc::UnboundedReceiver<Change> {
         |o| Object::NetworkPolicy(Box::new(o)),
         tx.clone(),
     ));
-    tokio::spawn(watch(all::<Node>(client), Kind::Node, |o| Object::Node(Box::new(o)), tx));
+    tokio::spawn(watch(all::<Node>(client), Kind::Node, |o| Object::Node(Box::new(o)), tx.clone()));
+    tokio::spawn(watch(
+        namespaced_all::<Service>(client),
+        Kind::Service,
+        |o| Object::Service(Box::new(o)),
+        tx.clone(),
+    ));
+    tokio::spawn(watch(
+        namespaced_all::<EndpointSlice>(client),
+        Kind::EndpointSlice,
+        |o| Object::EndpointSlice(Box::new(o)),
+        tx,
+    ));
     rx
 }
 

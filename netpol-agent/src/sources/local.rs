@@ -1,7 +1,8 @@
 //! The local store: the objects `netpol local` applies, persisted as JSON in the agent's
-//! state directory so a restart recovers them. Namespaces, Pods, NetworkPolicies and Nodes
-//! feed the model; Deployments and Services are kept for the local runtime (which turns
-//! them into pods and name resolution) and for `get`.
+//! state directory so a restart recovers them. Namespaces, Pods, NetworkPolicies, Nodes and
+//! Services feed the model (local mode derives the EndpointSlices itself, as the
+//! endpoint-slice controller would); Deployments are kept for the local runtime (which turns
+//! them into pods) and for `get`.
 
 use std::{
     collections::BTreeMap,
@@ -55,13 +56,14 @@ pub const KINDS: [(&str, &str, bool); 6] = [
     ("NetworkPolicy", "networking.k8s.io/v1", true),
 ];
 
-/// The model kind of a store kind (None for Deployments and Services).
+/// The model kind of a store kind (None for Deployments).
 pub fn kind_of(name: &str) -> Option<Kind> {
     match name {
         "Namespace" => Some(Kind::Namespace),
         "Pod" => Some(Kind::Pod),
         "NetworkPolicy" => Some(Kind::NetworkPolicy),
         "Node" => Some(Kind::Node),
+        "Service" => Some(Kind::Service),
         _ => None,
     }
 }
@@ -103,17 +105,13 @@ pub fn to_object(v: &Value) -> Result<Option<Object>, StoreError> {
             Object::NetworkPolicy(Box::new(serde_json::from_value(v.clone()).map_err(err)?))
         }
         Some(Kind::Node) => Object::Node(Box::new(serde_json::from_value(v.clone()).map_err(err)?)),
+        Some(Kind::Service) => Object::Service(Box::new(serde_json::from_value(v.clone()).map_err(err)?)),
+        Some(Kind::EndpointSlice) => {
+            Object::EndpointSlice(Box::new(serde_json::from_value(v.clone()).map_err(err)?))
+        }
         None => {
             // Still a valid object of its type.
-            match kind.as_str() {
-                "Deployment" => drop(
-                    serde_json::from_value::<k8s_openapi::api::apps::v1::Deployment>(v.clone())
-                        .map_err(err)?,
-                ),
-                _ => drop(
-                    serde_json::from_value::<k8s_openapi::api::core::v1::Service>(v.clone()).map_err(err)?,
-                ),
-            }
+            serde_json::from_value::<k8s_openapi::api::apps::v1::Deployment>(v.clone()).map_err(err)?;
             return Ok(None);
         }
     }))

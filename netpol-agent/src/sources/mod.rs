@@ -19,4 +19,5 @@ pub enum Change {
 }
 
 /// The kinds the model needs before it may be enforced.
-pub const WATCHED: [Kind; 4] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy, Kind::Node];
+pub const WATCHED: [Kind; 6] =
+    [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy, Kind::Node, Kind::Service, Kind::EndpointSlice];

@@ -18,7 +18,7 @@ mod rules;
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
-use netpol_common::{identity, Endpoint, PolicyValue, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
+use netpol_common::{identity, Endpoint, IpcacheEntry, PolicyValue, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
 
 pub use alloc::{Allocator, Allocators, RuleKey, FIRST_POD_IN_BLOCK};
 pub use budget::{BudgetError, Budgets, Cost, NODE_EXACT_KEYS, NODE_RANGE_KEYS};
@@ -29,6 +29,7 @@ use crate::{
     entries::{Direction, PolicyMapKey},
     model::{Key, Model},
     policy::Policy,
+    services,
     state::MapState,
 };
 
@@ -120,6 +121,14 @@ pub fn compile_with(
         out.state.endpoints.insert(ep.ifindex, ep_entry);
     }
     out.state.ipcache = cidrs.ipcache;
+    // ClusterIPs: never a pod's or a node's address; what reaches a pod addressed to one
+    // bypassed the socket hooks.
+    let service = IpcacheEntry { identity: identity::SERVICE, cidr_identity: identity::SERVICE };
+    for ip in model.services.values().flat_map(services::cluster_ips) {
+        let net = Ipv4Net::new(ip, 32).expect("/32");
+        out.state.ipcache.entry(net).or_insert(service);
+    }
+    out.state.services = services::map_entries(&services::frontends(&model.services, &model.endpoint_slices));
     out.cidrs = cidrs.ids.iter().map(|(n, id)| (*id, *n)).collect();
     out.identities = ids.info;
 

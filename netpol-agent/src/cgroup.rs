@@ -1,0 +1,69 @@
+//! cgroup2, where the socket hooks attach: the root of the unified hierarchy in a cluster (every
+//! pod's processes are below it), a dedicated directory in local mode (only the pods'
+//! processes join it, so the host's own sockets are never translated).
+//!
+//! The mount is found through `/proc/self/mountinfo`, not assumed: hybrid hierarchies (this
+//! machine's) mount cgroup2 at `/sys/fs/cgroup/unified`, unified ones at `/sys/fs/cgroup`.
+
+use std::path::{Path, PathBuf};
+
+/// Where cgroup2 is mounted (the first mount of type `cgroup2`).
+pub fn cgroup2_mount() -> std::io::Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    mount_of(&info, "cgroup2")
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no cgroup2 mount"))
+}
+
+/// The mount point of the first mount of `fstype` in a mountinfo text: the fifth field,
+/// the type being the first field after the ` - ` separator.
+fn mount_of(mountinfo: &str, fstype: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (head, tail) = line.split_once(" - ")?;
+        let point = head.split(' ').nth(4)?;
+        (tail.split(' ').next()? == fstype).then(|| PathBuf::from(unescape(point)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(c as char);
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out + rest
+}
+
+/// Whether `path` is a directory of the cgroup2 hierarchy (it has `cgroup.procs`).
+pub fn is_cgroup(path: &Path) -> bool {
+    path.join("cgroup.procs").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cgroup2_mount_is_found_in_hybrid_and_unified_layouts() {
+        let hybrid = "25 1 0:23 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid shared:5 - cgroup2 cgroup2 rw,nsdelegate\n\
+                      27 25 0:25 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(mount_of(hybrid, "cgroup2"), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let unified = "30 1 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n";
+        assert_eq!(mount_of(unified, "cgroup2"), Some(PathBuf::from("/sys/fs/cgroup")));
+        let odd = "31 1 0:27 / /mnt/my\\040cg rw - cgroup2 none rw\n";
+        assert_eq!(mount_of(odd, "cgroup2"), Some(PathBuf::from("/mnt/my cg")));
+        assert_eq!(mount_of("", "cgroup2"), None);
+    }
+}

@@ -1,0 +1,189 @@
+//! Services at the socket, with real traffic (root only): the cgroup hooks translate a
+//! ClusterIP to a ready backend before any packet exists, so policy judges the backend pod
+//! on both sides; applications see only the ClusterIP (getpeername, UDP reply sources);
+//! a frontend without backends refuses at once; a packet that bypassed the hooks is
+//! dropped for an egress-isolated pod and counted otherwise.
+//!
+//! Clients run in pod a's namespace, inside the test's cgroup where the hooks are attached
+//! (except where a test says "outside").
+
+mod lab;
+
+use std::{collections::BTreeMap, net::SocketAddrV4, process::Command};
+
+use lab::*;
+use netpol_agent::{
+    datapath::{AttachMode, Direction, Protocol},
+    testing::TestCgroup,
+};
+use netpol_common::{counter, reason};
+use netpol_policy::services::{map_entries, Backend, Frontend};
+use netpol_tests::{
+    netns::NetNs,
+    sockclient::{sock_client, Mode},
+};
+use serde_json::Value;
+
+const VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 10);
+
+/// A frontend on `VIP`: port, protocol, backends (address, target port).
+type Front<'a> = (u16, Protocol, &'a [(std::net::Ipv4Addr, u16)]);
+
+/// The lab with the socket hooks on a cgroup of its own.
+struct ServiceLab {
+    lab: Lab,
+    cgroup: TestCgroup,
+}
+
+impl ServiceLab {
+    fn new(prefix: &str) -> Option<ServiceLab> {
+        let mut lab = Lab::new(prefix, AttachMode::Auto)?;
+        let cgroup = TestCgroup::new(prefix);
+        lab.dp().attach_cgroup(cgroup.path()).expect("attach the socket hooks");
+        Some(ServiceLab { lab, cgroup })
+    }
+
+    /// Makes the Services map hold exactly these frontends (the ClusterIP as a Service
+    /// address in the ipcache).
+    fn services(&mut self, fronts: &[Front]) {
+        let fronts: BTreeMap<Frontend, Vec<Backend>> = fronts
+            .iter()
+            .map(|(port, protocol, backends)| {
+                let backends =
+                    backends.iter().map(|(addr, port)| Backend { addr: *addr, port: *port }).collect();
+                (Frontend { addr: VIP, port: *port, protocol: *protocol }, backends)
+            })
+            .collect();
+        let dp = self.lab.dp();
+        let mut st = dp.realized().unwrap();
+        st.services = map_entries(&fronts);
+        let vip = ipnet::Ipv4Net::new(VIP, 32).unwrap();
+        st.ipcache.insert(vip, netpol_common::IpcacheEntry { identity: SERVICE, cidr_identity: SERVICE });
+        dp.sync(&st).unwrap();
+    }
+
+    fn pod_ns(&self, pod: &str) -> &NetNs {
+        &self.lab.node.pod(pod).ns
+    }
+
+    /// The client in `pod`, inside the hooked cgroup.
+    fn client(&self, pod: &str, mode: Mode, port: u16) -> Value {
+        let adopt = |c: &mut Command| {
+            self.cgroup.adopt(c);
+        };
+        sock_client(self.pod_ns(pod), adopt, mode, SocketAddrV4::new(VIP, port))
+    }
+
+    /// The client in `pod`, outside the hooked cgroup (its sockets are not translated).
+    fn outside(&self, pod: &str, mode: Mode, port: u16) -> Value {
+        sock_client(self.pod_ns(pod), |_| {}, mode, SocketAddrV4::new(VIP, port))
+    }
+
+    fn counter(&self, c: u32) -> u64 {
+        self.lab.dp.counters().unwrap().0[c as usize]
+    }
+}
+
+const SERVICE: u32 = netpol_common::identity::SERVICE;
+
+#[test]
+fn tcp_to_a_cluster_ip_reaches_a_backend_on_its_target_port_and_the_app_sees_the_cluster_ip() {
+    let Some(mut s) = ServiceLab::new("svctcp") else { return };
+    s.lab.tcp_servers("b", &[8080]);
+    s.lab.tcp_servers("c", &[9090]);
+    s.services(&[(80, Protocol::Tcp, &[(B, 8080), (C, 9090)])]);
+    let translated = s.counter(counter::SOCK_TRANSLATED);
+    for _ in 0..6 {
+        let got = s.client("a", Mode::Tcp, 80);
+        assert_eq!(got["reply"], "ping", "{got}");
+        assert_eq!(got["peer"], format!("{VIP}:80"), "getpeername shows the backend: {got}");
+    }
+    assert!(s.counter(counter::SOCK_TRANSLATED) >= translated + 6);
+    // curl too (glibc's connect, HTTP).
+    let mut curl = s.pod_ns("a").cmd("curl");
+    curl.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "3",
+        &format!("http://{VIP}:80/"),
+    ]);
+    s.cgroup.adopt(&mut curl);
+    let out = curl.output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn egress_and_ingress_policy_judge_the_backend_pod_and_the_client_pod() {
+    let Some(mut s) = ServiceLab::new("svcpol") else { return };
+    s.lab.tcp_servers("b", &[8080]);
+    s.services(&[(80, Protocol::Tcp, &[(B, 8080)])]);
+    // a may send only to c: the Service's backend is b, so the Service is closed to a.
+    s.lab.isolate("a", EP_A, A, ID_A, false, true);
+    let to = |peer| entry(EP_A, Direction::Egress, peer, Protocol::Tcp, Some(8080), None);
+    s.lab.dp().add_policy(&to(ID_C), 1).unwrap();
+    let denied = s.client("a", Mode::Tcp, 80);
+    assert_eq!(denied["error"], "timeout", "an egress rule for another pod admitted the Service: {denied}");
+    // An egress rule for the backend pod admits the Service traffic.
+    s.lab.dp().add_policy(&to(ID_B), 2).unwrap();
+    assert_eq!(s.client("a", Mode::Tcp, 80)["reply"], "ping");
+    // b's ingress sees a's own address: a rule for a admits it, one for c alone does not.
+    s.lab.isolate("b", EP_B, B, ID_B, true, false);
+    let from = |peer| entry(EP_B, Direction::Ingress, peer, Protocol::Tcp, Some(8080), None);
+    s.lab.dp().add_policy(&from(ID_C), 3).unwrap();
+    assert_eq!(s.client("a", Mode::Tcp, 80)["error"], "timeout");
+    s.lab.dp().add_policy(&from(ID_A), 4).unwrap();
+    assert_eq!(s.client("a", Mode::Tcp, 80)["reply"], "ping");
+}
+
+#[test]
+fn udp_replies_come_from_the_cluster_ip_connected_or_not() {
+    let Some(mut s) = ServiceLab::new("svcudp") else { return };
+    s.lab.udp_servers("b", &[5353]);
+    s.services(&[(53, Protocol::Udp, &[(B, 5353)])]);
+    let got = s.client("a", Mode::Udp, 53);
+    assert_eq!(got["reply"], "ping", "{got}");
+    assert_eq!(got["from"], format!("{VIP}:53"), "the reply's source is the backend: {got}");
+    assert_eq!(got["accepted"], true, "a musl-style resolver would drop this reply: {got}");
+    let got = s.client("a", Mode::UdpConnected, 53);
+    assert_eq!(got["reply"], "ping", "{got}");
+    assert_eq!(got["peer"], format!("{VIP}:53"), "{got}");
+}
+
+#[test]
+fn a_frontend_without_backends_refuses_at_once() {
+    let Some(mut s) = ServiceLab::new("svcnone") else { return };
+    s.services(&[(80, Protocol::Tcp, &[]), (53, Protocol::Udp, &[])]);
+    let t = std::time::Instant::now();
+    let got = s.client("a", Mode::Tcp, 80);
+    assert_eq!(got["error"], "ECONNREFUSED", "{got}");
+    let got = s.client("a", Mode::UdpConnected, 53);
+    assert_eq!(got["error"], "ECONNREFUSED", "{got}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(2), "refusing took {:?}", t.elapsed());
+    assert!(s.counter(counter::SOCK_NO_BACKEND) >= 2);
+}
+
+#[test]
+fn an_untranslated_packet_to_a_cluster_ip_is_dropped_for_an_egress_isolated_pod() {
+    let Some(mut s) = ServiceLab::new("svcraw") else { return };
+    s.lab.tcp_servers("b", &[8080]);
+    s.services(&[(80, Protocol::Tcp, &[(B, 8080)])]);
+    // Not isolated: it passes (and goes nowhere: nothing routes the ClusterIP), counted.
+    let passed = s.counter(counter::SERVICE_UNTRANSLATED);
+    let got = s.outside("a", Mode::Tcp, 80);
+    assert!(got.get("error").is_some(), "{got}");
+    assert!(s.counter(counter::SERVICE_UNTRANSLATED) > passed, "the bypass was not counted");
+    // Egress-isolated, even with every egress allowed: dropped with its own reason.
+    s.lab.isolate("a", EP_A, A, ID_A, false, true);
+    let any = entry(EP_A, Direction::Egress, netpol_common::identity::ANY, Protocol::Any, None, None);
+    s.lab.dp().add_policy(&any, 1).unwrap();
+    let dropped = s.lab.counter(reason::DROP_SERVICE_UNTRANSLATED);
+    let got = s.outside("a", Mode::Tcp, 80);
+    assert_eq!(got["error"], "timeout", "{got}");
+    assert!(s.lab.counter(reason::DROP_SERVICE_UNTRANSLATED) > dropped, "not dropped as untranslated");
+    // Inside the cgroup the same pod reaches the Service.
+    assert_eq!(s.client("a", Mode::Tcp, 80)["reply"], "ping");
+}
