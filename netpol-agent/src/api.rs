@@ -73,7 +73,7 @@ fn reply<T: serde::Serialize>(r: Result<T, Failure>) -> Response {
 
 pub fn router(state: Shared) -> Router {
     Router::new()
-        .route(PATH_HEALTH, get(|| async { "ok" }))
+        .route(PATH_HEALTH, get(health))
         .route(PATH_METRICS, get(metrics))
         .route(PATH_NODE, get(node))
         .route(PATH_ENDPOINTS, axum::routing::post(register).get(list))
@@ -81,6 +81,14 @@ pub fn router(state: Shared) -> Router {
         .route(PATH_OBJECTS, axum::routing::post(apply).get(objects).delete(delete_object))
         .route(PATH_EVENTS, get(events))
         .with_state(state)
+}
+
+/// 200 `ok` when the agent is fit to serve, 503 naming what is not in effect.
+async fn health(State(st): State<Shared>) -> Response {
+    match st.lock().unwrap().health() {
+        Ok(()) => "ok".into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
 }
 
 async fn metrics(State(st): State<Shared>) -> Response {

@@ -37,7 +37,7 @@ use netpol_policy::{
 };
 
 use crate::{
-    datapath::{state::SyncReport, Datapath, DatapathError},
+    datapath::{state::SyncReport, Datapath, DatapathError, SOCKET_HOOKS},
     endpoints::{EndpointError, Registry},
     enforcer::Enforcer,
     metrics::{self, Metrics, Snapshot},
@@ -82,6 +82,9 @@ pub struct Settings {
     /// Local mode: the local store is the source, and this machine the node.
     pub local: bool,
     pub budgets: Budgets,
+    /// The cgroup2 directory the socket hooks for Services attach to (None: Services are
+    /// not translated, as in tests of the policy path alone).
+    pub cgroup: Option<PathBuf>,
 }
 
 /// The agent over an enforcer: the datapath, or in-memory maps in tests.
@@ -103,6 +106,8 @@ pub struct Agent<E: Enforcer = Datapath> {
     listed: BTreeSet<Kind>,
     state_dir: PathBuf,
     saved_alloc: String,
+    /// Where the socket hooks were told to attach.
+    cgroup: Option<PathBuf>,
 }
 
 /// This machine's IPv4 addresses (not loopback): the node's addresses in local mode.
@@ -197,7 +202,13 @@ impl<E: Enforcer> Agent<E> {
             listed: BTreeSet::new(),
             state_dir: state_dir.clone(),
             saved_alloc,
+            cgroup: settings.cgroup.clone(),
         };
+        // Services are translated from the start: before the model is enforced, the
+        // pinned SERVICES map (or none) is what the hooks read.
+        if let Some(cgroup) = &settings.cgroup {
+            agent.dp.attach_socket_hooks(cgroup)?;
+        }
         if settings.local {
             let store = LocalStore::load(state_dir)?;
             let changes = local_snapshot(&agent.node.node_name, &store);
@@ -287,6 +298,21 @@ impl<E: Enforcer> Agent<E> {
             derive_endpoint_slices(&mut self.model);
         }
         (rejected, self.reconcile())
+    }
+
+    /// Whether the agent is fit to serve: the socket hooks it was told to attach are all in
+    /// effect. The error names what is missing (for `/healthz`).
+    pub fn health(&self) -> Result<(), String> {
+        if self.cgroup.is_none() {
+            return Ok(());
+        }
+        let hooks = self.dp.socket_hooks();
+        if hooks.complete() {
+            return Ok(());
+        }
+        let missing: Vec<&str> =
+            SOCKET_HOOKS.iter().copied().filter(|h| !hooks.attached.contains(h)).collect();
+        Err(format!("socket hooks not in effect: {}", missing.join(", ")))
     }
 
     /// Whether every watched kind has been listed.

@@ -2,12 +2,17 @@
 //! [`MemoryMaps`], an in-memory map state with which the controller and the sources are
 //! tested without root or a kernel.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
 
 use netpol_common::Endpoint;
 use netpol_policy::state::MapState;
 
-use crate::datapath::{state::SyncReport, AttachMode, Counters, Datapath, DatapathError};
+use crate::datapath::{
+    state::SyncReport, AttachMode, Counters, Datapath, DatapathError, SocketHooks, SOCKET_HOOKS,
+};
 
 pub trait Enforcer: Send + 'static {
     /// What the maps hold now.
@@ -23,6 +28,10 @@ pub trait Enforcer: Send + 'static {
     fn enforced(&self, ifindex: u32) -> Result<Option<Endpoint>, DatapathError>;
     /// The datapath's per-reason counters, when it has any.
     fn counters(&self) -> Option<Counters>;
+    /// Attaches (or takes over) the socket hooks for Services on a cgroup2 directory.
+    fn attach_socket_hooks(&mut self, cgroup: &Path) -> Result<(), DatapathError>;
+    /// Which socket hooks are in effect.
+    fn socket_hooks(&self) -> SocketHooks;
 }
 
 impl Enforcer for Datapath {
@@ -48,6 +57,14 @@ impl Enforcer for Datapath {
     fn counters(&self) -> Option<Counters> {
         Datapath::counters(self).ok()
     }
+
+    fn attach_socket_hooks(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        self.attach_cgroup(cgroup)
+    }
+
+    fn socket_hooks(&self) -> SocketHooks {
+        Datapath::socket_hooks(self)
+    }
 }
 
 /// Maps in memory: `apply_state` stores the state and "attaches" its endpoints. Writes can
@@ -59,6 +76,8 @@ pub struct MemoryMaps {
     /// Fail this many syncs from now on.
     pub fail_syncs: usize,
     pub syncs: usize,
+    /// Where the socket hooks were attached.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Enforcer for MemoryMaps {
@@ -103,5 +122,15 @@ impl Enforcer for MemoryMaps {
 
     fn counters(&self) -> Option<Counters> {
         None
+    }
+
+    fn attach_socket_hooks(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        self.cgroup = Some(cgroup.to_path_buf());
+        Ok(())
+    }
+
+    fn socket_hooks(&self) -> SocketHooks {
+        let attached = if self.cgroup.is_some() { SOCKET_HOOKS.to_vec() } else { Vec::new() };
+        SocketHooks { attached }
     }
 }

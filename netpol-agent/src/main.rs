@@ -80,6 +80,40 @@ struct RunArgs {
     /// Policy map entries the policies of one namespace may add together on this node.
     #[arg(long, default_value_t = Budgets::default().per_namespace)]
     namespace_budget: usize,
+    /// The cgroup2 directory whose processes get Services translated at the socket
+    /// (default: the cgroup2 root with `--source kubernetes`; in local mode a directory
+    /// below it named like the datapath (`--name`), created if missing and removed by
+    /// `datapath teardown`, so only the local pods' processes are translated).
+    #[arg(long, conflicts_with = "no_socket_lb")]
+    cgroup: Option<PathBuf>,
+    /// Do not attach the socket hooks (Services are then not translated by netpol).
+    #[arg(long)]
+    no_socket_lb: bool,
+}
+
+/// Local mode's own cgroup for datapath `name`.
+fn local_cgroup(name: &str) -> anyhow::Result<PathBuf> {
+    let root =
+        netpol_agent::cgroup::cgroup2_mount().context("finding the cgroup2 mount for the socket hooks")?;
+    Ok(root.join(name))
+}
+
+/// Where the socket hooks go: `--cgroup`, else the default of the source.
+fn socket_lb_cgroup(run: &RunArgs, name: &str) -> anyhow::Result<Option<PathBuf>> {
+    if run.no_socket_lb {
+        return Ok(None);
+    }
+    if let Some(dir) = &run.cgroup {
+        return Ok(Some(dir.clone()));
+    }
+    let dir = match run.source {
+        Source::Kubernetes => {
+            return Ok(Some(netpol_agent::cgroup::cgroup2_mount().context("finding the cgroup2 mount")?));
+        }
+        Source::Local => local_cgroup(name)?,
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(Some(dir))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -166,6 +200,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     if matches!(cmd, DpCmd::Teardown) {
+        // Local mode's cgroup goes too once empty (a cgroup with processes cannot).
+        if let Ok(dir) = local_cgroup(&cfg.name) {
+            if netpol_agent::cgroup::is_cgroup(&dir) {
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
         if !cfg.root().exists() {
             return Ok(());
         }
@@ -308,6 +348,7 @@ fn monitor(dp: &mut Datapath, output: Output, count: Option<usize>) -> anyhow::R
 }
 
 fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
+    let cgroup = socket_lb_cgroup(&run, &cfg.name)?;
     let mut dp = Datapath::open(cfg).context("opening the datapath")?;
     let ring = dp.take_events();
     let node_name = run.node_name.unwrap_or_else(hostname);
@@ -316,6 +357,7 @@ fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
         node: NodeInfo { node_name: node_name.clone(), pod_cidr: run.pod_cidr.map(|c| c.to_string()) },
         local: run.source == Source::Local,
         budgets: Budgets { per_policy: run.policy_budget, per_namespace: run.namespace_budget },
+        cgroup,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {

@@ -25,7 +25,10 @@ fn settings(name: &str, local: bool, budgets: Budgets) -> (Settings, RemoveOnDro
     let state_dir = std::env::temp_dir().join(format!("netpol-test-controller-{name}"));
     let _ = std::fs::remove_dir_all(&state_dir);
     let node = NodeInfo { node_name: "n1".into(), pod_cidr: None };
-    (Settings { state_dir: state_dir.clone(), node, local, budgets }, RemoveOnDrop(vec![state_dir]))
+    (
+        Settings { state_dir: state_dir.clone(), node, local, budgets, cgroup: None },
+        RemoveOnDrop(vec![state_dir]),
+    )
 }
 
 fn lo_endpoint(pod: &str) -> EndpointRequest {

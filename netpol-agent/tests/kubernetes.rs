@@ -193,6 +193,7 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
         node: NodeInfo { node_name: "n1".into(), pod_cidr: None },
         local: false,
         budgets: Default::default(),
+        cgroup: None,
     };
     let mut agent = Agent::start(dp, &settings).unwrap();
     // Pod a runs here (the loopback stands in for its veth).

@@ -157,6 +157,7 @@ fn a_restart_against_a_slow_api_server_never_opens_an_isolated_pod() {
         node: NodeInfo { node_name: "n1".into(), pod_cidr: None },
         local: false,
         budgets: Default::default(),
+        cgroup: None,
     };
     // The API server listens in the node namespace, where the agent's threads run.
     let down = Arc::new(AtomicBool::new(false));

@@ -14,7 +14,7 @@ use std::{collections::BTreeMap, net::SocketAddrV4, process::Command};
 use lab::*;
 use netpol_agent::{
     datapath::{AttachMode, Direction, Protocol},
-    testing::TestCgroup,
+    testing::{cgroup_programs, join_cgroup, TestCgroup},
 };
 use netpol_common::{counter, reason};
 use netpol_policy::services::{map_entries, Backend, Frontend};
@@ -186,4 +186,60 @@ fn an_untranslated_packet_to_a_cluster_ip_is_dropped_for_an_egress_isolated_pod(
     assert!(s.lab.counter(reason::DROP_SERVICE_UNTRANSLATED) > dropped, "not dropped as untranslated");
     // Inside the cgroup the same pod reaches the Service.
     assert_eq!(s.client("a", Mode::Tcp, 80)["reply"], "ping");
+}
+
+#[test]
+fn taking_the_hooks_over_never_stops_translation_and_never_stacks_them() {
+    let Some(mut s) = ServiceLab::new("svcswap") else { return };
+    s.lab.tcp_servers("b", &[8080]);
+    s.services(&[(80, Protocol::Tcp, &[(B, 8080)])]);
+    assert!(s.lab.dp.socket_hooks().complete());
+    assert_eq!(cgroup_programs(s.cgroup.path()), 4);
+    // A client connects over and over while restarted agents take the hooks over.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ns, cg) = (s.lab.ns("a"), s.cgroup.path().to_path_buf());
+    let prober = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net=/run/netns/{ns}")).args(["--", "curl", "-sS", "-o", "/dev/null"]);
+                cmd.args(["-w", "%{http_code}", "--max-time", "2", &format!("http://{VIP}:80/")]);
+                join_cgroup(&mut cmd, &cg);
+                let out = cmd.output().unwrap();
+                match String::from_utf8_lossy(&out.stdout).as_ref() {
+                    "200" => ok += 1,
+                    other => failed.push(format!("{other} {}", String::from_utf8_lossy(&out.stderr))),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    for _ in 0..5 {
+        s.lab.dp.reopen();
+        let path = s.cgroup.path().to_path_buf();
+        s.lab.dp().attach_cgroup(&path).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = prober.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed across takeovers: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert!(ok >= 3, "only {ok} connections");
+    assert_eq!(cgroup_programs(s.cgroup.path()), 4, "the old links stayed attached");
+    // Released, the hooks are gone and the ClusterIP is just an address again.
+    s.lab.dp().detach_cgroup().unwrap();
+    assert!(s.lab.dp.socket_hooks().attached.is_empty());
+    // The kernel releases an unpinned link after an RCU grace period.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while cgroup_programs(s.cgroup.path()) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(cgroup_programs(s.cgroup.path()), 0);
+    assert!(s.client("a", Mode::Tcp, 80).get("error").is_some());
 }

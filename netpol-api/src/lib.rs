@@ -2,7 +2,7 @@
 //!
 //! | method | path | body → response |
 //! |---|---|---|
-//! | GET | `/healthz` | → `ok` |
+//! | GET | `/healthz` | → `ok`, or 503 naming what is not in effect (the socket hooks) |
 //! | GET | `/v1/node` | → [`NodeInfo`] |
 //! | GET | `/v1/endpoints` | → [`EndpointStatus`]s |
 //! | POST | `/v1/endpoints` | [`EndpointRequest`] → [`EndpointStatus`] (once enforced) |

@@ -85,6 +85,7 @@ impl Node {
             node,
             local: true,
             budgets: Default::default(),
+            cgroup: None,
         };
         let _inside = self.ns.enter();
         let mut agent = TestAgent::start(self.pins.config(), &settings);
