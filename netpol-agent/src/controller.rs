@@ -352,6 +352,9 @@ impl<E: Enforcer> Agent<E> {
         }
         let (_, names) = self.registry.local_endpoints();
         let synced = self.dp.apply_state(&compiled.state, &names);
+        if synced.is_ok() {
+            self.release_departed_backends(&compiled);
+        }
         // What was compiled is what the datapath holds, or should: the over-budget and
         // held-closed reports stand even when the sync must be retried.
         self.compiled = compiled;
@@ -362,6 +365,20 @@ impl<E: Enforcer> Agent<E> {
         }
         self.save_numbering()?;
         Ok(report)
+    }
+
+    /// UDP backends the last sync removed: sockets the hooks connected to them are destroyed
+    /// in the pods' namespaces and the agent's own (host-network processes).
+    fn release_departed_backends(&mut self, compiled: &Compiled) {
+        let before = services::udp_backends(&self.compiled.state.services);
+        let after = services::udp_backends(&compiled.state.services);
+        let gone: BTreeSet<_> = before.difference(&after).copied().collect();
+        if gone.is_empty() {
+            return;
+        }
+        let mut namespaces = self.registry.namespaces();
+        namespaces.insert(PathBuf::from("/proc/self/ns/net"));
+        self.dp.release_backends(&gone, &namespaces);
     }
 
     /// Before the sources are synced: the pinned state stays; registered endpoints the maps

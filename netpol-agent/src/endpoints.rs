@@ -4,7 +4,7 @@
 //! forgets attachments whose interface is gone.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
@@ -127,6 +127,11 @@ impl Registry {
             .map(|r| (r.request.host_ifindex, r.request.host_ifname.clone()))
             .collect();
         (eps, names)
+    }
+
+    /// The network namespaces of the registered pods.
+    pub fn namespaces(&self) -> BTreeSet<PathBuf> {
+        self.state.endpoints.iter().map(|r| PathBuf::from(&r.request.netns)).collect()
     }
 
     /// Records an attachment (validated against the interface it names); the caller

@@ -4,6 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::SocketAddrV4,
     path::{Path, PathBuf},
 };
 
@@ -32,6 +33,9 @@ pub trait Enforcer: Send + 'static {
     fn attach_socket_hooks(&mut self, cgroup: &Path) -> Result<(), DatapathError>;
     /// Which socket hooks are in effect.
     fn socket_hooks(&self) -> SocketHooks;
+    /// Destroys the connected UDP sockets the hooks translated to one of `gone`, in each of
+    /// `namespaces`; returns how many.
+    fn release_backends(&mut self, gone: &BTreeSet<SocketAddrV4>, namespaces: &BTreeSet<PathBuf>) -> usize;
 }
 
 impl Enforcer for Datapath {
@@ -65,6 +69,10 @@ impl Enforcer for Datapath {
     fn socket_hooks(&self) -> SocketHooks {
         Datapath::socket_hooks(self)
     }
+
+    fn release_backends(&mut self, gone: &BTreeSet<SocketAddrV4>, namespaces: &BTreeSet<PathBuf>) -> usize {
+        Datapath::release_backends(self, gone, namespaces)
+    }
 }
 
 /// Maps in memory: `apply_state` stores the state and "attaches" its endpoints. Writes can
@@ -78,6 +86,8 @@ pub struct MemoryMaps {
     pub syncs: usize,
     /// Where the socket hooks were attached.
     pub cgroup: Option<PathBuf>,
+    /// Every backend released so far.
+    pub released: BTreeSet<SocketAddrV4>,
 }
 
 impl Enforcer for MemoryMaps {
@@ -132,5 +142,10 @@ impl Enforcer for MemoryMaps {
     fn socket_hooks(&self) -> SocketHooks {
         let attached = if self.cgroup.is_some() { SOCKET_HOOKS.to_vec() } else { Vec::new() };
         SocketHooks { attached }
+    }
+
+    fn release_backends(&mut self, gone: &BTreeSet<SocketAddrV4>, _: &BTreeSet<PathBuf>) -> usize {
+        self.released.extend(gone);
+        0
     }
 }

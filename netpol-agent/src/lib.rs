@@ -4,7 +4,8 @@
 //!
 //! - [`datapath`]: the eBPF programs, their pinned maps and links, and a typed API over them
 //!   (the only module that talks to the kernel through aya); [`cgroup`]: where the socket
-//!   hooks for Services attach.
+//!   hooks for Services attach; [`sockets`]: connected UDP sockets to departed backends
+//!   destroyed.
 //! - [`endpoints`]: attachments handed over by netpol-cni, persisted, with their identities.
 //! - [`controller`]: the agent's state and its loop body (compile, then sync), over an
 //!   [`enforcer`] (the datapath, or in-memory maps for tests);
@@ -21,6 +22,7 @@ pub mod endpoints;
 pub mod enforcer;
 pub mod metrics;
 pub mod monitor;
+pub mod sockets;
 pub mod sources;
 #[cfg(feature = "testing")]
 pub mod testing;

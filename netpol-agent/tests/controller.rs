@@ -145,3 +145,46 @@ fn nothing_is_enforced_from_a_model_that_is_not_fully_listed() {
     assert_eq!(a.enforcer().state.endpoints[&ifindex].flags, 0);
     assert_ne!(a.enforcer().state.endpoints[&ifindex].identity, identity::INIT);
 }
+
+#[test]
+fn local_services_follow_their_pods_and_departed_udp_backends_are_released() {
+    let (settings, _cleanup) = settings("svc", true, Budgets::default());
+    let mut a = Agent::start(MemoryMaps::default(), &settings).unwrap();
+    let dns = |name: &str, ip: &str| {
+        objects::pod("x", name, Some(ip.parse().unwrap()))
+            .label("app", "dns")
+            .set(
+                "spec.containers",
+                json!([{"name": "c", "ports": [{"name": "dns", "containerPort": 5353, "protocol": "UDP"}]}]),
+            )
+            .json()
+    };
+    let svc = objects::service(
+        "x",
+        "dns",
+        "10.96.0.10",
+        json!({"app": "dns"}),
+        json!([{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": "dns"}]),
+    );
+    let results = a.apply_objects(vec![dns("d1", "10.0.0.5"), dns("d2", "10.0.0.6"), svc.json()]).unwrap();
+    assert!(results.iter().all(|r| r.error.is_none()), "{results:?}");
+    // Local mode derived the EndpointSlice: one frontend, two backends on the named port.
+    let frontend = |a: &Agent<MemoryMaps>| {
+        a.enforcer().state.services.iter().find(|(k, _)| k.slot == 0).map(|(_, v)| v.count)
+    };
+    assert_eq!(frontend(&a), Some(2), "{:?}", a.enforcer().state.services);
+    let slots: BTreeSet<u16> = a
+        .enforcer()
+        .state
+        .services
+        .iter()
+        .filter(|(k, _)| k.slot > 0)
+        .map(|(_, v)| u16::from_be(v.port))
+        .collect();
+    assert_eq!(slots, BTreeSet::from([5353]));
+    // d2 goes: its address is released (its connected sockets destroyed), d1 stays.
+    a.delete_object(&("Pod".into(), "x".into(), "d2".into())).unwrap();
+    assert_eq!(frontend(&a), Some(1));
+    let released: Vec<String> = a.enforcer().released.iter().map(|s| s.to_string()).collect();
+    assert_eq!(released, vec!["10.0.0.6:5353"]);
+}

@@ -9,7 +9,11 @@
 
 mod lab;
 
-use std::{collections::BTreeMap, net::SocketAddrV4, process::Command};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddrV4,
+    process::Command,
+};
 
 use lab::*;
 use netpol_agent::{
@@ -20,7 +24,7 @@ use netpol_common::{counter, reason};
 use netpol_policy::services::{map_entries, Backend, Frontend};
 use netpol_tests::{
     netns::NetNs,
-    sockclient::{sock_client, Mode},
+    sockclient::{sock_client, HeldSocket, Mode},
 };
 use serde_json::Value;
 
@@ -242,4 +246,59 @@ fn taking_the_hooks_over_never_stops_translation_and_never_stacks_them() {
     }
     assert_eq!(cgroup_programs(s.cgroup.path()), 0);
     assert!(s.client("a", Mode::Tcp, 80).get("error").is_some());
+}
+
+#[test]
+fn a_departed_backend_gets_no_new_connections_and_its_connected_udp_sockets_are_destroyed() {
+    let Some(mut s) = ServiceLab::new("svcgone") else { return };
+    s.lab.tcp_servers("b", &[8080]);
+    s.lab.tcp_servers("c", &[8080]);
+    s.lab.udp_servers("b", &[5353]);
+    s.lab.udp_servers("c", &[5353]);
+    s.services(&[(80, Protocol::Tcp, &[(B, 8080), (C, 8080)]), (53, Protocol::Udp, &[(B, 5353)])]);
+    // A resolver's connected socket through the ClusterIP (to b), and a control socket an
+    // application connected to b directly.
+    let adopt = |c: &mut Command| {
+        s.cgroup.adopt(c);
+    };
+    let held = HeldSocket::open(s.pod_ns("a"), adopt, SocketAddrV4::new(VIP, 53));
+    assert_eq!(held.first["reply"], "ping", "{}", held.first);
+    let direct = HeldSocket::open(s.pod_ns("a"), |_| {}, SocketAddrV4::new(B, 5353));
+    assert_eq!(direct.first["reply"], "ping");
+
+    // b stops being ready: only c is left for both frontends.
+    s.services(&[(80, Protocol::Tcp, &[(C, 8080)]), (53, Protocol::Udp, &[(C, 5353)])]);
+    let gone = BTreeSet::from([SocketAddrV4::new(B, 5353)]);
+    let namespaces = BTreeSet::from([std::path::PathBuf::from(s.pod_ns("a").path())]);
+    assert_eq!(s.lab.dp.release_backends(&gone, &namespaces), 1, "exactly the translated socket");
+    // Destroyed, the socket is aborted and disconnected: the application's next call fails
+    // (the kernel reports the abort or, on a send, the missing destination).
+    let after = held.again();
+    let error = after["error"].as_str().unwrap_or("");
+    assert!(
+        ["ECONNABORTED", "EDESTADDRREQ"].contains(&error),
+        "the socket to the departed backend lives on: {after}"
+    );
+    assert_eq!(direct.again()["reply"], "again", "a socket not made by the hooks was destroyed");
+    // A new socket reaches c; new TCP connections all go to c.
+    assert_eq!(s.client("a", Mode::UdpConnected, 53)["reply"], "ping");
+    s.lab.dp().drain_events();
+    for _ in 0..8 {
+        assert_eq!(s.client("a", Mode::Tcp, 80)["reply"], "ping");
+    }
+    let new_flows: Vec<_> = s
+        .lab
+        .dp()
+        .drain_events()
+        .into_iter()
+        .filter(|e| {
+            e.ep_id == EP_A && e.dir == netpol_common::DIR_EGRESS && e.proto == netpol_common::IPPROTO_TCP
+        })
+        .map(|e| std::net::Ipv4Addr::from(e.daddr.to_ne_bytes()))
+        .collect();
+    assert_eq!(new_flows.len(), 8, "{new_flows:?}");
+    assert!(
+        new_flows.iter().all(|d| *d == C),
+        "a new connection reached the departed backend: {new_flows:?}"
+    );
 }

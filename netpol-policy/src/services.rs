@@ -12,7 +12,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
 };
 
 use k8s_openapi::{
@@ -275,4 +275,13 @@ pub fn map_entries(frontends: &BTreeMap<Frontend, Vec<Backend>>) -> BTreeMap<Ser
         }
     }
     out
+}
+
+/// The UDP backends (address, target port) that `SERVICES` entries name.
+pub fn udp_backends(entries: &BTreeMap<ServiceKey, ServiceValue>) -> BTreeSet<SocketAddrV4> {
+    entries
+        .iter()
+        .filter(|(k, _)| k.slot != 0 && k.proto == Protocol::Udp.raw())
+        .map(|(_, v)| SocketAddrV4::new(Ipv4Addr::from(v.addr.to_ne_bytes()), u16::from_be(v.port)))
+        .collect()
 }

@@ -178,6 +178,7 @@ pub struct Datapath {
     counters: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
+    rev_nat: HashMap<MapData, RevNatKey, RevNatValue>,
 }
 
 impl Datapath {
@@ -248,6 +249,7 @@ impl Datapath {
         let counters = PerCpuArray::try_from(take(maps::COUNTERS)?).map_err(map_err(maps::COUNTERS))?;
         let events = Some(RingBuf::try_from(take(maps::EVENTS)?).map_err(map_err(maps::EVENTS))?);
         let services = HashMap::try_from(take(maps::SERVICES)?).map_err(map_err(maps::SERVICES))?;
+        let rev_nat = HashMap::try_from(take(maps::SOCK_REV_NAT)?).map_err(map_err(maps::SOCK_REV_NAT))?;
         Ok(Datapath {
             cfg,
             pin_dir,
@@ -263,6 +265,7 @@ impl Datapath {
             counters,
             events,
             services,
+            rev_nat,
         })
     }
 

@@ -15,6 +15,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
+    net::SocketAddrV4,
     path::{Path, PathBuf},
 };
 
@@ -25,8 +26,8 @@ use aya::{
     },
     Ebpf,
 };
-use netpol_common::{programs, ServiceKey, ServiceValue};
-use tracing::{debug, info};
+use netpol_common::{programs, RevNatKey, ServiceKey, ServiceValue, IPPROTO_UDP};
+use tracing::{debug, info, warn};
 
 use super::{attach::link_err, io_err, map_err, Datapath, DatapathError, Result};
 use netpol_common::maps;
@@ -101,6 +102,36 @@ impl Datapath {
         let attached =
             HOOKS.into_iter().filter(|name| PinnedLink::from_pin(self.sock_link_pin(name)).is_ok()).collect();
         SocketHooks { attached }
+    }
+
+    /// Destroys, in each of `namespaces`, the connected UDP sockets the hooks translated to
+    /// one of `gone` (see [`crate::sockets`]); returns how many. A namespace that cannot be
+    /// searched (its pod is going away) is logged and skipped.
+    pub fn release_backends(&self, gone: &BTreeSet<SocketAddrV4>, namespaces: &BTreeSet<PathBuf>) -> usize {
+        if gone.is_empty() {
+            return 0;
+        }
+        let translated = |cookie: u64, peer: SocketAddrV4| {
+            let key = RevNatKey {
+                cookie,
+                addr: u32::from_ne_bytes(peer.ip().octets()),
+                port: peer.port().to_be(),
+                proto: IPPROTO_UDP,
+                _pad: 0,
+            };
+            gone.contains(&peer) && self.rev_nat.get(&key, 0).is_ok()
+        };
+        let mut destroyed = 0;
+        for ns in namespaces {
+            match crate::sockets::destroy_connected_udp(ns, translated) {
+                Ok(n) => destroyed += n,
+                Err(e) => warn!(netns = %ns.display(), "searching for sockets to departed backends: {e}"),
+            }
+        }
+        if destroyed > 0 {
+            info!(destroyed, "connected UDP sockets to departed backends destroyed");
+        }
+        destroyed
     }
 
     // ---------------------------------------------------------------- the SERVICES map
