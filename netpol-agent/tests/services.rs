@@ -5,7 +5,9 @@
 //! dropped for an egress-isolated pod and counted otherwise.
 //!
 //! Clients run in pod a's namespace, inside the test's cgroup where the hooks are attached
-//! (except where a test says "outside").
+//! (except where a test says "outside"). The traffic tests run twice: on a plain node, and
+//! on a node that also has kube-proxy's iptables DNAT rules for the same Services — the
+//! outcomes must not change (the hooks translate before those rules could match).
 
 mod lab;
 
@@ -33,23 +35,85 @@ const VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 10);
 /// A frontend on `VIP`: port, protocol, backends (address, target port).
 type Front<'a> = (u16, Protocol, &'a [(std::net::Ipv4Addr, u16)]);
 
+/// Whether the node also runs kube-proxy (its iptables DNAT rules for the Services).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NodeKind {
+    Plain,
+    KubeProxy,
+}
+
+/// Runs a test body on both kinds of node, as `NAME::plain` and `NAME::with_kube_proxy`.
+macro_rules! on_both_nodes {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn plain() {
+                super::$name(super::NodeKind::Plain)
+            }
+            #[test]
+            fn with_kube_proxy() {
+                super::$name(super::NodeKind::KubeProxy)
+            }
+        }
+    };
+}
+
 /// The lab with the socket hooks on a cgroup of its own.
 struct ServiceLab {
     lab: Lab,
     cgroup: TestCgroup,
+    kind: NodeKind,
 }
 
 impl ServiceLab {
-    fn new(prefix: &str) -> Option<ServiceLab> {
-        let mut lab = Lab::new(prefix, AttachMode::Auto)?;
-        let cgroup = TestCgroup::new(prefix);
+    fn new(prefix: &str, kind: NodeKind) -> Option<ServiceLab> {
+        let prefix = if kind == NodeKind::KubeProxy { format!("{prefix}k") } else { prefix.to_string() };
+        let mut lab = Lab::new(&prefix, AttachMode::Auto)?;
+        let cgroup = TestCgroup::new(&prefix);
         lab.dp().attach_cgroup(cgroup.path()).expect("attach the socket hooks");
-        Some(ServiceLab { lab, cgroup })
+        if kind == NodeKind::KubeProxy {
+            for args in [
+                &["-N", "KUBE-SERVICES"][..],
+                &["-A", "PREROUTING", "-j", "KUBE-SERVICES"],
+                &["-A", "OUTPUT", "-j", "KUBE-SERVICES"],
+            ] {
+                lab.node.ns.cmd("iptables").args(["-t", "nat"]).args(args).status().expect("iptables");
+            }
+        }
+        Some(ServiceLab { lab, cgroup, kind })
+    }
+
+    /// kube-proxy's rules for the frontends (iptables mode: a DNAT per backend, picked with
+    /// the statistic match), replacing the previous ones.
+    fn kube_proxy_rules(&self, fronts: &[Front]) {
+        let ipt = |args: &[&str]| {
+            let ok =
+                self.lab.node.ns.cmd("iptables").args(["-t", "nat"]).args(args).status().expect("iptables");
+            assert!(ok.success(), "iptables {args:?}");
+        };
+        ipt(&["-F", "KUBE-SERVICES"]);
+        for (port, protocol, backends) in fronts {
+            let proto = if *protocol == Protocol::Udp { "udp" } else { "tcp" };
+            for (i, (addr, target)) in backends.iter().enumerate() {
+                let left = backends.len() - i;
+                let (dport, vip, to) = (port.to_string(), format!("{VIP}/32"), format!("{addr}:{target}"));
+                let mut rule = vec!["-A", "KUBE-SERVICES", "-d", &vip, "-p", proto, "--dport", &dport];
+                let probability = format!("{:.5}", 1.0 / left as f64);
+                if left > 1 {
+                    rule.extend(["-m", "statistic", "--mode", "random", "--probability", &probability]);
+                }
+                rule.extend(["-j", "DNAT", "--to-destination", &to]);
+                ipt(&rule);
+            }
+        }
     }
 
     /// Makes the Services map hold exactly these frontends (the ClusterIP as a Service
     /// address in the ipcache).
     fn services(&mut self, fronts: &[Front]) {
+        if self.kind == NodeKind::KubeProxy {
+            self.kube_proxy_rules(fronts);
+        }
         let fronts: BTreeMap<Frontend, Vec<Backend>> = fronts
             .iter()
             .map(|(port, protocol, backends)| {
@@ -90,9 +154,9 @@ impl ServiceLab {
 
 const SERVICE: u32 = netpol_common::identity::SERVICE;
 
-#[test]
-fn tcp_to_a_cluster_ip_reaches_a_backend_on_its_target_port_and_the_app_sees_the_cluster_ip() {
-    let Some(mut s) = ServiceLab::new("svctcp") else { return };
+on_both_nodes!(tcp_to_a_cluster_ip_reaches_a_backend_on_its_target_port_and_the_app_sees_the_cluster_ip);
+fn tcp_to_a_cluster_ip_reaches_a_backend_on_its_target_port_and_the_app_sees_the_cluster_ip(node: NodeKind) {
+    let Some(mut s) = ServiceLab::new("svctcp", node) else { return };
     s.lab.tcp_servers("b", &[8080]);
     s.lab.tcp_servers("c", &[9090]);
     s.services(&[(80, Protocol::Tcp, &[(B, 8080), (C, 9090)])]);
@@ -120,9 +184,9 @@ fn tcp_to_a_cluster_ip_reaches_a_backend_on_its_target_port_and_the_app_sees_the
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-#[test]
-fn egress_and_ingress_policy_judge_the_backend_pod_and_the_client_pod() {
-    let Some(mut s) = ServiceLab::new("svcpol") else { return };
+on_both_nodes!(egress_and_ingress_policy_judge_the_backend_pod_and_the_client_pod);
+fn egress_and_ingress_policy_judge_the_backend_pod_and_the_client_pod(node: NodeKind) {
+    let Some(mut s) = ServiceLab::new("svcpol", node) else { return };
     s.lab.tcp_servers("b", &[8080]);
     s.services(&[(80, Protocol::Tcp, &[(B, 8080)])]);
     // a may send only to c: the Service's backend is b, so the Service is closed to a.
@@ -143,9 +207,9 @@ fn egress_and_ingress_policy_judge_the_backend_pod_and_the_client_pod() {
     assert_eq!(s.client("a", Mode::Tcp, 80)["reply"], "ping");
 }
 
-#[test]
-fn udp_replies_come_from_the_cluster_ip_connected_or_not() {
-    let Some(mut s) = ServiceLab::new("svcudp") else { return };
+on_both_nodes!(udp_replies_come_from_the_cluster_ip_connected_or_not);
+fn udp_replies_come_from_the_cluster_ip_connected_or_not(node: NodeKind) {
+    let Some(mut s) = ServiceLab::new("svcudp", node) else { return };
     s.lab.udp_servers("b", &[5353]);
     s.services(&[(53, Protocol::Udp, &[(B, 5353)])]);
     let got = s.client("a", Mode::Udp, 53);
@@ -157,9 +221,9 @@ fn udp_replies_come_from_the_cluster_ip_connected_or_not() {
     assert_eq!(got["peer"], format!("{VIP}:53"), "{got}");
 }
 
-#[test]
-fn a_frontend_without_backends_refuses_at_once() {
-    let Some(mut s) = ServiceLab::new("svcnone") else { return };
+on_both_nodes!(a_frontend_without_backends_refuses_at_once);
+fn a_frontend_without_backends_refuses_at_once(node: NodeKind) {
+    let Some(mut s) = ServiceLab::new("svcnone", node) else { return };
     s.services(&[(80, Protocol::Tcp, &[]), (53, Protocol::Udp, &[])]);
     let t = std::time::Instant::now();
     let got = s.client("a", Mode::Tcp, 80);
@@ -170,15 +234,19 @@ fn a_frontend_without_backends_refuses_at_once() {
     assert!(s.counter(counter::SOCK_NO_BACKEND) >= 2);
 }
 
-#[test]
-fn an_untranslated_packet_to_a_cluster_ip_is_dropped_for_an_egress_isolated_pod() {
-    let Some(mut s) = ServiceLab::new("svcraw") else { return };
+on_both_nodes!(an_untranslated_packet_to_a_cluster_ip_is_dropped_for_an_egress_isolated_pod);
+fn an_untranslated_packet_to_a_cluster_ip_is_dropped_for_an_egress_isolated_pod(node: NodeKind) {
+    let Some(mut s) = ServiceLab::new("svcraw", node) else { return };
     s.lab.tcp_servers("b", &[8080]);
     s.services(&[(80, Protocol::Tcp, &[(B, 8080)])]);
-    // Not isolated: it passes (and goes nowhere: nothing routes the ClusterIP), counted.
+    // Not isolated: it passes, counted — and goes nowhere on a plain node (nothing routes
+    // the ClusterIP), to b through kube-proxy's DNAT on the other.
     let passed = s.counter(counter::SERVICE_UNTRANSLATED);
     let got = s.outside("a", Mode::Tcp, 80);
-    assert!(got.get("error").is_some(), "{got}");
+    match node {
+        NodeKind::Plain => assert!(got.get("error").is_some(), "{got}"),
+        NodeKind::KubeProxy => assert_eq!(got["reply"], "ping", "{got}"),
+    }
     assert!(s.counter(counter::SERVICE_UNTRANSLATED) > passed, "the bypass was not counted");
     // Egress-isolated, even with every egress allowed: dropped with its own reason.
     s.lab.isolate("a", EP_A, A, ID_A, false, true);
@@ -194,7 +262,7 @@ fn an_untranslated_packet_to_a_cluster_ip_is_dropped_for_an_egress_isolated_pod(
 
 #[test]
 fn taking_the_hooks_over_never_stops_translation_and_never_stacks_them() {
-    let Some(mut s) = ServiceLab::new("svcswap") else { return };
+    let Some(mut s) = ServiceLab::new("svcswap", NodeKind::Plain) else { return };
     s.lab.tcp_servers("b", &[8080]);
     s.services(&[(80, Protocol::Tcp, &[(B, 8080)])]);
     assert!(s.lab.dp.socket_hooks().complete());
@@ -248,9 +316,9 @@ fn taking_the_hooks_over_never_stops_translation_and_never_stacks_them() {
     assert!(s.client("a", Mode::Tcp, 80).get("error").is_some());
 }
 
-#[test]
-fn a_departed_backend_gets_no_new_connections_and_its_connected_udp_sockets_are_destroyed() {
-    let Some(mut s) = ServiceLab::new("svcgone") else { return };
+on_both_nodes!(a_departed_backend_gets_no_new_connections_and_its_connected_udp_sockets_are_destroyed);
+fn a_departed_backend_gets_no_new_connections_and_its_connected_udp_sockets_are_destroyed(node: NodeKind) {
+    let Some(mut s) = ServiceLab::new("svcgone", node) else { return };
     s.lab.tcp_servers("b", &[8080]);
     s.lab.tcp_servers("c", &[8080]);
     s.lab.udp_servers("b", &[5353]);
