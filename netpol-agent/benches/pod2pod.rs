@@ -27,7 +27,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    io::{ErrorKind, Read, Write},
+    io::{Read, Write},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
     path::PathBuf,
     time::{Duration, Instant},
@@ -46,6 +46,7 @@ use netpol_tests::{
     netns::{in_netns, Entered},
     sh,
     topology::Node,
+    traffic::spin,
 };
 
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 255, 1);
@@ -404,24 +405,6 @@ fn pin_to_cpu(cpu: usize) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
-/// Retries a non-blocking operation until it is done (a stuck filter fails the benchmark).
-fn spin<T>(mut op: impl FnMut() -> std::io::Result<T>) -> T {
-    let start = Instant::now();
-    loop {
-        match op() {
-            Ok(v) => return v,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                assert!(
-                    start.elapsed() < Duration::from_secs(2),
-                    "no progress for 2 s: is the filter dropping?"
-                );
-                std::hint::spin_loop();
-            }
-            Err(e) => panic!("{e}"),
-        }
     }
 }
 

@@ -287,3 +287,22 @@ pub fn mac_of(ns: &NetNs, ifname: &str) -> crate::packet::Mac {
     }
     mac
 }
+
+/// Retries a non-blocking operation until it is done; panics after 2 s without progress
+/// (a filter that drops what it should pass fails a benchmark instead of hanging it).
+pub fn spin<T>(mut op: impl FnMut() -> std::io::Result<T>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        match op() {
+            Ok(v) => return v,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(2),
+                    "no progress for 2 s: is a filter dropping?"
+                );
+                std::hint::spin_loop();
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}

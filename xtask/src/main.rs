@@ -93,9 +93,12 @@ fn main() -> Result<()> {
 
 /// The benchmarks, one after the other (they must not share the machine's two cores).
 fn bench(root: &Path, quick: bool) -> Result<()> {
-    for (package, name) in
-        [("netpol-agent", "pod2pod"), ("netpol-agent", "datapath"), ("netpol-policy", "compile")]
-    {
+    for (package, name) in [
+        ("netpol-agent", "pod2pod"),
+        ("netpol-agent", "services"),
+        ("netpol-agent", "datapath"),
+        ("netpol-policy", "compile"),
+    ] {
         let mut cmd = cargo(root);
         cmd.args(["bench", "-p", package, "--bench", name]);
         if quick {

@@ -97,6 +97,15 @@ impl Datapath {
         Ok(())
     }
 
+    /// The cumulative run time and run count of one socket hook's program (counted while
+    /// BPF run-time statistics are on), as [`Datapath::program_stats`] for the TC hooks.
+    pub fn socket_hook_stats(&mut self, name: &'static str) -> Result<(std::time::Duration, u64)> {
+        let info = sock_program(&mut self.bpf, name)?
+            .info()
+            .map_err(|source| DatapathError::Program { prog: name, source })?;
+        Ok((info.run_time(), info.run_count()))
+    }
+
     /// Which hooks have a live pinned link.
     pub fn socket_hooks(&self) -> SocketHooks {
         let attached =
