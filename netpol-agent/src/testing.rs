@@ -143,6 +143,29 @@ impl TestAgent {
     pub fn agent(&self) -> MutexGuard<'_, Agent> {
         self.agent.lock().unwrap()
     }
+
+    /// Hands a pod's attachment to the agent as netpol-cni would (interface `eth0` in the
+    /// pod's namespace `netns`, `host_if` on the node).
+    pub fn register_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        ip: std::net::Ipv4Addr,
+        netns: &str,
+        host_if: &str,
+    ) {
+        let req = netpol_api::EndpointRequest {
+            container_id: format!("cid-{namespace}-{name}"),
+            ifname: "eth0".into(),
+            netns: netns.into(),
+            pod_namespace: namespace.into(),
+            pod_name: name.into(),
+            ip,
+            host_ifindex: crate::datapath::ifindex(host_if).expect("the pod's host interface"),
+            host_ifname: host_if.into(),
+        };
+        self.agent().register(req).expect("register the pod");
+    }
 }
 
 impl Drop for TestAgent {

@@ -21,10 +21,10 @@ use axum::{
 };
 use netpol_agent::{
     controller::Settings,
-    datapath::{ifindex, Config},
+    datapath::Config,
     testing::{PinnedDatapath, TestAgent},
 };
-use netpol_api::{EndpointRequest, NodeInfo};
+use netpol_api::NodeInfo;
 use netpol_tests::{
     need_root, objects,
     topology::Node,
@@ -106,20 +106,10 @@ fn server(policies_down: Arc<AtomicBool>) -> Router {
         .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", post(|| async { StatusCode::CREATED }))
 }
 
-/// Hands pod `name` to the agent as netpol-cni would.
+/// Hands pod `name` (namespace default) to the agent as netpol-cni would.
 fn register(agent: &TestAgent, node: &Node, name: &str, ip: Ipv4Addr) {
-    let host = node.pod(name).host_if.clone();
-    let req = EndpointRequest {
-        container_id: format!("cid-{name}"),
-        ifname: "eth0".into(),
-        netns: node.pod(name).ns.path(),
-        pod_namespace: "default".into(),
-        pod_name: name.into(),
-        ip,
-        host_ifindex: ifindex(&host).unwrap(),
-        host_ifname: host,
-    };
-    agent.agent().register(req).unwrap();
+    let pod = node.pod(name);
+    agent.register_pod("default", name, ip, &pod.ns.path(), &pod.host_if);
 }
 
 /// One agent in cluster mode (its threads in the node namespace).

@@ -6,6 +6,7 @@
 //! GET on TCP ports, an echo on UDP ports.
 
 mod calendar;
+mod dns;
 mod lab;
 mod local;
 mod responder;
@@ -48,6 +49,15 @@ enum Cmd {
         tcp: Vec<u16>,
         #[arg(long)]
         udp: Vec<u16>,
+        /// Serve the cluster's DNS on this port (UDP and TCP) instead of an echo/HTTP.
+        #[arg(long, requires = "agent")]
+        dns: Option<u16>,
+        /// The agent's socket, where the DNS server reads the Services.
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
+        /// Where the DNS server forwards names outside the cluster domain.
+        #[arg(long)]
+        upstream: Option<std::net::SocketAddr>,
     },
 }
 
@@ -165,8 +175,9 @@ fn duration(s: &str) -> Result<Duration> {
 
 fn run(cli: Cli) -> Result<u8> {
     let (root, cmd) = match cli.cmd {
-        Cmd::Responder { pod, tcp, udp, .. } => {
-            responder::run(&pod, &tcp, &udp)?;
+        Cmd::Responder { pod, tcp, udp, dns, agent, upstream, .. } => {
+            let dns = dns.zip(agent).map(|(port, agent)| responder::Dns { port, agent, upstream });
+            responder::run(&pod, &tcp, &udp, dns)?;
             return Ok(0);
         }
         Cmd::Local { root, cmd } => (root, cmd),

@@ -1,6 +1,7 @@
 //! The built-in responders that stand in for container images in local mode: on every
 //! declared TCP port an HTTP/1.1 server answering 200 to HEAD and GET (with the ordinary
-//! headers a web app sends), on every UDP port an echo. Started inside the pod's network
+//! headers a web app sends), on every UDP port an echo — except a DNS port, where the
+//! cluster's DNS server answers ([`crate::dns`]). Started inside the pod's network
 //! namespace by the local runtime.
 
 use std::{
@@ -46,10 +47,26 @@ fn serve_http(stream: TcpStream, pod: String) {
 /// What the responder prints once every socket is bound.
 pub const READY: &str = "ready";
 
+/// A DNS server's port and where its records and other names come from.
+pub struct Dns {
+    pub port: u16,
+    /// The agent's socket: the Services.
+    pub agent: std::path::PathBuf,
+    pub upstream: Option<std::net::SocketAddr>,
+}
+
 /// Serves until killed; prints [`READY`] (and closes stdout) once every socket is bound.
-pub fn run(pod: &str, tcp: &[u16], udp: &[u16]) -> anyhow::Result<()> {
+pub fn run(pod: &str, tcp: &[u16], udp: &[u16], dns: Option<Dns>) -> anyhow::Result<()> {
     let mut threads = Vec::new();
-    for &port in tcp {
+    let dns_port = dns.as_ref().map(|d| d.port);
+    if let Some(d) = dns {
+        threads.extend(crate::dns::serve(d.port, &d.agent, d.upstream)?);
+    }
+    let (tcp, udp): (Vec<u16>, Vec<u16>) = (
+        tcp.iter().copied().filter(|p| Some(*p) != dns_port).collect(),
+        udp.iter().copied().filter(|p| Some(*p) != dns_port).collect(),
+    );
+    for &port in &tcp {
         let l = TcpListener::bind(("0.0.0.0", port))?;
         let pod = pod.to_string();
         threads.push(std::thread::spawn(move || {
@@ -59,7 +76,7 @@ pub fn run(pod: &str, tcp: &[u16], udp: &[u16]) -> anyhow::Result<()> {
             }
         }));
     }
-    for &port in udp {
+    for &port in &udp {
         let s = UdpSocket::bind(("0.0.0.0", port))?;
         threads.push(std::thread::spawn(move || {
             let mut buf = [0u8; 65_536];

@@ -15,7 +15,7 @@ use crate::netns::NetNs;
 const SCRIPT: &str = include_str!("sockclient.py");
 
 /// How the client talks.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// connect, getpeername, one echoed line.
     Tcp,
@@ -24,6 +24,11 @@ pub enum Mode {
     Udp,
     /// connect, send, recv, getpeername.
     UdpConnected,
+    /// An A query for the name over UDP (`accepted`: the reply came from the address asked,
+    /// as musl requires); `rcode` and `addrs` of the answer.
+    Dns(&'static str),
+    /// The same over TCP.
+    DnsTcp(&'static str),
 }
 
 /// A connected UDP socket kept open in a client process (a resolver's): one exchange at
@@ -77,6 +82,15 @@ impl Mode {
             Mode::Tcp => "tcp",
             Mode::Udp => "udp",
             Mode::UdpConnected => "udp-connected",
+            Mode::Dns(_) => "dns",
+            Mode::DnsTcp(_) => "dns-tcp",
+        }
+    }
+
+    fn name(self) -> Option<&'static str> {
+        match self {
+            Mode::Dns(n) | Mode::DnsTcp(n) => Some(n),
+            _ => None,
         }
     }
 }
@@ -85,6 +99,7 @@ impl Mode {
 pub fn sock_client(ns: &NetNs, prepare: impl FnOnce(&mut Command), mode: Mode, to: SocketAddrV4) -> Value {
     let mut cmd = ns.cmd("python3");
     cmd.args(["-c", SCRIPT, mode.arg(), &to.ip().to_string(), &to.port().to_string()]);
+    cmd.args(mode.name());
     prepare(&mut cmd);
     let out = cmd.output().expect("run the socket client");
     let text = String::from_utf8_lossy(&out.stdout);
