@@ -85,6 +85,8 @@ pub struct Settings {
     /// The cgroup2 directory the socket hooks for Services attach to (None: Services are
     /// not translated, as in tests of the policy path alone).
     pub cgroup: Option<PathBuf>,
+    /// Local mode: where Services' ClusterIPs come from.
+    pub service_cidr: ipnet::Ipv4Net,
 }
 
 /// The agent over an enforcer: the datapath, or in-memory maps in tests.
@@ -204,13 +206,14 @@ impl<E: Enforcer> Agent<E> {
             saved_alloc,
             cgroup: settings.cgroup.clone(),
         };
+        agent.node.socket_lb_cgroup = settings.cgroup.as_ref().map(|c| c.display().to_string());
         // Services are translated from the start: before the model is enforced, the
         // pinned SERVICES map (or none) is what the hooks read.
         if let Some(cgroup) = &settings.cgroup {
             agent.dp.attach_socket_hooks(cgroup)?;
         }
         if settings.local {
-            let store = LocalStore::load(state_dir)?;
+            let store = LocalStore::load(state_dir, settings.service_cidr)?;
             let changes = local_snapshot(&agent.node.node_name, &store);
             agent.store = Some(store);
             let (_, synced) = agent.handle(changes);
@@ -470,7 +473,7 @@ impl<E: Enforcer> Agent<E> {
         let mut trial = self.model.clone();
         let mut results = Vec::new();
         let mut changes = Vec::new();
-        for v in objects {
+        for mut v in objects {
             let (kind, namespace, name) = match key_of(&v) {
                 Ok(k) => k,
                 Err(e) => {
@@ -486,6 +489,11 @@ impl<E: Enforcer> Agent<E> {
                 }
             };
             let mut r = ObjectResult { kind, namespace, name, result: None, error: None };
+            if let Err(e) = self.store.as_ref().expect("local").complete(&mut v) {
+                r.error = Some(e.to_string());
+                results.push(r);
+                continue;
+            }
             let admitted = to_object(&v).map_err(AgentError::from).and_then(|o| match o {
                 Some(o) => self.admit(&mut trial, &o).map(|()| Some(o)),
                 None => Ok(None),

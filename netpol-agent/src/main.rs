@@ -89,6 +89,9 @@ struct RunArgs {
     /// Do not attach the socket hooks (Services are then not translated by netpol).
     #[arg(long)]
     no_socket_lb: bool,
+    /// Local mode: the range Services' ClusterIPs come from.
+    #[arg(long, default_value_t = netpol_agent::sources::local::DEFAULT_SERVICE_CIDR)]
+    service_cidr: ipnet::Ipv4Net,
 }
 
 /// Local mode's own cgroup for datapath `name`.
@@ -354,10 +357,15 @@ fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
     let node_name = run.node_name.unwrap_or_else(hostname);
     let settings = Settings {
         state_dir: run.state_dir.clone(),
-        node: NodeInfo { node_name: node_name.clone(), pod_cidr: run.pod_cidr.map(|c| c.to_string()) },
+        node: NodeInfo {
+            node_name: node_name.clone(),
+            pod_cidr: run.pod_cidr.map(|c| c.to_string()),
+            socket_lb_cgroup: None,
+        },
         local: run.source == Source::Local,
         budgets: Budgets { per_policy: run.policy_budget, per_namespace: run.namespace_budget },
         cgroup,
+        service_cidr: run.service_cidr,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {

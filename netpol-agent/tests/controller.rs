@@ -24,9 +24,16 @@ use serde_json::{json, Value};
 fn settings(name: &str, local: bool, budgets: Budgets) -> (Settings, RemoveOnDrop) {
     let state_dir = std::env::temp_dir().join(format!("netpol-test-controller-{name}"));
     let _ = std::fs::remove_dir_all(&state_dir);
-    let node = NodeInfo { node_name: "n1".into(), pod_cidr: None };
+    let node = NodeInfo { node_name: "n1".into(), pod_cidr: None, socket_lb_cgroup: None };
     (
-        Settings { state_dir: state_dir.clone(), node, local, budgets, cgroup: None },
+        Settings {
+            state_dir: state_dir.clone(),
+            node,
+            local,
+            budgets,
+            cgroup: None,
+            service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
+        },
         RemoveOnDrop(vec![state_dir]),
     )
 }
@@ -187,4 +194,46 @@ fn local_services_follow_their_pods_and_departed_udp_backends_are_released() {
     assert_eq!(frontend(&a), Some(1));
     let released: Vec<String> = a.enforcer().released.iter().map(|s| s.to_string()).collect();
     assert_eq!(released, vec!["10.0.0.6:5353"]);
+}
+
+#[test]
+fn local_services_get_cluster_ips_as_the_api_server_gives_them() {
+    let (settings, _cleanup) = settings("clusterip", true, Budgets::default());
+    let mut a = Agent::start(MemoryMaps::default(), &settings).unwrap();
+    let svc = |name: &str, ip: Option<&str>| {
+        let mut o = objects::service("x", name, "", json!({"app": name}), json!([{"port": 80}]));
+        o = match ip {
+            Some(ip) => o.set("spec.clusterIP", json!(ip)),
+            None => o.set("spec.clusterIP", Value::Null).set("spec.clusterIPs", Value::Null),
+        };
+        o.json()
+    };
+    let ip_of = |a: &Agent<MemoryMaps>, name: &str| {
+        let key = ("x".to_string(), name.to_string());
+        a.model().services[&key].spec.as_ref().unwrap().cluster_ip.clone().unwrap()
+    };
+    let applied = |r: Vec<netpol_api::ObjectResult>| r.into_iter().map(|r| r.error).collect::<Vec<_>>();
+    // Asked for none: the first free addresses above the static band (10.96.1.0/16's first).
+    let r = a.apply_objects(vec![svc("a", None), svc("b", None), svc("dns", Some("10.96.0.10"))]).unwrap();
+    assert_eq!(applied(r), vec![None, None, None]);
+    assert_eq!(
+        (ip_of(&a, "a"), ip_of(&a, "b"), ip_of(&a, "dns")),
+        ("10.96.1.0".into(), "10.96.1.1".into(), "10.96.0.10".into())
+    );
+    // Applied again without one, a Service keeps its address.
+    assert_eq!(applied(a.apply_objects(vec![svc("a", None)]).unwrap()), vec![None]);
+    assert_eq!(ip_of(&a, "a"), "10.96.1.0");
+    // Refused as the API server refuses, naming the field; nothing else changes.
+    let refused = |a: &mut Agent<MemoryMaps>, o| a.apply_objects(vec![o]).unwrap().remove(0).error.unwrap();
+    let e = refused(&mut a, svc("c", Some("10.96.0.10")));
+    assert!(e.contains("spec.clusterIP") && e.contains("already allocated"), "{e}");
+    let e = refused(&mut a, svc("c", Some("192.168.0.1")));
+    assert!(e.contains("not in the valid range") && e.contains("10.96.0.0/16"), "{e}");
+    let e = refused(&mut a, svc("a", Some("10.96.0.77")));
+    assert!(e.contains("immutable"), "{e}");
+    assert_eq!(ip_of(&a, "a"), "10.96.1.0");
+    assert!(!a.model().services.contains_key(&("x".to_string(), "c".to_string())));
+    // Headless stays headless.
+    assert_eq!(applied(a.apply_objects(vec![svc("h", Some("None"))]).unwrap()), vec![None]);
+    assert_eq!(ip_of(&a, "h"), "None");
 }

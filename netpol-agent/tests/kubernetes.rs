@@ -190,10 +190,11 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
     let dp = MemoryMaps::default();
     let settings = Settings {
         state_dir: state_dir.clone(),
-        node: NodeInfo { node_name: "n1".into(), pod_cidr: None },
+        node: NodeInfo { node_name: "n1".into(), pod_cidr: None, socket_lb_cgroup: None },
         local: false,
         budgets: Default::default(),
         cgroup: None,
+        service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
     };
     let mut agent = Agent::start(dp, &settings).unwrap();
     // Pod a runs here (the loopback stands in for its veth).

@@ -144,10 +144,11 @@ fn a_restart_against_a_slow_api_server_never_opens_an_isolated_pod() {
     let _pins = PinnedDatapath::guard(cfg.clone());
     let settings = Settings {
         state_dir,
-        node: NodeInfo { node_name: "n1".into(), pod_cidr: None },
+        node: NodeInfo { node_name: "n1".into(), pod_cidr: None, socket_lb_cgroup: None },
         local: false,
         budgets: Default::default(),
         cgroup: None,
+        service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
     };
     // The API server listens in the node namespace, where the agent's threads run.
     let down = Arc::new(AtomicBool::new(false));

@@ -93,6 +93,10 @@ pub struct NodeInfo {
     pub node_name: String,
     /// The node's pod range (from the Node object in a cluster, from a flag locally).
     pub pod_cidr: Option<String>,
+    /// The cgroup2 directory whose processes get Services translated at the socket (local
+    /// mode puts the pods' processes there); None when the hooks are off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_lb_cgroup: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -176,6 +176,18 @@ fn serve_tcp(mut conn: TcpStream, answer: &dyn Fn(&[u8]) -> Option<Vec<u8>>) {
     }
 }
 
+/// A query any DNS server answers (with its ID, 0x6e70): an A question for
+/// `probe.netpol.`. The connectivity probes send it over UDP.
+pub fn probe_query() -> Vec<u8> {
+    let mut m = Message::new();
+    m.set_id(0x6e70).set_message_type(MessageType::Query).set_op_code(OpCode::Query);
+    m.add_query(hickory_proto::op::Query::query(
+        Name::from_ascii("probe.netpol.").expect("a valid name"),
+        RecordType::A,
+    ));
+    m.to_vec().expect("a query encodes")
+}
+
 /// Forwards a query upstream; the upstream's reply, if any.
 pub type Forward<'a> = &'a dyn Fn(&[u8]) -> Option<Vec<u8>>;
 

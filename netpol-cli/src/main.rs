@@ -90,6 +90,9 @@ enum LocalCmd {
     Get {
         /// KIND[,KIND]
         kinds: String,
+        /// Only these objects (with one name, json, yaml and jsonpath show the object
+        /// itself, as kubectl does).
+        names: Vec<String>,
         #[arg(short, long, default_value = "default")]
         namespace: String,
         #[arg(short = 'A', long)]
@@ -100,7 +103,8 @@ enum LocalCmd {
         #[arg(short, long)]
         output: Option<String>,
     },
-    /// Run a host command inside the pod's network namespace (Service names resolve).
+    /// Run a host command inside the pod's network namespace and the agent's cgroup (its
+    /// resolv.conf asks the cluster's DNS; Services are translated at the socket).
     Exec {
         #[arg(short, long, default_value = "default")]
         namespace: String,
@@ -241,7 +245,7 @@ fn run(cli: Cli) -> Result<u8> {
             }
             return Ok(code);
         }
-        LocalCmd::Get { kinds, namespace, all_namespaces, selector, output: fmt } => {
+        LocalCmd::Get { kinds, names, namespace, all_namespaces, selector, output: fmt } => {
             let kinds: Vec<&str> = kinds
                 .split(',')
                 .filter(|k| !k.is_empty())
@@ -263,7 +267,16 @@ fn run(cli: Cli) -> Result<u8> {
                             .as_deref()
                             .is_none_or(|s| output::selector_matches(s, &o["metadata"]["labels"]))
                     })
+                    .filter(|o| names.is_empty() || names.iter().any(|n| o["metadata"]["name"] == n.as_str()))
                     .collect();
+                if let Some(missing) =
+                    names.iter().find(|n| !objs.iter().any(|o| o["metadata"]["name"] == n.as_str()))
+                {
+                    bail!(
+                        "Error from server (NotFound): {} \"{missing}\" not found",
+                        manifest::resource_name(kind)
+                    );
+                }
                 objs.sort_by(|a, b| {
                     (a["metadata"]["namespace"].as_str(), a["metadata"]["name"].as_str())
                         .cmp(&(b["metadata"]["namespace"].as_str(), b["metadata"]["name"].as_str()))
@@ -271,9 +284,14 @@ fn run(cli: Cli) -> Result<u8> {
                 all.push((kind, objs));
             }
             let items: Vec<Value> = all.iter().flat_map(|(_, o)| o.clone()).collect();
+            // One object asked for by name is shown as itself, a selection as a List.
+            let shown = match (names.len(), items.as_slice()) {
+                (1, [one]) => one.clone(),
+                _ => output::list(&items),
+            };
             match fmt.as_deref() {
-                Some("json") => println!("{}", serde_json::to_string_pretty(&output::list(&items))?),
-                Some("yaml") => print!("{}", serde_yaml::to_string(&output::list(&items))?),
+                Some("json") => println!("{}", serde_json::to_string_pretty(&shown)?),
+                Some("yaml") => print!("{}", serde_yaml::to_string(&shown)?),
                 Some("name") => {
                     for (kind, objs) in &all {
                         for o in objs {
@@ -286,7 +304,7 @@ fn run(cli: Cli) -> Result<u8> {
                     }
                 }
                 Some(j) if j.starts_with("jsonpath=") => {
-                    print!("{}", output::jsonpath(&j["jsonpath=".len()..], &output::list(&items))?)
+                    print!("{}", output::jsonpath(&j["jsonpath=".len()..], &shown)?)
                 }
                 Some(other) if other != "wide" => {
                     bail!("error: unable to match a printer suitable for the output format {other:?}")

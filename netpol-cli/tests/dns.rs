@@ -69,10 +69,11 @@ fn service_names_resolve_through_the_kube_dns_cluster_ip() {
     let socket = dir.join("agent.sock");
     let settings = Settings {
         state_dir: dir.join("state"),
-        node: NodeInfo { node_name: "n1".into(), pod_cidr: None },
+        node: NodeInfo { node_name: "n1".into(), pod_cidr: None, socket_lb_cgroup: None },
         local: true,
         budgets: Default::default(),
         cgroup: Some(cgroup.path().to_path_buf()),
+        service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
     };
     // The agent's threads, and this one (interfaces are named in it), in the node.
     let _inside = node.ns.enter();

@@ -68,9 +68,13 @@ fn leftovers(root: &str) -> Vec<String> {
             .filter(|l| l.starts_with(root))
             .map(|l| format!("netns {l}")),
     );
-    for p in
-        [format!("/sys/fs/bpf/{root}"), format!("/var/lib/netpol/{root}"), format!("/run/netpol/{root}.sock")]
-    {
+    let cgroup = netpol_agent::cgroup::cgroup2_mount().unwrap().join(root).display().to_string();
+    for p in [
+        format!("/sys/fs/bpf/{root}"),
+        format!("/var/lib/netpol/{root}"),
+        format!("/run/netpol/{root}.sock"),
+        cgroup,
+    ] {
         if Path::new(&p).exists() {
             left.push(p);
         }
@@ -128,6 +132,12 @@ fn errors_are_kubectl_like_and_leave_nothing_half_made() {
     std::fs::write(&bad_yaml, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: [unclosed\n").unwrap();
     let bad_kind = dir.join("kind.yaml");
     std::fs::write(&bad_kind, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n").unwrap();
+    let bad_svc = dir.join("svc.yaml");
+    std::fs::write(
+        &bad_svc,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: far}\nspec:\n  clusterIP: 192.168.7.7\n  ports: [{port: 80}]\n",
+    )
+    .unwrap();
     let bad_policy = dir.join("policy.yaml");
     std::fs::write(
         &bad_policy,
@@ -144,6 +154,10 @@ fn errors_are_kubectl_like_and_leave_nothing_half_made() {
             vec!["apply".into(), "-f".into(), bad_policy.display().to_string()],
             "spec.ingress[0].ports[0].endPort",
         ),
+        (
+            vec!["apply".into(), "-f".into(), bad_svc.display().to_string()],
+            "spec.clusterIP: Invalid value: \"192.168.7.7\": provided IP is not in the valid range",
+        ),
         (vec!["get".into(), "frobs".into()], "doesn't have a resource type \"frobs\""),
         (vec!["exec".into(), "nope".into(), "--".into(), "true".into()], "pods \"nope\" not found"),
         (vec!["delete".into(), "pod".into(), "nope".into()], "pods \"nope\" not found"),
@@ -158,10 +172,21 @@ fn errors_are_kubectl_like_and_leave_nothing_half_made() {
         assert_eq!(t.trim().lines().count(), 1, "{args:?}: not one line: {t}");
     }
     // Nothing was made by the failed applies.
-    let pods = node.ok(&["get", "pods", "-A", "-o", "name"]);
+    let pods = node.ok(&["get", "pods", "-o", "name"]);
     assert!(pods.trim().is_empty() || pods.contains("No resources"), "{pods}");
     let policies = node.ok(&["get", "netpol", "-o", "name"]);
     assert!(!policies.contains("bad"), "{policies}");
+    // A Service that names no ClusterIP gets one, shown as kubectl shows it.
+    let svc = dir.join("good-svc.yaml");
+    std::fs::write(&svc, "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80}]\n").unwrap();
+    node.ok(&["apply", "-f", &svc.display().to_string()]);
+    let ip = node.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert_eq!(ip.trim(), "10.96.1.0", "{ip}");
+    let table = node.ok(&["get", "svc"]);
+    assert!(
+        table.contains("CLUSTER-IP") && table.contains("10.96.1.0") && table.contains("80/TCP"),
+        "{table}"
+    );
     // up without root.
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])

@@ -79,13 +79,18 @@ impl Node {
 
     /// Runs the agent (datapath + API) in this process, its threads in the node namespace.
     fn start_agent(&mut self) {
-        let node = NodeInfo { node_name: "test".into(), pod_cidr: Some("10.60.1.0/24".into()) };
+        let node = NodeInfo {
+            node_name: "test".into(),
+            pod_cidr: Some("10.60.1.0/24".into()),
+            socket_lb_cgroup: None,
+        };
         let settings = Settings {
             state_dir: self.dir.join("agent-state"),
             node,
             local: true,
             budgets: Default::default(),
             cgroup: None,
+            service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
         };
         let _inside = self.ns.enter();
         let mut agent = TestAgent::start(self.pins.config(), &settings);

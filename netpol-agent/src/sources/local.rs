@@ -9,7 +9,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde_json::Value;
+use ipnet::Ipv4Net;
+use serde_json::{json, Value};
 
 use netpol_policy::model::{Kind, Object};
 
@@ -44,6 +45,22 @@ impl Action {
 pub struct LocalStore {
     path: PathBuf,
     objects: BTreeMap<StoreKey, Value>,
+    /// Where ClusterIPs come from (the API server's `--service-cluster-ip-range`).
+    service_cidr: Ipv4Net,
+}
+
+/// kube-apiserver's default Service range.
+pub const DEFAULT_SERVICE_CIDR: Ipv4Net = match Ipv4Net::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 16) {
+    Ok(n) => n,
+    Err(_) => panic!("a valid range"),
+};
+
+/// The part of a Service range that is handed out first: above a static band kept for
+/// ClusterIPs that Services ask for by number (as kube-apiserver does: a sixteenth of the
+/// range, at least 16 and at most 256 addresses).
+fn dynamic_start(range: Ipv4Net) -> u32 {
+    let size = 1u64 << (32 - range.prefix_len());
+    (size / 16).clamp(16, 256) as u32
 }
 
 /// The kinds the store takes, with their apiVersion and whether they are namespaced.
@@ -118,7 +135,7 @@ pub fn to_object(v: &Value) -> Result<Option<Object>, StoreError> {
 }
 
 impl LocalStore {
-    pub fn load(state_dir: &Path) -> Result<LocalStore, StoreError> {
+    pub fn load(state_dir: &Path, service_cidr: Ipv4Net) -> Result<LocalStore, StoreError> {
         let path = state_dir.join("objects.json");
         let io = |e: String| StoreError::Io { path: path.clone(), msg: e };
         std::fs::create_dir_all(state_dir).map_err(|e| io(e.to_string()))?;
@@ -131,7 +148,7 @@ impl LocalStore {
         for v in list {
             objects.insert(key_of(&v)?, v);
         }
-        Ok(LocalStore { path, objects })
+        Ok(LocalStore { path, objects, service_cidr })
     }
 
     fn save(&self) -> Result<(), StoreError> {
@@ -152,6 +169,16 @@ impl LocalStore {
     }
 
     /// Stores an object (already accepted by the model).
+    /// Fills in what the API server sets on write (a Service's ClusterIP), or refuses the
+    /// object as it would.
+    pub fn complete(&self, v: &mut Value) -> Result<(), StoreError> {
+        let key = key_of(v)?;
+        if key.0 == "Service" {
+            self.assign_cluster_ip(&key, v)?;
+        }
+        Ok(())
+    }
+
     pub fn put(&mut self, v: Value) -> Result<Action, StoreError> {
         let key = key_of(&v)?;
         let action = match self.objects.get(&key) {
@@ -162,6 +189,75 @@ impl LocalStore {
         self.objects.insert(key, v);
         self.save()?;
         Ok(action)
+    }
+
+    /// What the API server does to a Service it stores: one that names no ClusterIP gets
+    /// the one it had, or a free one of the range; one that names its own must name an
+    /// address of the range no other Service has (or `None`: headless). ExternalName
+    /// Services get none.
+    fn assign_cluster_ip(&self, key: &StoreKey, v: &mut Value) -> Result<(), StoreError> {
+        let spec = &v["spec"];
+        if spec["type"] == "ExternalName" {
+            return Ok(());
+        }
+        let invalid = |ip: &str, why: String| {
+            StoreError::Invalid(format!(
+                "Service \"{}\" is invalid: spec.clusterIP: Invalid value: \"{ip}\": {why}",
+                key.2
+            ))
+        };
+        let had = self.objects.get(key).and_then(|o| o["spec"]["clusterIP"].as_str().map(str::to_string));
+        let asked = spec["clusterIP"].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+        let ip = match (asked, had) {
+            (Some(a), Some(h)) if a != h => return Err(invalid(&a, "field is immutable".into())),
+            (Some(a), _) if a == "None" => a,
+            (Some(a), _) => {
+                let parsed: std::net::Ipv4Addr =
+                    a.parse().map_err(|_| invalid(&a, "must be a valid IPv4 address".into()))?;
+                if !self.service_cidr.contains(&parsed) {
+                    let why = format!(
+                        "provided IP is not in the valid range. The range of valid IPs is {}",
+                        self.service_cidr
+                    );
+                    return Err(invalid(&a, why));
+                }
+                if self.cluster_ips_in_use(key).contains(&parsed) {
+                    return Err(invalid(&a, "provided IP is already allocated".into()));
+                }
+                a
+            }
+            (None, Some(h)) => h,
+            (None, None) => self.free_cluster_ip(key)?.to_string(),
+        };
+        v["spec"]["clusterIP"] = json!(ip);
+        v["spec"]["clusterIPs"] = json!([ip]);
+        if v["spec"]["type"].is_null() {
+            v["spec"]["type"] = json!("ClusterIP");
+        }
+        Ok(())
+    }
+
+    /// The ClusterIPs of every Service but `except`.
+    fn cluster_ips_in_use(&self, except: &StoreKey) -> std::collections::BTreeSet<std::net::Ipv4Addr> {
+        self.objects
+            .iter()
+            .filter(|(k, _)| k.0 == "Service" && *k != except)
+            .filter_map(|(_, o)| o["spec"]["clusterIP"].as_str()?.parse().ok())
+            .collect()
+    }
+
+    /// The first free address of the dynamic band, then of the static one (never the
+    /// range's first address).
+    fn free_cluster_ip(&self, key: &StoreKey) -> Result<std::net::Ipv4Addr, StoreError> {
+        let used = self.cluster_ips_in_use(key);
+        let base = u32::from(self.service_cidr.network());
+        let size = 1u32 << (32 - self.service_cidr.prefix_len()).min(31);
+        let start = dynamic_start(self.service_cidr).min(size - 1);
+        (start..size.saturating_sub(1))
+            .chain(1..start)
+            .map(|i| std::net::Ipv4Addr::from(base + i))
+            .find(|ip| !used.contains(ip))
+            .ok_or_else(|| StoreError::Invalid(format!("no ClusterIP left in {}", self.service_cidr)))
     }
 
     pub fn remove(&mut self, key: &StoreKey) -> Result<bool, StoreError> {

@@ -1,7 +1,8 @@
 //! Local mode: a one-machine node runtime. The agent runs in the background with its local
 //! store; pods are network namespaces wired by the real `netpol-cni` binary (called exactly
-//! as a runtime calls it), each declared container port served by a built-in responder;
-//! Services resolve, inside pods, to a ready backing pod (through the pod's hosts file).
+//! as a runtime calls it), each declared container port served by a built-in responder.
+//! The pods' processes (responders, `exec`) run in the agent's cgroup, where its socket
+//! hooks translate Services.
 
 pub mod manifest;
 pub mod output;
@@ -47,6 +48,10 @@ pub struct PodRuntime {
     pub responder_pid: Option<u32>,
     pub tcp: Vec<u16>,
     pub udp: Vec<u16>,
+    /// The port a CoreDNS container serves the cluster's DNS on (the responder answers
+    /// DNS there instead of echoing).
+    #[serde(default)]
+    pub dns: Option<u16>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -63,6 +68,9 @@ pub struct Runtime {
 
 pub const DEFAULT_ROOT: &str = "netpol-local";
 pub const DEFAULT_POD_CIDR: &str = "10.244.1.0/24";
+/// kube-dns's ClusterIP: the tenth address of the agent's default Service range, as
+/// kubeadm and kind give it.
+pub const KUBE_DNS_IP: &str = "10.96.0.10";
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn now_rfc3339() -> String {
@@ -257,6 +265,7 @@ impl Local {
         if self.objects("Namespace")?.iter().all(|n| n["metadata"]["name"] != "default") {
             self.put(vec![namespace_object("default")])?;
         }
+        self.cluster_dns(&mut rt).context("starting the cluster's DNS")?;
         let revived = self.revive_responders(&mut rt)?;
         self.save(&rt)?;
         Ok(format!(
@@ -265,6 +274,38 @@ impl Local {
             rt.agent_pid.unwrap_or(0),
             rt.pod_cidr
         ))
+    }
+
+    /// What a fresh cluster has for names: kube-system with the `kube-dns` Service on the
+    /// conventional ClusterIP and a CoreDNS Deployment behind it (its pods run the built-in
+    /// DNS server). Kept as they are when already there.
+    fn cluster_dns(&self, rt: &mut Runtime) -> Result<()> {
+        let have = |kind: &str, name: &str| -> Result<bool> {
+            Ok(self.objects(kind)?.iter().any(|o| o["metadata"]["name"] == name))
+        };
+        if !have("Namespace", "kube-system")? {
+            self.put_keeping_age(namespace_object("kube-system"))?;
+        }
+        if !have("Service", "kube-dns")? {
+            self.put_keeping_age(json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"},
+                             "creationTimestamp": now_rfc3339()},
+                "spec": {"clusterIP": KUBE_DNS_IP, "selector": {"k8s-app": "kube-dns"},
+                         "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                                   {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}}))?;
+        }
+        if !have("Deployment", "coredns")? {
+            let dep = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "coredns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"},
+                             "creationTimestamp": now_rfc3339()},
+                "spec": {"replicas": 1, "selector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                         "template": {"metadata": {"labels": {"k8s-app": "kube-dns"}},
+                                      "spec": {"containers": [{"name": "coredns", "image": "registry.k8s.io/coredns/coredns",
+                                          "ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                                                    {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"}]}]}}}});
+            self.apply_deployment(rt, dep)?;
+        }
+        self.refresh_names(rt)
     }
 
     /// After a crash: pods whose namespace still exists get their responder back.
@@ -366,6 +407,14 @@ impl Local {
         Ok(v)
     }
 
+    /// The cgroup the pods' processes join (the agent's socket-LB cgroup), as the path of
+    /// its `cgroup.procs`.
+    fn pod_cgroup_procs(&self) -> Result<Option<std::ffi::CString>> {
+        let node = self.api(Method::GET, netpol_api::PATH_NODE, None)?;
+        let Some(dir) = node["socketLbCgroup"].as_str() else { return Ok(None) };
+        Ok(Some(std::ffi::CString::new(format!("{dir}/cgroup.procs"))?))
+    }
+
     /// Starts the pod's responder; None when the pod declares no ports.
     fn spawn_responder(&self, key: &str, pod: &PodRuntime) -> Result<Option<u32>> {
         if pod.tcp.is_empty() && pod.udp.is_empty() {
@@ -385,11 +434,15 @@ impl Local {
         for p in &pod.udp {
             cmd.args(["--udp", &p.to_string()]);
         }
+        if let Some(port) = pod.dns {
+            cmd.args(["--dns", &port.to_string(), "--agent"]).arg(&self.socket);
+        }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        let procs = self.pod_cgroup_procs()?;
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::setsid();
-                Ok(())
+                enter_cgroup(procs.as_ref())
             });
         }
         let mut child = cmd.spawn().context("starting the responder")?;
@@ -411,7 +464,14 @@ impl Local {
         let name = pod["metadata"]["name"].as_str().unwrap().to_string();
         let key = format!("{ns}/{name}");
         let (mut tcp, mut udp) = (Vec::new(), Vec::new());
+        let mut dns = None;
         for c in pod["spec"]["containers"].as_array().into_iter().flatten() {
+            // The image decides what the responder is: CoreDNS serves the cluster's DNS.
+            if c["image"].as_str().is_some_and(|i| i.contains("coredns")) {
+                let ports = c["ports"].as_array().into_iter().flatten();
+                let named = ports.clone().find(|p| p["name"] == "dns").or_else(|| ports.clone().next());
+                dns = named.and_then(|p| p["containerPort"].as_u64()).map(|p| p as u16);
+            }
             for p in c["ports"].as_array().into_iter().flatten() {
                 let port = p["containerPort"].as_u64().unwrap_or(0) as u16;
                 match p["protocol"].as_str().unwrap_or("TCP") {
@@ -430,12 +490,13 @@ impl Local {
             if let Some(e) = &res[0].error {
                 bail!("{e}");
             }
-            if existing.tcp != tcp || existing.udp != udp {
+            if existing.tcp != tcp || existing.udp != udp || existing.dns != dns {
                 if let Some(pid) = existing.responder_pid {
                     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                 }
                 existing.tcp = tcp;
                 existing.udp = udp;
+                existing.dns = dns;
                 let e = existing.clone();
                 rt.pods.get_mut(&key).unwrap().responder_pid = self.spawn_responder(&key, &e)?;
             }
@@ -446,8 +507,14 @@ impl Local {
             });
         }
         let netns = self.netns_of(&ns, &name);
-        let mut made =
-            PodRuntime { netns: netns.clone(), container_id: netns.clone(), tcp, udp, ..Default::default() };
+        let mut made = PodRuntime {
+            netns: netns.clone(),
+            container_id: netns.clone(),
+            tcp,
+            udp,
+            dns,
+            ..Default::default()
+        };
         // The object first (no address yet), so the pod is enforced with its labels from its
         // first packet on; then the wiring, which returns once the agent enforces it.
         self.put(vec![object.clone()])?;
@@ -487,46 +554,26 @@ impl Local {
         Ok(())
     }
 
-    /// Rewrites every pod's hosts file: Services resolve to a ready backing pod.
+    /// Writes every pod's resolver files as the kubelet does: `/etc/resolv.conf` from its
+    /// `dnsPolicy` and `dnsConfig` (the cluster's DNS, kube-dns's ClusterIP, by default),
+    /// `/etc/hosts` with localhost and the pod's own name (`ip netns exec` mounts both).
     fn refresh_names(&self, rt: &Runtime) -> Result<()> {
-        let services = self.objects("Service")?;
+        let kube_dns = self
+            .objects("Service")?
+            .into_iter()
+            .find(|s| s["metadata"]["namespace"] == "kube-system" && s["metadata"]["name"] == "kube-dns")
+            .and_then(|s| s["spec"]["clusterIP"].as_str().map(str::to_string));
         let pods = self.objects("Pod")?;
-        let mut names: Vec<(String, String, String)> = Vec::new(); // (ns, service, ip)
-        for s in &services {
-            let ns = s["metadata"]["namespace"].as_str().unwrap_or("default");
-            let sel = s["spec"]["selector"].as_object().cloned().unwrap_or_default();
-            if sel.is_empty() {
-                continue;
-            }
-            let mut backing: Vec<(&str, &str)> = pods
-                .iter()
-                .filter(|p| p["metadata"]["namespace"].as_str() == Some(ns))
-                .filter(|p| sel.iter().all(|(k, v)| p["metadata"]["labels"][k] == *v))
-                .filter_map(|p| Some((p["metadata"]["name"].as_str()?, p["status"]["podIP"].as_str()?)))
-                .collect();
-            backing.sort();
-            if let Some((_, ip)) = backing.first() {
-                names.push((
-                    ns.to_string(),
-                    s["metadata"]["name"].as_str().unwrap_or("").to_string(),
-                    ip.to_string(),
-                ));
-            }
-        }
         for (key, pod) in &rt.pods {
             let (pod_ns, pod_name) = key.split_once('/').unwrap();
-            let mut hosts = format!("127.0.0.1\tlocalhost\n{}\t{pod_name}\n", pod.ip);
-            for (ns, svc, ip) in &names {
-                let short = if ns == pod_ns { format!("{svc} ") } else { String::new() };
-                hosts.push_str(&format!(
-                    "{ip}\t{short}{svc}.{ns} {svc}.{ns}.svc {svc}.{ns}.svc.cluster.local\n"
-                ));
-            }
+            let object = pods
+                .iter()
+                .find(|p| p["metadata"]["namespace"] == pod_ns && p["metadata"]["name"] == pod_name);
+            let spec = object.map(|o| o["spec"].clone()).unwrap_or(Value::Null);
             let dir = Path::new("/etc/netns").join(&pod.netns);
             std::fs::create_dir_all(&dir)?;
-            std::fs::write(dir.join("hosts"), hosts)?;
-            // No DNS server: names come from the hosts file, anything else fails fast.
-            std::fs::write(dir.join("resolv.conf"), "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")?;
+            std::fs::write(dir.join("hosts"), format!("127.0.0.1\tlocalhost\n{}\t{pod_name}\n", pod.ip))?;
+            std::fs::write(dir.join("resolv.conf"), resolv_conf(&spec, pod_ns, kube_dns.as_deref()))?;
         }
         Ok(())
     }
@@ -729,9 +776,94 @@ impl Local {
         if cmd.is_empty() {
             bail!("error: you must specify at least one command for the container");
         }
-        let status = Command::new("ip").args(["netns", "exec", &netns]).args(cmd).status()?;
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &netns]).args(cmd);
+        let procs = self.pod_cgroup_procs()?;
+        unsafe {
+            command.pre_exec(move || enter_cgroup(procs.as_ref()));
+        }
+        let status = command.status()?;
         Ok(status.code().unwrap_or(1))
     }
+}
+
+/// Between fork and exec: moves the process into the cgroup whose `cgroup.procs` is given
+/// (open, write, close only: async-signal-safe).
+fn enter_cgroup(procs: Option<&std::ffi::CString>) -> std::io::Result<()> {
+    let Some(procs) = procs else { return Ok(()) };
+    let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    unsafe { libc::close(fd) };
+    if written == 1 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A resolv.conf option: its name and, for `name:value` ones, the value.
+type ResolvOption = (String, Option<String>);
+
+/// A pod's resolv.conf, as the kubelet writes it: `ClusterFirst` (the default) asks the
+/// cluster's DNS with the namespace's search path and `ndots:5`; `Default` takes the node's;
+/// `None` only what `dnsConfig` says; `dnsConfig` adds nameservers and searches and
+/// overrides options by name.
+fn resolv_conf(spec: &Value, namespace: &str, kube_dns: Option<&str>) -> String {
+    let config = &spec["dnsConfig"];
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_string)).collect()
+    };
+    let (mut servers, mut searches, mut options): (Vec<String>, Vec<String>, Vec<ResolvOption>) = match spec
+        ["dnsPolicy"]
+        .as_str()
+        .unwrap_or("ClusterFirst")
+    {
+        "None" => (Vec::new(), Vec::new(), Vec::new()),
+        "Default" => {
+            let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            let field = |k: &str| -> Vec<String> {
+                host.lines()
+                    .filter_map(|l| l.strip_prefix(k))
+                    .flat_map(|rest| rest.split_whitespace().map(str::to_string))
+                    .collect()
+            };
+            (field("nameserver "), field("search "), Vec::new())
+        }
+        _ => (
+            kube_dns.map(str::to_string).into_iter().collect(),
+            [format!("{namespace}.svc.cluster.local"), "svc.cluster.local".into(), "cluster.local".into()]
+                .into(),
+            vec![("ndots".to_string(), Some("5".to_string()))],
+        ),
+    };
+    servers.extend(strings(&config["nameservers"]));
+    searches.extend(strings(&config["searches"]));
+    for o in config["options"].as_array().into_iter().flatten() {
+        let Some(name) = o["name"].as_str() else { continue };
+        options.retain(|(n, _)| n != name);
+        options.push((name.to_string(), o["value"].as_str().map(str::to_string)));
+    }
+    let mut out = String::new();
+    for s in servers {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    if !searches.is_empty() {
+        out.push_str(&format!("search {}\n", searches.join(" ")));
+    }
+    if !options.is_empty() {
+        let opts: Vec<String> = options
+            .into_iter()
+            .map(|(n, v)| match v {
+                Some(v) => format!("{n}:{v}"),
+                None => n,
+            })
+            .collect();
+        out.push_str(&format!("options {}\n", opts.join(" ")));
+    }
+    out
 }
 
 pub fn namespace_object(name: &str) -> Value {

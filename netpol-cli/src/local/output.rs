@@ -157,7 +157,7 @@ pub fn table(
                 vec![
                     name,
                     o["spec"]["type"].as_str().unwrap_or("ClusterIP").into(),
-                    "<none>".into(),
+                    o["spec"]["clusterIP"].as_str().unwrap_or("<none>").into(),
                     "<none>".into(),
                     ports.join(","),
                     age(o),

@@ -1,5 +1,7 @@
-//! Connectivity probes between pods: a TCP connect, or a UDP datagram and its echo, from
-//! inside the source pod's network namespace. The matrix runs them concurrently.
+//! Connectivity probes between pods: a TCP connect, or a UDP datagram and its answer, from
+//! inside the source pod's network namespace. The matrix runs them concurrently. The UDP
+//! datagram is a DNS query, so the UDP servers of local mode — echoes and the cluster's DNS
+//! — both answer it (with its own ID).
 
 use std::{
     fs::File,
@@ -33,11 +35,12 @@ pub fn probe(from: &str, ip: Ipv4Addr, port: u16, protocol: &str, timeout: Durat
         "UDP" => in_netns(from, move || {
             let Ok(s) = UdpSocket::bind("0.0.0.0:0") else { return false };
             let _ = s.set_read_timeout(Some(timeout));
-            if s.send_to(b"netpol probe", to).is_err() {
+            let query = crate::dns::probe_query();
+            if s.send_to(&query, to).is_err() {
                 return false;
             }
-            let mut buf = [0u8; 64];
-            matches!(s.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"netpol probe")
+            let mut buf = [0u8; 512];
+            matches!(s.recv_from(&mut buf), Ok((n, _)) if n >= 2 && buf[..2] == query[..2])
         }),
         p => bail!("error: unsupported protocol {p:?} (TCP or UDP)"),
     }
