@@ -158,6 +158,22 @@ impl<'a> Lab<'a> {
         self.vars.get(var).cloned().unwrap_or_default()
     }
 
+    /// `netpol local exec ${VAR} -- getent hosts NAME`: the pod's resolver asks kube-dns.
+    fn resolve(&mut self, task: &'static str, var: &'static str, name: &str) -> Result<()> {
+        let pod = self.pod(var);
+        let (ns, pod_name) = pod.split_once('/').unwrap_or(("default", ""));
+        let shown = format!("netpol local exec ${{{var}}} -- getent hosts {name}");
+        let what = format!("{} resolves {name}", var.to_lowercase().replace('_', "-"));
+        self.check(
+            task,
+            &what,
+            &shown,
+            &["exec", "-n", ns, pod_name, "--", "getent", "hosts", name],
+            Expect::Ok,
+        )?;
+        Ok(())
+    }
+
     fn curl(&mut self, task: &'static str, var: &'static str, expect: Expect) -> Result<()> {
         let pod = self.pod(var);
         let name = pod.split_once('/').map(|x| x.1).unwrap_or("").to_string();
@@ -274,8 +290,10 @@ impl<'a> Lab<'a> {
         self.export(T6, "KUBE_DNS", "kube-system", "k8s-app=kube-dns")?;
         self.probe(T6, "EXAMPLE_FRONTEND", "MARIADB", "3306", true)?;
         self.apply(T6, "deny-netpol.yaml")?;
-        // "Now we have broken the communication from our front- to the backend."
+        // "Now we have broken the communication from our front- to the backend." Names
+        // still resolve: allow-dns lets the namespace's pods ask kube-dns.
         self.probe(T6, "EXAMPLE_FRONTEND", "MARIADB", "3306", false)?;
+        self.resolve(T6, "EXAMPLE_FRONTEND", "mariadb")?;
         self.probe(T6, "EXAMPLE_FRONTEND", "KUBE_DNS", "53/UDP", true)?;
         self.probe(T6, "INGRESS", "WEBSHELL", "7681", true)?;
         self.probe(T6, "EXAMPLE_FRONTEND", "WEBSHELL", "7681", false)?;
