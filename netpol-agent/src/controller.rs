@@ -353,6 +353,11 @@ impl<E: Enforcer> Agent<E> {
         {
             warn!(policy = %format!("{}/{}", key.0, key.1), "{e}; it isolates the pods it selects and allows nothing");
         }
+        for (f, limit) in
+            compiled.services_limited.iter().filter(|(f, _)| !self.compiled.services_limited.contains_key(*f))
+        {
+            warn!(frontend = %format!("{}:{}/{:?}", f.addr, f.port, f.protocol), ?limit, "Service frontend limited");
+        }
         let (_, names) = self.registry.local_endpoints();
         let synced = self.dp.apply_state(&compiled.state, &names);
         if synced.is_ok() {

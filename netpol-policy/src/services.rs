@@ -252,11 +252,50 @@ fn slice(
     }
 }
 
+/// Backends one frontend may have in `SERVICES`; past it the lowest addresses are kept.
+pub const MAX_BACKENDS: usize = 1024;
+/// Entries the node's `SERVICES` map may hold: all but a sixteenth, kept for the sync's
+/// writes before its deletions.
+pub const CAPACITY: usize = netpol_common::sizes::SERVICES as usize / 16 * 15;
+
+/// Why a frontend is not written as its Service says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FrontendLimit {
+    /// More than [`MAX_BACKENDS`] backends: only that many are used.
+    Truncated { backends: usize },
+    /// No room left in the node's map for its backends: it refuses connections.
+    NoRoom { backends: usize },
+}
+
 /// The `SERVICES` entries of the frontends: slot 0 with the backend count, then a slot per
-/// backend (addresses and ports in network order).
+/// backend (addresses and ports in network order). Bounded: see [`map_entries_within`].
 pub fn map_entries(frontends: &BTreeMap<Frontend, Vec<Backend>>) -> BTreeMap<ServiceKey, ServiceValue> {
+    map_entries_within(frontends, CAPACITY).0
+}
+
+/// The entries within `capacity`, and the frontends that did not get all their backends.
+/// Every frontend gets its slot 0 first (so a ClusterIP is always known to the hooks); then
+/// backends go in, the frontends with fewest first, so one huge Service cannot take the
+/// room of many small ones. A frontend whose backends do not fit gets none: it refuses
+/// connections at once rather than spreading them over a partial set.
+pub fn map_entries_within(
+    frontends: &BTreeMap<Frontend, Vec<Backend>>,
+    capacity: usize,
+) -> (BTreeMap<ServiceKey, ServiceValue>, BTreeMap<Frontend, FrontendLimit>) {
+    let mut limits = BTreeMap::new();
+    let mut room = capacity.saturating_sub(frontends.len());
+    let mut by_size: Vec<(&Frontend, &[Backend])> = frontends
+        .iter()
+        .map(|(f, b)| {
+            if b.len() > MAX_BACKENDS {
+                limits.insert(*f, FrontendLimit::Truncated { backends: b.len() });
+            }
+            (f, &b[..b.len().min(MAX_BACKENDS)])
+        })
+        .collect();
+    by_size.sort_by_key(|(f, b)| (b.len(), **f));
     let mut out = BTreeMap::new();
-    for (f, backends) in frontends {
+    for (f, backends) in by_size {
         let key = |slot| ServiceKey {
             addr: u32::from_ne_bytes(f.addr.octets()),
             port: f.port.to_be(),
@@ -264,8 +303,14 @@ pub fn map_entries(frontends: &BTreeMap<Frontend, Vec<Backend>>) -> BTreeMap<Ser
             _pad: 0,
             slot,
         };
-        out.insert(key(0), ServiceValue { count: backends.len() as u32, ..Default::default() });
-        for (slot, b) in (1..).zip(backends) {
+        let fits = backends.len() <= room;
+        if !fits {
+            limits.insert(*f, FrontendLimit::NoRoom { backends: backends.len() });
+        }
+        let used: &[Backend] = if fits { backends } else { &[] };
+        room -= used.len();
+        out.insert(key(0), ServiceValue { count: used.len() as u32, ..Default::default() });
+        for (slot, b) in (1..).zip(used) {
             let value = ServiceValue {
                 addr: u32::from_ne_bytes(b.addr.octets()),
                 port: b.port.to_be(),
@@ -274,7 +319,7 @@ pub fn map_entries(frontends: &BTreeMap<Frontend, Vec<Backend>>) -> BTreeMap<Ser
             out.insert(key(slot), value);
         }
     }
-    out
+    (out, limits)
 }
 
 /// The UDP backends (address, target port) that `SERVICES` entries name.

@@ -10,7 +10,9 @@ use netpol_policy::{
     compiler::{compile, Allocators},
     entries::Protocol,
     model::{Key, Model, Object},
-    services::{endpoint_slices, frontends, Backend, Frontend},
+    services::{
+        endpoint_slices, frontends, map_entries_within, Backend, Frontend, FrontendLimit, MAX_BACKENDS,
+    },
 };
 use netpol_tests::objects;
 use serde_json::{json, Value};
@@ -168,4 +170,37 @@ fn the_compiler_writes_frontends_slots_and_cluster_ips() {
         let net = ipnet::Ipv4Net::new(ip.parse().unwrap(), 32).unwrap();
         assert_eq!(c.state.ipcache[&net].identity, identity::SERVICE, "{ip}");
     }
+}
+
+#[test]
+fn the_services_map_stays_bounded_and_small_services_go_first() {
+    let backends = |n: u32| -> Vec<Backend> {
+        (0..n).map(|i| be(&Ipv4Addr::from(0x0a00_0000 + i).to_string(), 80)).collect()
+    };
+    let fronts: BTreeMap<Frontend, Vec<Backend>> = [
+        (front("10.96.0.1", 80, Protocol::Tcp), backends(3)),
+        (front("10.96.0.2", 80, Protocol::Tcp), backends(50)),
+        (front("10.96.0.3", 80, Protocol::Tcp), backends(4)),
+        (front("10.96.0.4", 80, Protocol::Tcp), backends(MAX_BACKENDS as u32 + 5)),
+    ]
+    .into();
+    // Room for the four slot 0s and 10 backends: the two small frontends, nothing else.
+    let (entries, limits) = map_entries_within(&fronts, 14);
+    assert!(entries.len() <= 14, "{}", entries.len());
+    let count = |ip| count_in(&entries, ip);
+    assert_eq!((count([10, 96, 0, 1]), count([10, 96, 0, 3])), (Some(3), Some(4)));
+    assert_eq!(count([10, 96, 0, 2]), Some(0), "a frontend without room refuses, it is not half written");
+    assert_eq!(limits[&front("10.96.0.2", 80, Protocol::Tcp)], FrontendLimit::NoRoom { backends: 50 });
+    // Plenty of room: the huge one is cut to MAX_BACKENDS, the lowest addresses kept.
+    let (entries, limits) = map_entries_within(&fronts, 10_000);
+    assert_eq!(count_in(&entries, [10, 96, 0, 4]), Some(MAX_BACKENDS as u32));
+    assert_eq!(
+        limits[&front("10.96.0.4", 80, Protocol::Tcp)],
+        FrontendLimit::Truncated { backends: MAX_BACKENDS + 5 }
+    );
+    assert_eq!(limits.len(), 1);
+}
+
+fn count_in(entries: &BTreeMap<ServiceKey, netpol_common::ServiceValue>, ip: [u8; 4]) -> Option<u32> {
+    entries.iter().find(|(k, _)| k.slot == 0 && k.addr == u32::from_ne_bytes(ip)).map(|(_, v)| v.count)
 }

@@ -55,6 +55,8 @@ pub struct Compiled {
     pub over_budget: BTreeMap<Key, BudgetError>,
     /// Local endpoints held closed because their pod is not known yet (ifindex).
     pub held_closed: BTreeSet<u32>,
+    /// Service frontends written with fewer backends than their Service has.
+    pub services_limited: BTreeMap<services::Frontend, services::FrontendLimit>,
 }
 
 /// Compiles with the default budgets.
@@ -128,7 +130,8 @@ pub fn compile_with(
         let net = Ipv4Net::new(ip, 32).expect("/32");
         out.state.ipcache.entry(net).or_insert(service);
     }
-    out.state.services = services::map_entries(&services::frontends(&model.services, &model.endpoint_slices));
+    let frontends = services::frontends(&model.services, &model.endpoint_slices);
+    (out.state.services, out.services_limited) = services::map_entries_within(&frontends, services::CAPACITY);
     out.cidrs = cidrs.ids.iter().map(|(n, id)| (*id, *n)).collect();
     out.identities = ids.info;
 
