@@ -50,6 +50,66 @@ pub fn is_cgroup(path: &Path) -> bool {
     path.join("cgroup.procs").exists()
 }
 
+/// The ids of the programs attached to the cgroup directory `dir` itself (not inherited)
+/// at one attach point (`enum bpf_attach_type`), from BPF_PROG_QUERY.
+pub fn attached_programs(dir: &Path, attach_type: u32) -> std::io::Result<Vec<u32>> {
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    /// The `query` member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct Query {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+    }
+    let cgroup = std::fs::File::open(dir)?;
+    let mut ids = vec![0u32; 64];
+    let mut q = Query {
+        target_fd: std::os::fd::AsRawFd::as_raw_fd(&cgroup) as u32,
+        attach_type,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `q` is a valid bpf_attr prefix for BPF_PROG_QUERY and `prog_ids` points at
+    // `prog_cnt` writable u32s that outlive the call.
+    let r = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, &mut q as *mut Query, std::mem::size_of::<Query>())
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    ids.truncate(q.prog_cnt as usize);
+    Ok(ids)
+}
+
+/// Makes `cmd`'s process (and everything it starts) join the cgroup `dir` before it execs.
+pub fn join_on_exec<'c>(cmd: &'c mut std::process::Command, dir: &Path) -> &'c mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let procs = std::ffi::CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes())
+        .expect("a path without NUL");
+    // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+            libc::close(fd);
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,10 +8,8 @@
 //! when the test panics; a harness never touches pins of another [`Config::name`].
 
 use std::{
-    ffi::CString,
     net::SocketAddr,
     ops::{Deref, DerefMut},
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::Command,
     sync::{Arc, Mutex, MutexGuard},
@@ -209,23 +207,7 @@ impl TestCgroup {
 
 /// Makes `cmd`'s process (and everything it starts) join the cgroup `dir` before it execs.
 pub fn join_cgroup<'c>(cmd: &'c mut Command, dir: &Path) -> &'c mut Command {
-    let procs = CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap();
-    // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-            libc::close(fd);
-            if ok {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        })
-    }
+    crate::cgroup::join_on_exec(cmd, dir)
 }
 
 impl Drop for TestCgroup {
@@ -250,40 +232,8 @@ fn remove_cgroup(path: &Path) {
 }
 
 /// How many programs are attached to the cgroup directory `dir` itself (not inherited) at
-/// the four socket hooks' attach points, from the kernel (BPF_PROG_QUERY).
+/// the four socket hooks' attach points, from the kernel.
 pub fn cgroup_programs(dir: &Path) -> usize {
-    // enum bpf_attach_type: CGROUP_INET4_CONNECT, CGROUP_UDP4_SENDMSG, CGROUP_UDP4_RECVMSG,
-    // CGROUP_INET4_GETPEERNAME.
-    const ATTACH_TYPES: [u32; 4] = [10, 14, 19, 29];
-    const BPF_PROG_QUERY: libc::c_long = 16;
-    #[repr(C)]
-    #[derive(Default)]
-    struct Query {
-        target_fd: u32,
-        attach_type: u32,
-        query_flags: u32,
-        attach_flags: u32,
-        prog_ids: u64,
-        prog_cnt: u32,
-        _pad: u32,
-    }
-    let cgroup = std::fs::File::open(dir).expect("open the cgroup");
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&cgroup) as u32;
-    ATTACH_TYPES
-        .iter()
-        .map(|&attach_type| {
-            let mut q = Query { target_fd: fd, attach_type, ..Default::default() };
-            // SAFETY: `q` is a valid bpf_attr prefix for BPF_PROG_QUERY; no ids are asked for.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_PROG_QUERY,
-                    &mut q as *mut Query,
-                    std::mem::size_of::<Query>(),
-                )
-            };
-            assert_eq!(r, 0, "BPF_PROG_QUERY: {}", std::io::Error::last_os_error());
-            q.prog_cnt as usize
-        })
-        .sum()
+    use crate::datapath::{cgroup_programs, SOCKET_HOOKS as HOOKS};
+    HOOKS.iter().map(|h| cgroup_programs(dir, h).expect("BPF_PROG_QUERY").len()).sum()
 }

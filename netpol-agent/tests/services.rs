@@ -370,3 +370,41 @@ fn a_departed_backend_gets_no_new_connections_and_its_connected_udp_sockets_are_
         "a new connection reached the departed backend: {new_flows:?}"
     );
 }
+
+/// A flow that bypassed the hooks while the pod was not isolated (kube-proxy's DNAT took it
+/// to b) is cut once the pod becomes egress-isolated, even with every egress allowed: the
+/// re-judged conntrack entry meets the same rule as a new flow.
+#[test]
+fn an_untranslated_flow_held_from_before_isolation_is_cut() {
+    let Some(mut s) = ServiceLab::new("svchold", NodeKind::KubeProxy) else { return };
+    s.lab.udp_servers("b", &[5353]);
+    s.services(&[(53, Protocol::Udp, &[(B, 5353)])]);
+    let held = HeldSocket::open(s.pod_ns("a"), |_| {}, SocketAddrV4::new(VIP, 53));
+    assert_eq!(held.first["reply"], "ping", "{}", held.first);
+    let control = HeldSocket::open(s.pod_ns("a"), |_| {}, SocketAddrV4::new(B, 5353));
+    assert_eq!(control.first["reply"], "ping");
+    s.lab.isolate("a", EP_A, A, ID_A, false, true);
+    let any = entry(EP_A, Direction::Egress, netpol_common::identity::ANY, Protocol::Any, None, None);
+    s.lab.dp().add_policy(&any, 1).unwrap();
+    let revoked = s.lab.counter(reason::DROP_POLICY_REVOKED);
+    assert_eq!(held.again()["error"], "timeout", "the bypassing flow outlived isolation");
+    assert!(s.lab.counter(reason::DROP_POLICY_REVOKED) > revoked, "not revoked");
+    assert_eq!(control.again()["reply"], "again", "the direct flow to b was cut");
+}
+
+/// `/healthz` reads this: a hook counts as in effect only while the kernel lists its
+/// program on the cgroup — a pinned link alone outlives the cgroup it was attached to.
+#[test]
+fn hooks_are_in_effect_only_while_the_kernel_runs_them_on_the_cgroup() {
+    let Some(s) = ServiceLab::new("svchlth", NodeKind::Plain) else { return };
+    assert!(s.lab.dp.socket_hooks().complete());
+    std::fs::remove_dir(s.cgroup.path()).expect("remove the (empty) cgroup");
+    let pins = s.lab.dp.pin_dir().join("links");
+    let pinned = std::fs::read_dir(&pins)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cgroup-"));
+    assert_eq!(pinned.count(), 4, "the links stay pinned");
+    let hooks = s.lab.dp.socket_hooks();
+    assert!(hooks.attached.is_empty(), "reported in effect on a removed cgroup: {hooks:?}");
+}

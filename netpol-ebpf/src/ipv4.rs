@@ -215,8 +215,8 @@ fn judge(ep: &Endpoint, dir: u8, f: &Flow, tracked: bool) -> (Decision, bool) {
     // judged in its own direction and, when allowed, tracked from here on.
     let peer = resolve(key.remote_addr);
     if dir == DIR_EGRESS && peer.identity == identity::SERVICE {
-        // The socket hooks translate ClusterIPs before a packet exists: this one bypassed
-        // them, and no policy can judge the backend it would reach.
+        // Bypassed the socket hooks (`admits` refuses it too, for re-judged flows): its
+        // own reason when isolated, counted otherwise.
         if isolated(ep, dir) {
             let d = Decision {
                 drop: true,

@@ -2,8 +2,9 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use netpol_common::{
-    identity, reason, Endpoint, IpcacheEntry, PolicyKey, RangeKey, DIR_INGRESS, EP_ISOLATED_EGRESS,
-    EP_ISOLATED_INGRESS, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, PORT_ANY, PROTO_ANY, RANGE_FIXED_BITS,
+    identity, reason, Endpoint, IpcacheEntry, PolicyKey, RangeKey, DIR_EGRESS, DIR_INGRESS,
+    EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, PORT_ANY, PROTO_ANY,
+    RANGE_FIXED_BITS,
 };
 
 use crate::maps::{IPCACHE, IPCACHE_LPM, POLICY, POLICY_RANGES};
@@ -75,12 +76,17 @@ pub fn policy_lookup(ep_id: u32, dir: u8, peer: &IpcacheEntry, proto: u8, port_b
 }
 
 /// Whether an isolated endpoint admits a flow in `dir`, with the reason and the rule: the
-/// node itself may always reach its pods (kubelet probes), anything else needs a policy
-/// entry.
+/// node itself may always reach its pods (kubelet probes); a ClusterIP never (the socket
+/// hooks translate it before a packet exists, so a packet still addressed to one bypassed
+/// them and no policy can judge the backend it would reach — for new flows and re-judged
+/// tracked ones alike); anything else needs a policy entry.
 #[inline(always)]
 pub fn admits(ep: &Endpoint, dir: u8, peer: &IpcacheEntry, proto: u8, port_be: u16) -> Option<(u8, u32)> {
     if dir == DIR_INGRESS && peer.identity == identity::HOST {
         return Some((reason::ALLOW_HOST, 0));
+    }
+    if dir == DIR_EGRESS && peer.identity == identity::SERVICE {
+        return None;
     }
     policy_lookup(ep.ep_id, dir, peer, proto, port_be).map(|rule| (reason::ALLOW_POLICY, rule))
 }

@@ -35,7 +35,7 @@ pub use bpffs::ensure_mounted as mount_bpffs;
 pub use netpol_policy::entries::{
     port_blocks, proto_name, Direction, EndpointSpec, IpcacheSpec, PolicyEntry, PolicyMapKey, Protocol,
 };
-pub use services::{SocketHooks, HOOKS as SOCKET_HOOKS};
+pub use services::{cgroup_programs, SocketHooks, HOOKS as SOCKET_HOOKS};
 
 /// The eBPF object, built from netpol-ebpf by this crate's build script.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpol.bpf.o"));
@@ -179,6 +179,8 @@ pub struct Datapath {
     events: Option<RingBuf<MapData>>,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     rev_nat: HashMap<MapData, RevNatKey, RevNatValue>,
+    /// The cgroup2 directory the socket hooks were attached to by this process.
+    cgroup: Option<PathBuf>,
 }
 
 impl Datapath {
@@ -266,6 +268,7 @@ impl Datapath {
             events,
             services,
             rev_nat,
+            cgroup: None,
         })
     }
 

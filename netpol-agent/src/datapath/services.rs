@@ -36,10 +36,27 @@ use netpol_common::maps;
 pub const HOOKS: [&str; 4] =
     [programs::CONNECT4, programs::SENDMSG4, programs::RECVMSG4, programs::GETPEERNAME4];
 
-/// Where the socket hooks are attached, if anywhere.
+/// The kernel's attach type of each hook (`enum bpf_attach_type`).
+fn attach_type(hook: &str) -> u32 {
+    match hook {
+        programs::CONNECT4 => 10, // BPF_CGROUP_INET4_CONNECT
+        programs::SENDMSG4 => 14, // BPF_CGROUP_UDP4_SENDMSG
+        programs::RECVMSG4 => 19, // BPF_CGROUP_UDP4_RECVMSG
+        _ => 29,                  // BPF_CGROUP_INET4_GETPEERNAME
+    }
+}
+
+/// The ids of the programs attached to the cgroup directory `dir` itself at `hook`'s attach
+/// point, as the kernel reports them.
+pub fn cgroup_programs(dir: &Path, hook: &str) -> std::io::Result<Vec<u32>> {
+    crate::cgroup::attached_programs(dir, attach_type(hook))
+}
+
+/// Where the socket hooks are in effect.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketHooks {
-    /// Every hook with a live pinned link.
+    /// Every hook whose link is pinned and whose program the kernel lists on the cgroup
+    /// this agent attached it to.
     pub attached: Vec<&'static str>,
 }
 
@@ -83,6 +100,7 @@ impl Datapath {
             debug!(hook = name, cgroup = %cgroup.display(), "socket hook attached");
         }
         info!(cgroup = %cgroup.display(), "socket hooks in effect");
+        self.cgroup = Some(cgroup.to_path_buf());
         Ok(())
     }
 
@@ -94,6 +112,7 @@ impl Datapath {
                 std::fs::remove_file(&pin).map_err(io_err(&pin))?;
             }
         }
+        self.cgroup = None;
         Ok(())
     }
 
@@ -106,11 +125,21 @@ impl Datapath {
         Ok((info.run_time(), info.run_count()))
     }
 
-    /// Which hooks have a live pinned link.
+    /// Which hooks are in effect: pinned, and listed by the kernel on the cgroup (a pin
+    /// alone outlives a removed cgroup or a detach by hand).
     pub fn socket_hooks(&self) -> SocketHooks {
-        let attached =
-            HOOKS.into_iter().filter(|name| PinnedLink::from_pin(self.sock_link_pin(name)).is_ok()).collect();
-        SocketHooks { attached }
+        let in_effect = |name: &&'static str| {
+            let Some(cgroup) = &self.cgroup else { return false };
+            let ours = self
+                .bpf
+                .program(name)
+                .and_then(|p| <&CgroupSockAddr>::try_from(p).ok())
+                .and_then(|p| p.info().ok())
+                .map(|info| info.id());
+            PinnedLink::from_pin(self.sock_link_pin(name)).is_ok()
+                && ours.is_some_and(|id| cgroup_programs(cgroup, name).is_ok_and(|ids| ids.contains(&id)))
+        };
+        SocketHooks { attached: HOOKS.into_iter().filter(in_effect).collect() }
     }
 
     /// Destroys, in each of `namespaces`, the connected UDP sockets the hooks translated to
