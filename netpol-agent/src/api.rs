@@ -15,15 +15,15 @@ use axum::{
     Json, Router,
 };
 use netpol_api::{
-    ApiError, EndpointRequest, NodeInfo, ObjectQuery, PATH_ENDPOINTS, PATH_EVENTS, PATH_HEALTH, PATH_METRICS,
-    PATH_NODE, PATH_OBJECTS,
+    resources::ResourceKind, ApiError, EndpointRequest, NodeInfo, ObjectQuery, PATH_ENDPOINTS, PATH_EVENTS,
+    PATH_HEALTH, PATH_METRICS, PATH_NODE, PATH_OBJECTS,
 };
 use serde_json::Value;
 
 use crate::{
     controller::{Agent, AgentError},
     endpoints::EndpointError,
-    sources::local::{StoreError, KINDS},
+    sources::local::StoreError,
 };
 
 pub type Shared = Arc<Mutex<Agent>>;
@@ -161,11 +161,8 @@ async fn apply(State(st): State<Shared>, Json(objects): Json<Vec<Value>>) -> Res
     reply(blocking(st, move |a| a.apply_objects(objects)).await)
 }
 
-fn store_kind(q: &ObjectQuery) -> Result<String, Failure> {
-    KINDS
-        .iter()
-        .find(|k| k.0 == q.kind)
-        .map(|k| k.0.to_string())
+fn store_kind(q: &ObjectQuery) -> Result<ResourceKind, Failure> {
+    ResourceKind::from_kind(&q.kind)
         .ok_or_else(|| Failure(StatusCode::BAD_REQUEST, format!("unknown kind {:?}", q.kind)))
 }
 
@@ -174,7 +171,7 @@ async fn objects(State(st): State<Shared>, Query(q): Query<ObjectQuery>) -> Resp
         Ok(k) => k,
         Err(f) => return f.into_response(),
     };
-    reply(blocking(st, move |a| Ok(a.objects(&kind))).await)
+    reply(blocking(st, move |a| Ok(a.objects(kind))).await)
 }
 
 async fn delete_object(State(st): State<Shared>, Query(q): Query<ObjectQuery>) -> Response {

@@ -24,7 +24,10 @@ use k8s_openapi::{
     api::core::v1::{Node, NodeAddress, NodeStatus},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use netpol_api::{EndpointRequest, EndpointStatus, NodeInfo, ObjectResult};
+use netpol_api::{
+    resources::{Object as Stored, ResourceKind},
+    EndpointRequest, EndpointStatus, NodeInfo, ObjectResult,
+};
 use serde_json::Value;
 use tracing::{info, warn};
 
@@ -42,7 +45,7 @@ use crate::{
     enforcer::Enforcer,
     metrics::{self, Metrics, Snapshot},
     sources::{
-        local::{key_of, to_object, LocalStore, StoreError, StoreKey},
+        local::{model_kind, to_object, LocalStore, StoreError, StoreKey},
         Change, WATCHED,
     },
 };
@@ -150,17 +153,11 @@ fn local_snapshot(node_name: &str, store: &LocalStore) -> Vec<Change> {
     let mut changes = vec![Change::Upsert(Object::Node(Box::new(node)))];
     let mut keys: BTreeMap<Kind, BTreeSet<Key>> = BTreeMap::new();
     keys.entry(Kind::Node).or_default().insert((String::new(), node_name.to_string()));
-    for (key, v) in store.objects() {
-        match to_object(v) {
-            Ok(Some(o)) => {
-                if let Some(kind) = crate::sources::local::kind_of(&key.0) {
-                    keys.entry(kind).or_default().insert((key.1.clone(), key.2.clone()));
-                }
-                changes.push(Change::Upsert(o));
-            }
-            Ok(None) => {}
-            Err(e) => warn!("stored {key:?} unreadable: {e}"),
+    for (key, o) in store.objects() {
+        if let Some(kind) = model_kind(key.0) {
+            keys.entry(kind).or_default().insert((key.1.clone(), key.2.clone()));
         }
+        changes.extend(to_object(o).map(Change::Upsert));
     }
     changes.extend(WATCHED.iter().map(|k| Change::Relisted(*k, keys.remove(k).unwrap_or_default())));
     changes
@@ -478,9 +475,9 @@ impl<E: Enforcer> Agent<E> {
         let mut trial = self.model.clone();
         let mut results = Vec::new();
         let mut changes = Vec::new();
-        for mut v in objects {
-            let (kind, namespace, name) = match key_of(&v) {
-                Ok(k) => k,
+        for v in objects {
+            let mut o = match Stored::from_value(v) {
+                Ok(o) => o,
                 Err(e) => {
                     let r = ObjectResult {
                         kind: String::new(),
@@ -493,21 +490,23 @@ impl<E: Enforcer> Agent<E> {
                     continue;
                 }
             };
-            let mut r = ObjectResult { kind, namespace, name, result: None, error: None };
-            if let Err(e) = self.store.as_ref().expect("local").complete(&mut v) {
+            let (kind, namespace, name) = o.key();
+            let mut r = ObjectResult { kind: kind.to_string(), namespace, name, result: None, error: None };
+            if let Err(e) = self.store.as_ref().expect("local").complete(&mut o) {
                 r.error = Some(e.to_string());
                 results.push(r);
                 continue;
             }
-            let admitted = to_object(&v).map_err(AgentError::from).and_then(|o| match o {
-                Some(o) => self.admit(&mut trial, &o).map(|()| Some(o)),
-                None => Ok(None),
-            });
+            let model_object = to_object(&o);
+            let admitted = match &model_object {
+                Some(m) => self.admit(&mut trial, m),
+                None => Ok(()),
+            };
             match admitted {
-                Ok(obj) => {
-                    let action = self.store.as_mut().expect("local").put(v)?;
+                Ok(()) => {
+                    let action = self.store.as_mut().expect("local").put(o)?;
                     r.result = Some(action.as_str().to_string());
-                    changes.extend(obj.map(Change::Upsert));
+                    changes.extend(model_object.map(Change::Upsert));
                 }
                 Err(e) => {
                     self.metrics.policies_rejected.inc();
@@ -565,7 +564,7 @@ impl<E: Enforcer> Agent<E> {
             return Ok(false);
         }
         let (kind, ns, name) = key;
-        if let Some(kind) = crate::sources::local::kind_of(kind) {
+        if let Some(kind) = model_kind(*kind) {
             let (_, synced) = self.handle(vec![Change::Delete(kind, ns.clone(), name.clone())]);
             synced?;
         }
@@ -573,12 +572,12 @@ impl<E: Enforcer> Agent<E> {
     }
 
     /// Objects of the local store, of one kind.
-    pub fn objects(&self, kind: &str) -> Vec<Value> {
+    pub fn objects(&self, kind: ResourceKind) -> Vec<Stored> {
         self.store
             .iter()
             .flat_map(|s| s.objects())
-            .filter(|((k, _, _), _)| k == kind)
-            .map(|(_, v)| v.clone())
+            .filter(|((k, _, _), _)| *k == kind)
+            .map(|(_, o)| o.clone())
             .collect()
     }
 

@@ -190,7 +190,7 @@ fn local_services_follow_their_pods_and_departed_udp_backends_are_released() {
         .collect();
     assert_eq!(slots, BTreeSet::from([5353]));
     // d2 goes: its address is released (its connected sockets destroyed), d1 stays.
-    a.delete_object(&("Pod".into(), "x".into(), "d2".into())).unwrap();
+    a.delete_object(&(netpol_api::resources::ResourceKind::Pod, "x".into(), "d2".into())).unwrap();
     assert_eq!(frontend(&a), Some(1));
     let released: Vec<String> = a.enforcer().released.iter().map(|s| s.to_string()).collect();
     assert_eq!(released, vec!["10.0.0.6:5353"]);

@@ -19,6 +19,8 @@
 
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "resources")]
+pub mod resources;
 
 use std::net::Ipv4Addr;
 

@@ -23,7 +23,7 @@ use std::{
 use k8s_openapi::api::core::v1::Service;
 use netpol_api::{
     client::{self, Method},
-    PATH_OBJECTS,
+    resources::{objects_path, ResourceKind},
 };
 
 use hickory_proto::{
@@ -94,7 +94,7 @@ impl Source {
                 return zone.clone();
             }
         }
-        let path = format!("{PATH_OBJECTS}?kind=Service");
+        let path = objects_path(ResourceKind::Service);
         let fetched = client::call(&self.socket, Method::GET, &path, None, Duration::from_secs(2))
             .ok()
             .and_then(|(status, body)| status.is_success().then_some(body))

@@ -36,7 +36,7 @@ fn serve_http(stream: TcpStream, pod: String) {
             "HTTP/1.1 {status}\r\nX-Powered-By: netpol local responder\r\nContent-Type: text/html; charset=UTF-8\r\n\
              Content-Length: {}\r\nDate: {}\r\nConnection: keep-alive\r\n\r\n",
             body.len(),
-            crate::calendar::http_date(crate::calendar::unix_now())
+            crate::local::now().0.format("%a, %d %b %Y %H:%M:%S GMT")
         );
         if w.write_all(head.as_bytes()).is_err() || (send_body && w.write_all(body.as_bytes()).is_err()) {
             return;

@@ -6,12 +6,15 @@
 
 use std::{
     collections::BTreeMap,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
 use ipnet::Ipv4Net;
-use serde_json::{json, Value};
+use netpol_api::resources::{Object as Stored, ObjectError, ObjectKey, ResourceKind};
+use serde_json::Value;
 
+use k8s_openapi::api::core::v1::Service;
 use netpol_policy::model::{Kind, Object};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,8 +25,14 @@ pub enum StoreError {
     Io { path: PathBuf, msg: String },
 }
 
-/// kind (as the API names it), namespace ("" for cluster-scoped kinds), name
-pub type StoreKey = (String, String, String);
+impl From<ObjectError> for StoreError {
+    fn from(e: ObjectError) -> Self {
+        StoreError::Invalid(e.0)
+    }
+}
+
+/// kind, namespace ("" for cluster-scoped kinds), name
+pub type StoreKey = ObjectKey;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -44,13 +53,13 @@ impl Action {
 
 pub struct LocalStore {
     path: PathBuf,
-    objects: BTreeMap<StoreKey, Value>,
+    objects: BTreeMap<StoreKey, Stored>,
     /// Where ClusterIPs come from (the API server's `--service-cluster-ip-range`).
     service_cidr: Ipv4Net,
 }
 
 /// kube-apiserver's default Service range.
-pub const DEFAULT_SERVICE_CIDR: Ipv4Net = match Ipv4Net::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 16) {
+pub const DEFAULT_SERVICE_CIDR: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 16) {
     Ok(n) => n,
     Err(_) => panic!("a valid range"),
 };
@@ -63,75 +72,28 @@ fn dynamic_start(range: Ipv4Net) -> u32 {
     (size / 16).clamp(16, 256) as u32
 }
 
-/// The kinds the store takes, with their apiVersion and whether they are namespaced.
-pub const KINDS: [(&str, &str, bool); 6] = [
-    ("Namespace", "v1", false),
-    ("Node", "v1", false),
-    ("Pod", "v1", true),
-    ("Service", "v1", true),
-    ("Deployment", "apps/v1", true),
-    ("NetworkPolicy", "networking.k8s.io/v1", true),
-];
-
-/// The model kind of a store kind (None for Deployments).
-pub fn kind_of(name: &str) -> Option<Kind> {
-    match name {
-        "Namespace" => Some(Kind::Namespace),
-        "Pod" => Some(Kind::Pod),
-        "NetworkPolicy" => Some(Kind::NetworkPolicy),
-        "Node" => Some(Kind::Node),
-        "Service" => Some(Kind::Service),
-        _ => None,
+/// The model kind of a stored kind (None for Deployments, which only the runtime reads).
+pub fn model_kind(kind: ResourceKind) -> Option<Kind> {
+    match kind {
+        ResourceKind::Namespace => Some(Kind::Namespace),
+        ResourceKind::Pod => Some(Kind::Pod),
+        ResourceKind::NetworkPolicy => Some(Kind::NetworkPolicy),
+        ResourceKind::Node => Some(Kind::Node),
+        ResourceKind::Service => Some(Kind::Service),
+        ResourceKind::Deployment => None,
     }
 }
 
-/// The store key of a JSON object, checking kind, apiVersion and name.
-pub fn key_of(v: &Value) -> Result<StoreKey, StoreError> {
-    let bad = |m: String| StoreError::Invalid(m);
-    let kind = v.get("kind").and_then(Value::as_str).ok_or_else(|| bad("object has no kind".into()))?;
-    let names: Vec<&str> = KINDS.iter().map(|k| k.0).collect();
-    let (_, want, namespaced) = KINDS
-        .iter()
-        .find(|k| k.0 == kind)
-        .ok_or_else(|| bad(format!("unknown kind {kind:?} (known: {})", names.join(", "))))?;
-    let api = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    if api != *want {
-        return Err(bad(format!("{kind} needs apiVersion {want}, not {api:?}")));
-    }
-    let meta = v.get("metadata");
-    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("");
-    if name.is_empty() {
-        return Err(bad(format!("{kind} has no metadata.name")));
-    }
-    let ns = if *namespaced {
-        meta.and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or("default").to_string()
-    } else {
-        String::new()
-    };
-    Ok((kind.to_string(), ns, name.to_string()))
-}
-
-/// The model object of a JSON object; None for the kinds the model does not use.
-pub fn to_object(v: &Value) -> Result<Option<Object>, StoreError> {
-    let (kind, _, name) = key_of(v)?;
-    let err = |e: serde_json::Error| StoreError::Invalid(format!("{kind} {name}: {e}"));
-    Ok(Some(match kind_of(&kind) {
-        Some(Kind::Namespace) => Object::Namespace(Box::new(serde_json::from_value(v.clone()).map_err(err)?)),
-        Some(Kind::Pod) => Object::Pod(Box::new(serde_json::from_value(v.clone()).map_err(err)?)),
-        Some(Kind::NetworkPolicy) => {
-            Object::NetworkPolicy(Box::new(serde_json::from_value(v.clone()).map_err(err)?))
-        }
-        Some(Kind::Node) => Object::Node(Box::new(serde_json::from_value(v.clone()).map_err(err)?)),
-        Some(Kind::Service) => Object::Service(Box::new(serde_json::from_value(v.clone()).map_err(err)?)),
-        Some(Kind::EndpointSlice) => {
-            Object::EndpointSlice(Box::new(serde_json::from_value(v.clone()).map_err(err)?))
-        }
-        None => {
-            // Still a valid object of its type.
-            serde_json::from_value::<k8s_openapi::api::apps::v1::Deployment>(v.clone()).map_err(err)?;
-            return Ok(None);
-        }
-    }))
+/// The model object of a stored object; None for the kinds the model does not use.
+pub fn to_object(o: &Stored) -> Option<Object> {
+    Some(match o.clone() {
+        Stored::Namespace(n) => Object::Namespace(n),
+        Stored::Pod(p) => Object::Pod(p),
+        Stored::NetworkPolicy(np) => Object::NetworkPolicy(np),
+        Stored::Node(n) => Object::Node(n),
+        Stored::Service(s) => Object::Service(s),
+        Stored::Deployment(_) => return None,
+    })
 }
 
 impl LocalStore {
@@ -146,7 +108,8 @@ impl LocalStore {
         };
         let mut objects = BTreeMap::new();
         for v in list {
-            objects.insert(key_of(&v)?, v);
+            let o = Stored::from_value(v)?;
+            objects.insert(o.key(), o);
         }
         Ok(LocalStore { path, objects, service_cidr })
     }
@@ -154,39 +117,39 @@ impl LocalStore {
     fn save(&self) -> Result<(), StoreError> {
         let io = |e: String| StoreError::Io { path: self.path.clone(), msg: e };
         let tmp = self.path.with_extension("json.tmp");
-        let list: Vec<&Value> = self.objects.values().collect();
+        let list: Vec<&Stored> = self.objects.values().collect();
         std::fs::write(&tmp, serde_json::to_vec_pretty(&list).map_err(|e| io(e.to_string()))?)
             .map_err(|e| io(e.to_string()))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| io(e.to_string()))
     }
 
-    pub fn objects(&self) -> impl Iterator<Item = (&StoreKey, &Value)> {
+    pub fn objects(&self) -> impl Iterator<Item = (&StoreKey, &Stored)> {
         self.objects.iter()
     }
 
-    pub fn get(&self, key: &StoreKey) -> Option<&Value> {
+    pub fn get(&self, key: &StoreKey) -> Option<&Stored> {
         self.objects.get(key)
     }
 
-    /// Stores an object (already accepted by the model).
     /// Fills in what the API server sets on write (a Service's ClusterIP), or refuses the
     /// object as it would.
-    pub fn complete(&self, v: &mut Value) -> Result<(), StoreError> {
-        let key = key_of(v)?;
-        if key.0 == "Service" {
-            self.assign_cluster_ip(&key, v)?;
+    pub fn complete(&self, o: &mut Stored) -> Result<(), StoreError> {
+        let key = o.key();
+        if let Stored::Service(svc) = o {
+            self.assign_cluster_ip(&key, svc)?;
         }
         Ok(())
     }
 
-    pub fn put(&mut self, v: Value) -> Result<Action, StoreError> {
-        let key = key_of(&v)?;
+    /// Stores an object (already accepted by the model).
+    pub fn put(&mut self, o: Stored) -> Result<Action, StoreError> {
+        let key = o.key();
         let action = match self.objects.get(&key) {
             None => Action::Created,
-            Some(old) if *old == v => return Ok(Action::Unchanged),
+            Some(old) if *old == o => return Ok(Action::Unchanged),
             Some(_) => Action::Configured,
         };
-        self.objects.insert(key, v);
+        self.objects.insert(key, o);
         self.save()?;
         Ok(action)
     }
@@ -195,9 +158,9 @@ impl LocalStore {
     /// the one it had, or a free one of the range; one that names its own must name an
     /// address of the range no other Service has (or `None`: headless). ExternalName
     /// Services get none.
-    fn assign_cluster_ip(&self, key: &StoreKey, v: &mut Value) -> Result<(), StoreError> {
-        let spec = &v["spec"];
-        if spec["type"] == "ExternalName" {
+    fn assign_cluster_ip(&self, key: &StoreKey, svc: &mut Service) -> Result<(), StoreError> {
+        let spec = svc.spec.get_or_insert_with(Default::default);
+        if spec.type_.as_deref() == Some("ExternalName") {
             return Ok(());
         }
         let invalid = |ip: &str, why: String| {
@@ -206,13 +169,16 @@ impl LocalStore {
                 key.2
             ))
         };
-        let had = self.objects.get(key).and_then(|o| o["spec"]["clusterIP"].as_str().map(str::to_string));
-        let asked = spec["clusterIP"].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+        let had = match self.objects.get(key) {
+            Some(Stored::Service(old)) => old.spec.as_ref().and_then(|s| s.cluster_ip.clone()),
+            _ => None,
+        };
+        let asked = spec.cluster_ip.clone().filter(|s| !s.is_empty());
         let ip = match (asked, had) {
             (Some(a), Some(h)) if a != h => return Err(invalid(&a, "field is immutable".into())),
             (Some(a), _) if a == "None" => a,
             (Some(a), _) => {
-                let parsed: std::net::Ipv4Addr =
+                let parsed: Ipv4Addr =
                     a.parse().map_err(|_| invalid(&a, "must be a valid IPv4 address".into()))?;
                 if !self.service_cidr.contains(&parsed) {
                     let why = format!(
@@ -229,33 +195,34 @@ impl LocalStore {
             (None, Some(h)) => h,
             (None, None) => self.free_cluster_ip(key)?.to_string(),
         };
-        v["spec"]["clusterIP"] = json!(ip);
-        v["spec"]["clusterIPs"] = json!([ip]);
-        if v["spec"]["type"].is_null() {
-            v["spec"]["type"] = json!("ClusterIP");
-        }
+        spec.cluster_ips = Some(vec![ip.clone()]);
+        spec.cluster_ip = Some(ip);
+        spec.type_.get_or_insert_with(|| "ClusterIP".into());
         Ok(())
     }
 
     /// The ClusterIPs of every Service but `except`.
-    fn cluster_ips_in_use(&self, except: &StoreKey) -> std::collections::BTreeSet<std::net::Ipv4Addr> {
+    fn cluster_ips_in_use(&self, except: &StoreKey) -> std::collections::BTreeSet<Ipv4Addr> {
         self.objects
             .iter()
-            .filter(|(k, _)| k.0 == "Service" && *k != except)
-            .filter_map(|(_, o)| o["spec"]["clusterIP"].as_str()?.parse().ok())
+            .filter(|(k, _)| *k != except)
+            .filter_map(|(_, o)| match o {
+                Stored::Service(s) => s.spec.as_ref()?.cluster_ip.as_deref()?.parse().ok(),
+                _ => None,
+            })
             .collect()
     }
 
     /// The first free address of the dynamic band, then of the static one (never the
     /// range's first address).
-    fn free_cluster_ip(&self, key: &StoreKey) -> Result<std::net::Ipv4Addr, StoreError> {
+    fn free_cluster_ip(&self, key: &StoreKey) -> Result<Ipv4Addr, StoreError> {
         let used = self.cluster_ips_in_use(key);
         let base = u32::from(self.service_cidr.network());
         let size = 1u32 << (32 - self.service_cidr.prefix_len()).min(31);
         let start = dynamic_start(self.service_cidr).min(size - 1);
         (start..size.saturating_sub(1))
             .chain(1..start)
-            .map(|i| std::net::Ipv4Addr::from(base + i))
+            .map(|i| Ipv4Addr::from(base + i))
             .find(|ip| !used.contains(ip))
             .ok_or_else(|| StoreError::Invalid(format!("no ClusterIP left in {}", self.service_cidr)))
     }

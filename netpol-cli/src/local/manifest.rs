@@ -1,27 +1,13 @@
 //! Reading manifests as kubectl does: multi-document YAML (or JSON), `List`s expanded,
 //! errors that name the file and the line.
 
+use netpol_api::resources::{Object, ResourceKind};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// The kinds local mode knows, as (kind, apiVersion, resource name for messages).
-pub const KINDS: [(&str, &str, &str); 6] = [
-    ("Namespace", "v1", "namespace"),
-    ("Pod", "v1", "pod"),
-    ("Service", "v1", "service"),
-    ("Deployment", "apps/v1", "deployment.apps"),
-    ("NetworkPolicy", "networking.k8s.io/v1", "networkpolicy.networking.k8s.io"),
-    ("Node", "v1", "node"),
-];
-
-/// `deployment.apps/frontend`
-pub fn resource_name(kind: &str) -> &'static str {
-    KINDS.iter().find(|k| k.0 == kind).map(|k| k.2).unwrap_or("object")
-}
-
 /// The objects of one manifest text; `source` names it in errors.
-pub fn parse(text: &str, source: &str) -> Result<Vec<Value>, String> {
-    let mut out = Vec::new();
+pub fn parse(text: &str, source: &str) -> Result<Vec<Object>, String> {
+    let mut values = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
         let v = Value::deserialize(doc).map_err(|e| {
             let at = e.location().map(|l| format!("line {}: ", l.line())).unwrap_or_default();
@@ -30,31 +16,31 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<Value>, String> {
         match v {
             Value::Null => continue,
             Value::Object(_) if v["kind"] == "List" => {
-                out.extend(v["items"].as_array().cloned().unwrap_or_default());
+                values.extend(v["items"].as_array().cloned().unwrap_or_default());
             }
-            Value::Object(_) => out.push(v),
+            Value::Object(_) => values.push(v),
             _ => return Err(format!("error parsing {source}: a document is not an object")),
         }
     }
-    for v in &out {
-        let kind = v["kind"].as_str().unwrap_or("");
-        let api = v["apiVersion"].as_str().unwrap_or("");
-        if !KINDS.iter().any(|k| k.0 == kind && k.1 == api) {
-            return Err(format!(
-                "error: resource mapping not found for name: {:?} namespace: {:?} from {source:?}: no matches for kind {kind:?} in version {api:?}",
-                v["metadata"]["name"].as_str().unwrap_or(""),
-                v["metadata"]["namespace"].as_str().unwrap_or("")
-            ));
-        }
-        if v["metadata"]["name"].as_str().unwrap_or("").is_empty() {
-            return Err(format!("error: error validating {source:?}: a {kind} has no metadata.name"));
-        }
+    values.into_iter().map(|v| typed(v, source)).collect()
+}
+
+/// One document as a typed object, or kubectl's error for it.
+fn typed(v: Value, source: &str) -> Result<Object, String> {
+    let kind = v["kind"].as_str().unwrap_or("");
+    let api = v["apiVersion"].as_str().unwrap_or("");
+    if ResourceKind::from_kind(kind).is_none_or(|k| k.api_version() != api) {
+        return Err(format!(
+            "error: resource mapping not found for name: {:?} namespace: {:?} from {source:?}: no matches for kind {kind:?} in version {api:?}",
+            v["metadata"]["name"].as_str().unwrap_or(""),
+            v["metadata"]["namespace"].as_str().unwrap_or("")
+        ));
     }
-    Ok(out)
+    Object::from_value(v).map_err(|e| format!("error: error validating {source:?}: {e}"))
 }
 
 /// Reads FILE, every *.yaml/*.yml/*.json of DIR (sorted), or stdin for "-".
-pub fn read(path: &str) -> Result<Vec<Value>, String> {
+pub fn read(path: &str) -> Result<Vec<Object>, String> {
     if path == "-" {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
@@ -93,6 +79,8 @@ mod tests {
         assert!(e.contains("x.yaml") && e.contains("line"), "{e}");
         let e = parse("apiVersion: v1\nkind: Frob\nmetadata: {name: a}\n", "x.yaml").unwrap_err();
         assert!(e.contains("no matches for kind \"Frob\""), "{e}");
+        let e = parse("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: c, ports: [{containerPort: http}]}]}\n", "x.yaml").unwrap_err();
+        assert!(e.contains("x.yaml") && e.contains("spec.containers[0].ports[0].containerPort"), "{e}");
         let ok = parse("---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n---\napiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: b}}\n", "x").unwrap();
         assert_eq!(ok.len(), 2);
     }

@@ -1,63 +1,65 @@
 //! `get` as kubectl prints it: tables (plain and wide), JSON/YAML Lists, names, and the
 //! jsonpath subset the lab uses (`{.items[0].metadata.name}`, `[*]`, literal text).
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Result};
+use k8s_openapi::{
+    api::core::v1::Pod,
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, Time},
+};
+use netpol_api::resources::{Object, ResourceKind};
 use serde_json::{json, Value};
 
-/// KIND as typed (pods, po, deploy, svc, netpol, ns, ...) → the API kind.
-pub fn kind_from_alias(s: &str) -> Result<&'static str> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "pod" | "pods" | "po" => "Pod",
-        "deployment" | "deployments" | "deploy" | "deployment.apps" | "deployments.apps" => "Deployment",
-        "service" | "services" | "svc" => "Service",
-        "networkpolicy" | "networkpolicies" | "netpol" | "networkpolicies.networking.k8s.io" => {
-            "NetworkPolicy"
-        }
-        "namespace" | "namespaces" | "ns" => "Namespace",
-        "node" | "nodes" | "no" => "Node",
-        _ => bail!("error: the server doesn't have a resource type {s:?}"),
-    })
+/// How `get` prints (`-o`): kubectl's table, wide table, YAML, JSON, names, or a jsonpath.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Wide,
+    Yaml,
+    Json,
+    Name,
+    JsonPath(String),
 }
 
-pub fn plural(kind: &str) -> &'static str {
-    match kind {
-        "Pod" => "pods",
-        "Deployment" => "deployments",
-        "Service" => "services",
-        "NetworkPolicy" => "networkpolicies",
-        "Namespace" => "namespaces",
-        _ => "nodes",
-    }
-}
+impl std::str::FromStr for Format {
+    type Err = String;
 
-/// `deployments.apps`, as kubectl's NotFound errors name a resource.
-pub fn plural_resource(kind: &str) -> String {
-    match kind {
-        "Deployment" => "deployments.apps".into(),
-        "NetworkPolicy" => "networkpolicies.networking.k8s.io".into(),
-        k => plural(k).into(),
+    fn from_str(s: &str) -> Result<Format, String> {
+        Ok(match s {
+            "wide" => Format::Wide,
+            "yaml" => Format::Yaml,
+            "json" => Format::Json,
+            "name" => Format::Name,
+            _ => match s.strip_prefix("jsonpath=") {
+                Some(expr) => Format::JsonPath(expr.to_string()),
+                None => {
+                    return Err(format!("unable to match a printer suitable for the output format {s:?}"))
+                }
+            },
+        })
     }
 }
 
 /// An equality-based label selector: `a=b,c!=d,e,!f` (also `==`).
-pub fn selector_matches(sel: &str, labels: &Value) -> bool {
+pub fn selector_matches(sel: &str, labels: &BTreeMap<String, String>) -> bool {
+    let value = |k: &str| labels.get(k.trim()).map(String::as_str);
     sel.split(',').map(str::trim).filter(|t| !t.is_empty()).all(|term| {
         if let Some((k, v)) = term.split_once("!=") {
-            labels[k.trim()].as_str() != Some(v.trim())
+            value(k) != Some(v.trim())
         } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-            labels[k.trim()].as_str() == Some(v.trim())
+            value(k) == Some(v.trim())
         } else if let Some(k) = term.strip_prefix('!') {
-            labels[k.trim()].is_null()
+            value(k).is_none()
         } else {
-            !labels[term].is_null()
+            value(term).is_some()
         }
     })
 }
 
-fn age(obj: &Value) -> String {
-    let then = obj["metadata"]["creationTimestamp"].as_str().and_then(crate::calendar::parse_rfc3339);
-    let Some(then) = then else { return "<unknown>".into() };
-    let s = crate::calendar::unix_now().saturating_sub(then);
+fn age(created: Option<&Time>) -> String {
+    let Some(then) = created else { return "<unknown>".into() };
+    let s = (super::now().0 - then.0).num_seconds().max(0);
     match s {
         0..=119 => format!("{s}s"),
         120..=7199 => format!("{}m", s / 60),
@@ -66,22 +68,11 @@ fn age(obj: &Value) -> String {
     }
 }
 
-fn selector_text(sel: &Value) -> String {
-    let mut parts: Vec<String> = sel["matchLabels"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-        .collect();
-    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
-        let vals: Vec<&str> =
-            e["values"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
-        parts.push(format!(
-            "{} {} ({})",
-            e["key"].as_str().unwrap_or(""),
-            e["operator"].as_str().unwrap_or("").to_lowercase(),
-            vals.join(",")
-        ));
+fn selector_text(sel: &LabelSelector) -> String {
+    let mut parts: Vec<String> = sel.match_labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+    for e in sel.match_expressions.iter().flatten() {
+        let vals = e.values.as_deref().unwrap_or_default().join(",");
+        parts.push(format!("{} {} ({vals})", e.key, e.operator.to_lowercase()));
     }
     if parts.is_empty() {
         "<none>".into()
@@ -90,84 +81,97 @@ fn selector_text(sel: &Value) -> String {
     }
 }
 
+fn header(kind: ResourceKind, wide: bool) -> Vec<&'static str> {
+    match kind {
+        ResourceKind::Pod if wide => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"],
+        ResourceKind::Pod => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        ResourceKind::Deployment => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        ResourceKind::Service => vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
+        ResourceKind::NetworkPolicy => vec!["NAME", "POD-SELECTOR", "AGE"],
+        ResourceKind::Namespace | ResourceKind::Node => vec!["NAME", "STATUS", "AGE"],
+    }
+}
+
+/// One row of kubectl's table, after the NAME column.
+fn columns(o: &Object, wide: bool, pods: &[Pod]) -> Vec<String> {
+    let created = age(o.meta().creation_timestamp.as_ref());
+    match o {
+        Object::Pod(p) => {
+            let status = p.status.clone().unwrap_or_default();
+            let ready = if status.pod_ip.is_some() { "1/1" } else { "0/1" };
+            let mut r =
+                vec![ready.into(), status.phase.unwrap_or_else(|| "Pending".into()), "0".into(), created];
+            if wide {
+                r.push(status.pod_ip.unwrap_or_else(|| "<none>".into()));
+                r.push(p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_else(|| "<none>".into()));
+            }
+            r
+        }
+        Object::Deployment(d) => {
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let owner = format!("Deployment/{}", o.name());
+            let have = pods
+                .iter()
+                .filter(|p| p.metadata.namespace.as_deref() == Some(o.namespace()))
+                .filter(|p| {
+                    let owned = p.metadata.annotations.as_ref().and_then(|a| a.get(super::objects::OWNER));
+                    owned == Some(&owner)
+                })
+                .filter(|p| p.status.as_ref().is_some_and(|s| s.pod_ip.is_some()))
+                .count();
+            vec![format!("{have}/{want}"), have.to_string(), have.to_string(), created]
+        }
+        Object::Service(s) => {
+            let spec = s.spec.clone().unwrap_or_default();
+            let ports: Vec<String> = spec
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP")))
+                .collect();
+            vec![
+                spec.type_.unwrap_or_else(|| "ClusterIP".into()),
+                spec.cluster_ip.unwrap_or_else(|| "<none>".into()),
+                "<none>".into(),
+                ports.join(","),
+                created,
+            ]
+        }
+        Object::NetworkPolicy(np) => {
+            let selector = np
+                .spec
+                .as_ref()
+                .and_then(|s| s.pod_selector.as_ref())
+                .map(selector_text)
+                .unwrap_or_else(|| "<none>".into());
+            vec![selector, created]
+        }
+        Object::Namespace(_) | Object::Node(_) => vec!["Active".into(), created],
+    }
+}
+
 /// The table of one kind (rows already filtered), kubectl's columns; `prefix` goes before
 /// each name (`deployment.apps/` when several kinds are listed).
 pub fn table(
-    kind: &str,
-    objs: &[Value],
+    kind: ResourceKind,
+    objs: &[Object],
     all_namespaces: bool,
     wide: bool,
-    pods: &[Value],
+    pods: &[Pod],
     prefix: &str,
 ) -> String {
+    let namespaced = all_namespaces && kind.namespaced();
     let mut rows: Vec<Vec<String>> = Vec::new();
-    let head: Vec<&str> = match kind {
-        "Pod" if wide => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"],
-        "Pod" => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
-        "Deployment" => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
-        "Service" => vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
-        "NetworkPolicy" => vec!["NAME", "POD-SELECTOR", "AGE"],
-        "Namespace" => vec!["NAME", "STATUS", "AGE"],
-        _ => vec!["NAME", "STATUS", "AGE"],
-    };
-    let mut header: Vec<String> = head.iter().map(|s| s.to_string()).collect();
-    if all_namespaces && kind != "Namespace" && kind != "Node" {
-        header.insert(0, "NAMESPACE".into());
+    let mut head: Vec<String> = header(kind, wide).iter().map(|s| s.to_string()).collect();
+    if namespaced {
+        head.insert(0, "NAMESPACE".into());
     }
-    rows.push(header);
+    rows.push(head);
     for o in objs {
-        let bare = o["metadata"]["name"].as_str().unwrap_or("").to_string();
-        let name = format!("{prefix}{bare}");
-        let mut row = match kind {
-            "Pod" => {
-                let ready = if o["status"]["podIP"].is_string() { "1/1" } else { "0/1" };
-                let mut r = vec![
-                    name,
-                    ready.into(),
-                    o["status"]["phase"].as_str().unwrap_or("Pending").into(),
-                    "0".into(),
-                    age(o),
-                ];
-                if wide {
-                    r.push(o["status"]["podIP"].as_str().unwrap_or("<none>").into());
-                    r.push(o["spec"]["nodeName"].as_str().unwrap_or("<none>").into());
-                }
-                r
-            }
-            "Deployment" => {
-                let want = o["spec"]["replicas"].as_u64().unwrap_or(1);
-                let ns = o["metadata"]["namespace"].as_str();
-                let have = pods
-                    .iter()
-                    .filter(|p| p["metadata"]["namespace"].as_str() == ns)
-                    .filter(|p| {
-                        p["metadata"]["annotations"]["netpol.io/owner"] == json!(format!("Deployment/{bare}"))
-                    })
-                    .filter(|p| p["status"]["podIP"].is_string())
-                    .count();
-                vec![name, format!("{have}/{want}"), have.to_string(), have.to_string(), age(o)]
-            }
-            "Service" => {
-                let ports: Vec<String> = o["spec"]["ports"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP")))
-                    .collect();
-                vec![
-                    name,
-                    o["spec"]["type"].as_str().unwrap_or("ClusterIP").into(),
-                    o["spec"]["clusterIP"].as_str().unwrap_or("<none>").into(),
-                    "<none>".into(),
-                    ports.join(","),
-                    age(o),
-                ]
-            }
-            "NetworkPolicy" => vec![name, selector_text(&o["spec"]["podSelector"]), age(o)],
-            _ => vec![name, "Active".into(), age(o)],
-        };
-        if all_namespaces && kind != "Namespace" && kind != "Node" {
-            row.insert(0, o["metadata"]["namespace"].as_str().unwrap_or("").into());
+        let mut row = vec![format!("{prefix}{}", o.name())];
+        row.extend(columns(o, wide, pods));
+        if namespaced {
+            row.insert(0, o.namespace().to_string());
         }
         rows.push(row);
     }
@@ -261,7 +265,8 @@ mod tests {
 
     #[test]
     fn selectors() {
-        let l = json!({"app": "frontend", "tier": "web"});
+        let l: BTreeMap<String, String> =
+            [("app", "frontend"), ("tier", "web")].map(|(k, v)| (k.to_string(), v.to_string())).into();
         assert!(selector_matches("app=frontend", &l));
         assert!(selector_matches("app==frontend,tier", &l));
         assert!(!selector_matches("app!=frontend", &l));

@@ -10,8 +10,28 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::Serialize;
+
+/// What a probe speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "UPPERCASE")]
+#[value(rename_all = "UPPER")]
+pub enum Protocol {
+    /// A connect.
+    Tcp,
+    /// A DNS query and its answer.
+    Udp,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
 
 /// Runs `f` on a thread inside the network namespace `netns`.
 fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
@@ -27,12 +47,12 @@ fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'stat
     .map_err(|_| anyhow::anyhow!("probe thread panicked"))?
 }
 
-/// Whether `from` reaches `ip:port` over `protocol` ("TCP" or "UDP") within `timeout`.
-pub fn probe(from: &str, ip: Ipv4Addr, port: u16, protocol: &str, timeout: Duration) -> Result<bool> {
+/// Whether `from` reaches `ip:port` over `protocol` within `timeout`.
+pub fn probe(from: &str, ip: Ipv4Addr, port: u16, protocol: Protocol, timeout: Duration) -> Result<bool> {
     let to = SocketAddrV4::new(ip, port);
     match protocol {
-        "TCP" => in_netns(from, move || TcpStream::connect_timeout(&to.into(), timeout).is_ok()),
-        "UDP" => in_netns(from, move || {
+        Protocol::Tcp => in_netns(from, move || TcpStream::connect_timeout(&to.into(), timeout).is_ok()),
+        Protocol::Udp => in_netns(from, move || {
             let Ok(s) = UdpSocket::bind("0.0.0.0:0") else { return false };
             let _ = s.set_read_timeout(Some(timeout));
             let query = crate::dns::probe_query();
@@ -42,7 +62,6 @@ pub fn probe(from: &str, ip: Ipv4Addr, port: u16, protocol: &str, timeout: Durat
             let mut buf = [0u8; 512];
             matches!(s.recv_from(&mut buf), Ok((n, _)) if n >= 2 && buf[..2] == query[..2])
         }),
-        p => bail!("error: unsupported protocol {p:?} (TCP or UDP)"),
     }
 }
 
@@ -51,7 +70,7 @@ pub struct Cell {
     pub from: String,
     pub to: String,
     pub port: u16,
-    pub protocol: String,
+    pub protocol: Protocol,
     pub connected: bool,
 }
 
@@ -60,7 +79,7 @@ pub struct Job {
     pub from: (String, String),
     pub to: (String, Ipv4Addr),
     pub port: u16,
-    pub protocol: String,
+    pub protocol: Protocol,
 }
 
 /// Runs every job, many at a time.
@@ -75,7 +94,7 @@ pub fn run_all(jobs: Vec<Job>, timeout: Duration) -> Result<Vec<Cell>> {
             .into_iter()
             .map(|j| {
                 std::thread::spawn(move || {
-                    let ok = probe(&j.from.1, j.to.1, j.port, &j.protocol, timeout).unwrap_or(false);
+                    let ok = probe(&j.from.1, j.to.1, j.port, j.protocol, timeout).unwrap_or(false);
                     Cell { from: j.from.0, to: j.to.0, port: j.port, protocol: j.protocol, connected: ok }
                 })
             })
@@ -91,7 +110,7 @@ pub fn run_all(jobs: Vec<Job>, timeout: Duration) -> Result<Vec<Cell>> {
 /// `.` connected, `X` blocked.
 pub fn table(cells: &[Cell]) -> String {
     let mut out = String::new();
-    let mut keys: Vec<(u16, String)> = cells.iter().map(|c| (c.port, c.protocol.clone())).collect();
+    let mut keys: Vec<(u16, Protocol)> = cells.iter().map(|c| (c.port, c.protocol)).collect();
     keys.sort();
     keys.dedup();
     let mut pods: Vec<String> = cells.iter().flat_map(|c| [c.from.clone(), c.to.clone()]).collect();

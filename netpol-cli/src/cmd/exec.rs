@@ -1,0 +1,26 @@
+//! `netpol local exec POD -- CMD...`: a host command in the pod's network namespace and the
+//! agent's cgroup (its resolv.conf asks the cluster's DNS; Services are translated at the
+//! socket).
+
+use anyhow::Result;
+
+use crate::local::Local;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// Accepted for kubectl compatibility (stdin and terminal are always passed through).
+    #[arg(short = 't', long = "tty")]
+    _tty: bool,
+    #[arg(short = 'i', long = "stdin")]
+    _stdin: bool,
+    pod: String,
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+pub fn run(args: Args, local: &Local) -> Result<u8> {
+    let code = local.exec(&args.namespace, &args.pod, &args.command)?;
+    Ok(code.clamp(0, 255) as u8)
+}

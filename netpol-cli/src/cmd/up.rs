@@ -1,0 +1,17 @@
+//! `netpol local up`: start the node (agent + datapath) in the background; idempotent.
+
+use anyhow::Result;
+
+use crate::local::Local;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The pod address range.
+    #[arg(long)]
+    pod_cidr: Option<ipnet::Ipv4Net>,
+}
+
+pub fn run(args: Args, local: &Local) -> Result<u8> {
+    println!("{}", local.up(args.pod_cidr.map(|c| c.to_string()).as_deref())?);
+    Ok(0)
+}
