@@ -16,7 +16,7 @@ use axum::{
 };
 use netpol_api::{
     resources::ResourceKind, ApiError, EndpointRequest, NodeInfo, ObjectQuery, PATH_ENDPOINTS, PATH_EVENTS,
-    PATH_HEALTH, PATH_METRICS, PATH_NODE, PATH_OBJECTS,
+    PATH_HEALTH, PATH_METRICS, PATH_NAMES, PATH_NODE, PATH_OBJECTS,
 };
 use serde_json::Value;
 
@@ -80,6 +80,7 @@ pub fn router(state: Shared) -> Router {
         .route(&format!("{PATH_ENDPOINTS}/{{container_id}}/{{ifname}}"), get(status).delete(unregister))
         .route(PATH_OBJECTS, axum::routing::post(apply).get(objects).delete(delete_object))
         .route(PATH_EVENTS, get(events))
+        .route(PATH_NAMES, get(names))
         .with_state(state)
 }
 
@@ -127,6 +128,10 @@ async fn events(State(st): State<Shared>, Query(q): Query<EventsQuery>) -> Respo
         }
     });
     ([("content-type", "application/x-ndjson")], axum::body::Body::from_stream(lines)).into_response()
+}
+
+async fn names(State(st): State<Shared>) -> Response {
+    reply(blocking(st, |a| Ok(a.service_names())).await)
 }
 
 async fn node(State(st): State<Shared>) -> Json<NodeInfo> {

@@ -26,7 +26,7 @@ use k8s_openapi::{
 };
 use netpol_api::{
     resources::{Object as Stored, ResourceKind},
-    EndpointRequest, EndpointStatus, NodeInfo, ObjectResult,
+    EndpointRequest, EndpointStatus, NodeInfo, ObjectResult, ServiceName,
 };
 use serde_json::Value;
 use tracing::{info, warn};
@@ -62,6 +62,10 @@ pub enum AgentError {
     Policy(#[from] PolicyError),
     #[error("state {path}: {msg}")]
     State { path: PathBuf, msg: String },
+    #[error(transparent)]
+    Routes(#[from] crate::routing::RouteError),
+    #[error(transparent)]
+    Masquerade(#[from] crate::masquerade::MasqueradeError),
     #[error("{0}")]
     Invalid(String),
     /// A policy refused at apply because it would not fit the budgets.
@@ -90,6 +94,17 @@ pub struct Settings {
     pub cgroup: Option<PathBuf>,
     /// Local mode: where Services' ClusterIPs come from.
     pub service_cidr: ipnet::Ipv4Net,
+    /// The network between nodes, when netpol provides it (None: local mode, or another
+    /// component routes and masquerades).
+    pub node_network: Option<NodeNetwork>,
+}
+
+/// What a cluster without another CNI needs of netpol besides policy: routes to every other
+/// node's pod range, and pod traffic leaving the cluster's pod range masqueraded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeNetwork {
+    /// The cluster's pod range (every node's podCIDR is inside it).
+    pub cluster_cidr: ipnet::Ipv4Net,
 }
 
 /// The agent over an enforcer: the datapath, or in-memory maps in tests.
@@ -113,6 +128,9 @@ pub struct Agent<E: Enforcer = Datapath> {
     saved_alloc: String,
     /// Where the socket hooks were told to attach.
     cgroup: Option<PathBuf>,
+    node_network: Option<NodeNetwork>,
+    /// Nodes whose pod range is not routed, and why (reported when it changes).
+    refused_routes: BTreeMap<String, String>,
 }
 
 /// This machine's IPv4 addresses (not loopback): the node's addresses in local mode.
@@ -202,12 +220,17 @@ impl<E: Enforcer> Agent<E> {
             state_dir: state_dir.clone(),
             saved_alloc,
             cgroup: settings.cgroup.clone(),
+            node_network: settings.node_network,
+            refused_routes: BTreeMap::new(),
         };
         agent.node.socket_lb_cgroup = settings.cgroup.as_ref().map(|c| c.display().to_string());
         // Services are translated from the start: before the model is enforced, the
         // pinned SERVICES map (or none) is what the hooks read.
         if let Some(cgroup) = &settings.cgroup {
             agent.dp.attach_socket_hooks(cgroup)?;
+        }
+        if let Some(net) = settings.node_network {
+            agent.dp.masquerade(net.cluster_cidr)?;
         }
         if settings.local {
             let store = LocalStore::load(state_dir, settings.service_cidr)?;
@@ -241,6 +264,14 @@ impl<E: Enforcer> Agent<E> {
 
     pub fn node(&self) -> &NodeInfo {
         &self.node
+    }
+
+    /// What each Service's cluster DNS name resolves to (for the cluster's DNS server).
+    pub fn service_names(&self) -> Vec<ServiceName> {
+        services::dns_addresses(&self.model.services, &self.model.endpoint_slices)
+            .into_iter()
+            .map(|((namespace, name), addresses)| ServiceName { namespace, name, addresses })
+            .collect()
     }
 
     pub fn stats(&self) -> &Stats {
@@ -359,6 +390,7 @@ impl<E: Enforcer> Agent<E> {
         let synced = self.dp.apply_state(&compiled.state, &names);
         if synced.is_ok() {
             self.release_departed_backends(&compiled);
+            self.sync_routes()?;
         }
         // What was compiled is what the datapath holds, or should: the over-budget and
         // held-closed reports stand even when the sync must be retried.
@@ -370,6 +402,29 @@ impl<E: Enforcer> Agent<E> {
         }
         self.save_numbering()?;
         Ok(report)
+    }
+
+    /// Routes to the other nodes' pod ranges, when netpol provides the node network; a node
+    /// whose range cannot be routed is reported once.
+    fn sync_routes(&mut self) -> Result<(), AgentError> {
+        if self.node_network.is_none() {
+            return Ok(());
+        }
+        let (routes, refused) = self.model.node_routes(&self.node.node_name);
+        for (node, why) in refused.iter().filter(|(n, w)| self.refused_routes.get(*n) != Some(*w)) {
+            warn!(%node, "no route to the node's pods: {why}");
+        }
+        self.refused_routes = refused;
+        let changes = self.dp.sync_routes(&routes)?;
+        if changes != Default::default() {
+            info!(
+                added = changes.added,
+                removed = changes.removed,
+                total = routes.len(),
+                "routes to other nodes' pods synced"
+            );
+        }
+        Ok(())
     }
 
     /// UDP backends the last sync removed: sockets the hooks connected to them are destroyed
@@ -596,6 +651,8 @@ impl<E: Enforcer> Agent<E> {
             ipcache_entries: st.ipcache.len(),
             policy_entries: st.policy.len(),
             last_compile_seconds: self.stats.last_compile.as_secs_f64(),
+            service_frontends: st.services.keys().filter(|k| k.slot == 0).count(),
+            service_frontends_limited: self.compiled.services_limited.len(),
             datapath: self.dp.counters(),
             events: self.events.counts(),
             pods: pods.map(|(id, (ns, pod))| (id, format!("{ns}/{pod}"))).collect(),

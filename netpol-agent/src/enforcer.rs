@@ -4,15 +4,18 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddrV4,
+    net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
 };
 
+use ipnet::Ipv4Net;
 use netpol_common::Endpoint;
 use netpol_policy::state::MapState;
 
-use crate::datapath::{
-    state::SyncReport, AttachMode, Counters, Datapath, DatapathError, SocketHooks, SOCKET_HOOKS,
+use crate::{
+    datapath::{state::SyncReport, AttachMode, Counters, Datapath, DatapathError, SocketHooks, SOCKET_HOOKS},
+    masquerade::{self, MasqueradeError},
+    routing::{self, RouteChanges, RouteError},
 };
 
 pub trait Enforcer: Send + 'static {
@@ -36,6 +39,11 @@ pub trait Enforcer: Send + 'static {
     /// Destroys the connected UDP sockets the hooks translated to one of `gone`, in each of
     /// `namespaces`; returns how many.
     fn release_backends(&mut self, gone: &BTreeSet<SocketAddrV4>, namespaces: &BTreeSet<PathBuf>) -> usize;
+    /// Makes netpol's routes to the other nodes' pod ranges exactly `routes` (range →
+    /// node address).
+    fn sync_routes(&mut self, routes: &BTreeMap<Ipv4Net, Ipv4Addr>) -> Result<RouteChanges, RouteError>;
+    /// Masquerades pod traffic from `cluster` that leaves it.
+    fn masquerade(&mut self, cluster: Ipv4Net) -> Result<(), MasqueradeError>;
 }
 
 impl Enforcer for Datapath {
@@ -73,6 +81,14 @@ impl Enforcer for Datapath {
     fn release_backends(&mut self, gone: &BTreeSet<SocketAddrV4>, namespaces: &BTreeSet<PathBuf>) -> usize {
         Datapath::release_backends(self, gone, namespaces)
     }
+
+    fn sync_routes(&mut self, routes: &BTreeMap<Ipv4Net, Ipv4Addr>) -> Result<RouteChanges, RouteError> {
+        routing::sync(routes)
+    }
+
+    fn masquerade(&mut self, cluster: Ipv4Net) -> Result<(), MasqueradeError> {
+        masquerade::install(&self.config().name, cluster)
+    }
 }
 
 /// Maps in memory: `apply_state` stores the state and "attaches" its endpoints. Writes can
@@ -88,6 +104,10 @@ pub struct MemoryMaps {
     pub cgroup: Option<PathBuf>,
     /// Every backend released so far.
     pub released: BTreeSet<SocketAddrV4>,
+    /// The routes to other nodes' pod ranges.
+    pub routes: BTreeMap<Ipv4Net, Ipv4Addr>,
+    /// The masqueraded pod range.
+    pub masquerade: Option<Ipv4Net>,
 }
 
 impl Enforcer for MemoryMaps {
@@ -147,5 +167,19 @@ impl Enforcer for MemoryMaps {
     fn release_backends(&mut self, gone: &BTreeSet<SocketAddrV4>, _: &BTreeSet<PathBuf>) -> usize {
         self.released.extend(gone);
         0
+    }
+
+    fn sync_routes(&mut self, routes: &BTreeMap<Ipv4Net, Ipv4Addr>) -> Result<RouteChanges, RouteError> {
+        let changes = RouteChanges {
+            added: routes.iter().filter(|(k, v)| self.routes.get(k) != Some(v)).count(),
+            removed: self.routes.iter().filter(|(k, v)| routes.get(k) != Some(v)).count(),
+        };
+        self.routes = routes.clone();
+        Ok(changes)
+    }
+
+    fn masquerade(&mut self, cluster: Ipv4Net) -> Result<(), MasqueradeError> {
+        self.masquerade = Some(cluster);
+        Ok(())
     }
 }

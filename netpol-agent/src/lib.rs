@@ -5,7 +5,8 @@
 //! - [`datapath`]: the eBPF programs, their pinned maps and links, and a typed API over them
 //!   (the only module that talks to the kernel through aya); [`cgroup`]: where the socket
 //!   hooks for Services attach; [`sockets`]: connected UDP sockets to departed backends
-//!   destroyed.
+//!   destroyed; [`routing`] and [`masquerade`]: the node network of a cluster (routes to the
+//!   other nodes' pods, pod traffic leaving the cluster masqueraded).
 //! - [`endpoints`]: attachments handed over by netpol-cni, persisted, with their identities.
 //! - [`controller`]: the agent's state and its loop body (compile, then sync), over an
 //!   [`enforcer`] (the datapath, or in-memory maps for tests);
@@ -20,8 +21,10 @@ pub mod controller;
 pub mod datapath;
 pub mod endpoints;
 pub mod enforcer;
+pub mod masquerade;
 pub mod metrics;
 pub mod monitor;
+pub mod routing;
 pub mod sockets;
 pub mod sources;
 #[cfg(feature = "testing")]

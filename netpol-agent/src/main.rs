@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use netpol_agent::{
     api,
-    controller::{retry_failed_syncs, Agent, Settings},
+    controller::{retry_failed_syncs, Agent, NodeNetwork, Settings},
     datapath::{
         events::{identity_name, EventStream, EventView},
         proto_name,
@@ -92,6 +92,20 @@ struct RunArgs {
     /// Local mode: the range Services' ClusterIPs come from.
     #[arg(long, default_value_t = netpol_agent::sources::local::DEFAULT_SERVICE_CIDR)]
     service_cidr: ipnet::Ipv4Net,
+    /// With `--source kubernetes`: the cluster's pod range (kind's default). netpol routes
+    /// every other node's podCIDR via its InternalIP and masquerades pod traffic leaving
+    /// this range, as kindnet would.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: ipnet::Ipv4Net,
+    /// Leave routing between nodes and masquerade to another component.
+    #[arg(long)]
+    no_node_network: bool,
+}
+
+/// The node network netpol provides: in a cluster unless told not to.
+fn node_network(run: &RunArgs) -> Option<NodeNetwork> {
+    (run.source == Source::Kubernetes && !run.no_node_network)
+        .then_some(NodeNetwork { cluster_cidr: run.cluster_cidr })
 }
 
 /// Local mode's own cgroup for datapath `name`.
@@ -167,7 +181,8 @@ enum DpCmd {
         #[arg(long, default_value = netpol_api::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
-    /// Detach every program and remove every pin of this datapath (stops enforcing).
+    /// Detach every program and remove every pin of this datapath (stops enforcing), with
+    /// the node network the agent made (routes to other nodes' pods, the masquerade table).
     Teardown,
 }
 
@@ -209,6 +224,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let _ = std::fs::remove_dir(&dir);
             }
         }
+        // The node network goes with it: the masquerade table and netpol's routes (best
+        // effort: a machine without nft has no table to remove).
+        if let Err(e) = netpol_agent::masquerade::remove(&cfg.name) {
+            tracing::warn!("{e}");
+        }
+        netpol_agent::routing::sync(&Default::default())?;
         if !cfg.root().exists() {
             return Ok(());
         }
@@ -354,7 +375,7 @@ fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
     let cgroup = socket_lb_cgroup(&run, &cfg.name)?;
     let mut dp = Datapath::open(cfg).context("opening the datapath")?;
     let ring = dp.take_events();
-    let node_name = run.node_name.unwrap_or_else(hostname);
+    let node_name = run.node_name.clone().unwrap_or_else(hostname);
     let settings = Settings {
         state_dir: run.state_dir.clone(),
         node: NodeInfo {
@@ -366,6 +387,7 @@ fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
         budgets: Budgets { per_policy: run.policy_budget, per_namespace: run.namespace_budget },
         cgroup,
         service_cidr: run.service_cidr,
+        node_network: node_network(&run),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {

@@ -18,6 +18,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use netpol_common::counter;
+
 use crate::{datapath::Counters, monitor::EventCounts};
 
 /// Counted as it happens.
@@ -55,6 +57,11 @@ pub struct Snapshot {
     pub ipcache_entries: usize,
     pub policy_entries: usize,
     pub last_compile_seconds: f64,
+    /// Service frontends (ClusterIP × port × protocol) in the SERVICES map.
+    pub service_frontends: usize,
+    /// Frontends with fewer backends in the map than ready (per-frontend limit or map
+    /// capacity).
+    pub service_frontends_limited: usize,
     /// None when the datapath's counters could not be read.
     pub datapath: Option<Counters>,
     pub events: EventCounts,
@@ -70,6 +77,11 @@ struct StateLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -120,6 +132,12 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "Policy map keys (exact and range blocks)",
         gauge(s.policy_entries),
     );
+    r.register("netpol_service_frontends", "Service frontends in the datapath", gauge(s.service_frontends));
+    r.register(
+        "netpol_service_frontends_limited",
+        "Service frontends holding fewer backends than are ready (map limits)",
+        gauge(s.service_frontends_limited),
+    );
     r.register("netpol_compiles", "Compilations of the model", m.compiles.clone());
     let last = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     last.set(s.last_compile_seconds);
@@ -151,6 +169,20 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
             "Flows allowed without a conntrack entry",
             counter(c.ct_insert_failed()),
         );
+        let sockets = Family::<OutcomeLabel, Counter>::default();
+        for (outcome, slot) in [
+            ("translated", counter::SOCK_TRANSLATED),
+            ("no_backend", counter::SOCK_NO_BACKEND),
+            ("rev_nat_failed", counter::SOCK_REV_NAT_FAILED),
+        ] {
+            sockets.get_or_create(&OutcomeLabel { outcome }).inc_by(c.0[slot as usize]);
+        }
+        r.register("netpol_socket_lb", "Socket-level Service translations, by outcome", sockets);
+        r.register(
+            "netpol_service_untranslated",
+            "Packets to a ClusterIP from pods not egress-isolated (they bypassed the socket hooks)",
+            counter(c.0[counter::SERVICE_UNTRANSLATED as usize]),
+        );
     }
     r.register("netpol_events_received", "Verdict events read from the ring", counter(s.events.received));
     let drops = Family::<PodLabel, Counter>::default();
@@ -173,7 +205,15 @@ mod tests {
         let m = Metrics::default();
         m.compiles.inc();
         m.sync_seconds.observe(0.002);
-        let mut s = Snapshot { endpoints: 3, policies_accepted: 2, ..Default::default() };
+        let mut counters = Counters(vec![0; counter::COUNT as usize]);
+        counters.0[counter::SOCK_TRANSLATED as usize] = 5;
+        let mut s = Snapshot {
+            endpoints: 3,
+            policies_accepted: 2,
+            service_frontends: 4,
+            datapath: Some(counters),
+            ..Default::default()
+        };
         s.events.drops_by_endpoint.insert(7, 4);
         s.pods.insert(7, "default/b".into());
         let text = render(&m, &s);
@@ -183,6 +223,8 @@ mod tests {
             "netpol_compiles_total 1",
             "netpol_sync_duration_seconds_count 1",
             "netpol_drop_events_total{pod=\"default/b\"} 4",
+            "netpol_service_frontends 4",
+            "netpol_socket_lb_total{outcome=\"translated\"} 5",
             "# EOF",
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");

@@ -33,6 +33,7 @@ fn settings(name: &str, local: bool, budgets: Budgets) -> (Settings, RemoveOnDro
             budgets,
             cgroup: None,
             service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
+            node_network: None,
         },
         RemoveOnDrop(vec![state_dir]),
     )
@@ -236,4 +237,43 @@ fn local_services_get_cluster_ips_as_the_api_server_gives_them() {
     // Headless stays headless.
     assert_eq!(applied(a.apply_objects(vec![svc("h", Some("None"))]).unwrap()), vec![None]);
     assert_eq!(ip_of(&a, "h"), "None");
+}
+
+#[test]
+fn in_a_cluster_routes_follow_the_nodes_and_pod_traffic_is_masqueraded_from_the_start() {
+    let (mut s, _dir) = settings("nodes", false, Budgets::default());
+    let cluster: ipnet::Ipv4Net = "10.244.0.0/16".parse().unwrap();
+    s.node_network = Some(netpol_agent::controller::NodeNetwork { cluster_cidr: cluster });
+    let mut a = Agent::start(MemoryMaps::default(), &s).unwrap();
+    assert_eq!(a.enforcer().masquerade, Some(cluster));
+    let node = |name: &str, ip: [u8; 4], cidr: &str| {
+        let n = objects::node(name, ip.into()).set("spec", json!({"podCIDR": cidr}));
+        Object::Node(Box::new(serde_json::from_value(n.json()).unwrap()))
+    };
+    let nodes =
+        |names: &[&str]| names.iter().map(|n| (String::new(), n.to_string())).collect::<BTreeSet<_>>();
+    let mut listed = vec![
+        Change::Upsert(node("n1", [172, 18, 0, 2], "10.244.0.0/24")),
+        Change::Upsert(node("n2", [172, 18, 0, 3], "10.244.1.0/24")),
+        Change::Relisted(Kind::Node, nodes(&["n1", "n2"])),
+    ];
+    let rest = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy, Kind::Service, Kind::EndpointSlice];
+    listed.extend(rest.map(|k| Change::Relisted(k, Default::default())));
+    a.handle(listed).1.unwrap();
+    let routes = |a: &Agent<MemoryMaps>| {
+        a.enforcer().routes.iter().map(|(c, v)| (c.to_string(), v.to_string())).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        routes(&a),
+        [("10.244.1.0/24".to_string(), "172.18.0.3".to_string())],
+        "only the other node's"
+    );
+    a.handle(vec![Change::Upsert(node("n3", [172, 18, 0, 4], "10.244.2.0/24"))]).1.unwrap();
+    assert_eq!(routes(&a).len(), 2);
+    a.handle(vec![Change::Delete(Kind::Node, String::new(), "n2".into())]).1.unwrap();
+    assert_eq!(
+        routes(&a),
+        [("10.244.2.0/24".to_string(), "172.18.0.4".to_string())],
+        "n2's route went with it"
+    );
 }

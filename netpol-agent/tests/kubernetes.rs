@@ -195,6 +195,7 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
         budgets: Default::default(),
         cgroup: None,
         service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
+        node_network: None,
     };
     let mut agent = Agent::start(dp, &settings).unwrap();
     // Pod a runs here (the loopback stands in for its veth).

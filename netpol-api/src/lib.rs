@@ -11,6 +11,7 @@
 //! | POST | `/v1/objects` | Kubernetes objects (JSON list) → [`ObjectResult`]s, once enforced |
 //! | GET | `/v1/objects?kind=K` | → the local store's objects of kind K |
 //! | DELETE | `/v1/objects?kind=K&namespace=N&name=M` | → 204, or 404 |
+//! | GET | `/v1/names` | → [`ServiceName`]s: what each Service's cluster DNS name resolves to |
 //! | GET | `/v1/events` | → the most recent verdict events (JSON list, oldest first) |
 //! | GET | `/v1/events?follow=true` | → every verdict event from now on, one JSON object per line |
 //! | GET | `/metrics` | → Prometheus metrics (OpenMetrics text) |
@@ -35,6 +36,7 @@ pub const PATH_ENDPOINTS: &str = "/v1/endpoints";
 pub const PATH_OBJECTS: &str = "/v1/objects";
 pub const PATH_METRICS: &str = "/metrics";
 pub const PATH_EVENTS: &str = "/v1/events";
+pub const PATH_NAMES: &str = "/v1/names";
 
 /// `/v1/endpoints/{container_id}/{ifname}`, each segment percent-encoded (an interface
 /// name may hold `?`, `#` or `%`, which would otherwise cut the path short).
@@ -126,4 +128,14 @@ pub struct ObjectQuery {
     pub namespace: String,
     #[serde(default)]
     pub name: String,
+}
+
+/// What one Service's cluster DNS name (`NAME.NAMESPACE.svc.cluster.local`) resolves to:
+/// its ClusterIPs, or for a headless Service its ready endpoints' addresses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceName {
+    pub namespace: String,
+    pub name: String,
+    pub addresses: Vec<Ipv4Addr>,
 }

@@ -20,10 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::Service;
 use netpol_api::{
     client::{self, Method},
-    resources::{objects_path, ResourceKind},
+    ServiceName, PATH_NAMES,
 };
 
 use hickory_proto::{
@@ -68,15 +67,12 @@ impl Zone {
     }
 }
 
-/// The zone of the agent's Services: each one's ClusterIPs under its name. (Headless
-/// Services, which answer with their endpoints, are not served yet.)
-pub fn zone_of(services: &[Service]) -> Zone {
+/// The zone of the agent's Service names: each one's ClusterIPs, or a headless one's
+/// ready endpoints.
+pub fn zone_of(names: &[ServiceName]) -> Zone {
     let mut zone = Zone::default();
-    for svc in services {
-        let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) else { continue };
-        let spec = svc.spec.as_ref();
-        let ips = spec.iter().flat_map(|s| s.cluster_ips.iter().flatten().chain(s.cluster_ip.iter()));
-        zone.add(ns, name, ips.filter_map(|ip| ip.parse().ok()));
+    for n in names {
+        zone.add(&n.namespace, &n.name, n.addresses.iter().copied());
     }
     zone
 }
@@ -94,14 +90,13 @@ impl Source {
                 return zone.clone();
             }
         }
-        let path = objects_path(ResourceKind::Service);
-        let fetched = client::call(&self.socket, Method::GET, &path, None, Duration::from_secs(2))
+        let fetched = client::call(&self.socket, Method::GET, PATH_NAMES, None, Duration::from_secs(2))
             .ok()
             .and_then(|(status, body)| status.is_success().then_some(body))
-            .and_then(|body| serde_json::from_slice::<Vec<Service>>(&body).ok());
+            .and_then(|body| serde_json::from_slice::<Vec<ServiceName>>(&body).ok());
         match fetched {
-            Some(services) => {
-                let zone = Arc::new(zone_of(&services));
+            Some(names) => {
+                let zone = Arc::new(zone_of(&names));
                 self.cached = Some((Instant::now(), zone.clone()));
                 zone
             }

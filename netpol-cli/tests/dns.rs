@@ -74,6 +74,7 @@ fn service_names_resolve_through_the_kube_dns_cluster_ip() {
         budgets: Default::default(),
         cgroup: Some(cgroup.path().to_path_buf()),
         service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
+        node_network: None,
     };
     // The agent's threads, and this one (interfaces are named in it), in the node.
     let _inside = node.ns.enter();
@@ -98,6 +99,8 @@ fn service_names_resolve_through_the_kube_dns_cluster_ip() {
                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": "dns-tcp"}]),
     );
     let web_svc = objects::service("default", "web", WEB_SVC, json!({"app": "web"}), json!([{"port": 80}]));
+    let headless =
+        objects::service("default", "web-pods", "None", json!({"app": "web"}), json!([{"port": 80}]));
     let objs = vec![
         objects::namespace("kube-system").json(),
         objects::pod("default", "client", Some(CLIENT)).json(),
@@ -105,6 +108,7 @@ fn service_names_resolve_through_the_kube_dns_cluster_ip() {
         dns_pod.json(),
         kube_dns.json(),
         web_svc.json(),
+        headless.json(),
     ];
     let results = agent.agent().apply_objects(objs).unwrap();
     assert!(results.iter().all(|r| r.error.is_none()), "{results:?}");
@@ -126,6 +130,9 @@ fn service_names_resolve_through_the_kube_dns_cluster_ip() {
     assert_eq!(got["rcode"], "NOERROR", "{got}");
     assert_eq!(got["addrs"], json!([WEB_SVC]), "{got}");
     assert_eq!(got["accepted"], true, "musl would drop a reply from {}", got["from"]);
+    // A headless Service's name is its ready pods.
+    let got = sock_client(client, in_cgroup, Mode::Dns("web-pods.default.svc.cluster.local"), to);
+    assert_eq!((got["rcode"].as_str(), got["addrs"].clone()), (Some("NOERROR"), json!([WEB.to_string()])));
     let got = sock_client(client, in_cgroup, Mode::Dns("nothing.default.svc.cluster.local"), to);
     assert_eq!(got["rcode"], "NXDOMAIN", "{got}");
     let got = sock_client(client, in_cgroup, Mode::DnsTcp("kube-dns.kube-system.svc.cluster.local"), to);

@@ -91,6 +91,7 @@ impl Node {
             budgets: Default::default(),
             cgroup: None,
             service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
+            node_network: None,
         };
         let _inside = self.ns.enter();
         let mut agent = TestAgent::start(self.pins.config(), &settings);

@@ -95,6 +95,22 @@ fn pick(to: &SockAddr, cookie: u64) -> Result<(u32, u16), Miss> {
     }
 }
 
+/// Remembers which frontend a socket's backend stands for. A UDP socket keeps its backend,
+/// so every datagram after its first finds the entry already there: only a lookup (which
+/// also keeps the entry recently used), no write.
+#[inline(always)]
+fn remember(key: &RevNatKey, addr: u32, port: u16) {
+    if let Some(front) = unsafe { SOCK_REV_NAT.get(key) } {
+        if front.addr == addr && front.port == port {
+            return;
+        }
+    }
+    let front = RevNatValue { addr, port, _pad: 0 };
+    if SOCK_REV_NAT.insert(key, &front, 0).is_err() {
+        count(counter::SOCK_REV_NAT_FAILED);
+    }
+}
+
 /// connect4 / sendmsg4: frontend → backend, remembered for the way back.
 #[inline(always)]
 fn translate(ctx: &SockAddrContext) -> i32 {
@@ -105,11 +121,7 @@ fn translate(ctx: &SockAddrContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     match pick(&to, cookie) {
         Ok((addr, port)) => {
-            let key = RevNatKey { cookie, addr, port, proto: to.proto, _pad: 0 };
-            let front = RevNatValue { addr: to.addr, port: to.port, _pad: 0 };
-            if SOCK_REV_NAT.insert(&key, &front, 0).is_err() {
-                count(counter::SOCK_REV_NAT_FAILED);
-            }
+            remember(&RevNatKey { cookie, addr, port, proto: to.proto, _pad: 0 }, to.addr, to.port);
             write(ctx.sock_addr, addr, port);
             count(counter::SOCK_TRANSLATED);
             PROCEED

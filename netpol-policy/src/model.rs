@@ -7,6 +7,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
+use ipnet::Ipv4Net;
 use k8s_openapi::api::{
     core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
@@ -175,6 +176,34 @@ impl Model {
     /// A node's own IPv4 addresses (its InternalIPs).
     pub fn node_addresses(&self, node: &str) -> Vec<Ipv4Addr> {
         self.nodes.get(node).map(node_addresses).unwrap_or_default()
+    }
+
+    /// The routes node `me` needs to the other nodes' pods: each other node's podCIDR via
+    /// its first InternalIP (nodes share one L2 network, as on kind). A node without either
+    /// gets none; a range overlapping `me`'s own pod range never does (its pods are local),
+    /// nor does one overlapping another node's range (which node holds an address would be
+    /// a guess) — both are reported in the second map.
+    pub fn node_routes(&self, me: &str) -> (BTreeMap<Ipv4Net, Ipv4Addr>, BTreeMap<String, String>) {
+        let own = self.nodes.get(me).and_then(node_pod_cidr).and_then(|c| c.parse::<Ipv4Net>().ok());
+        let mut candidates: Vec<(&String, Ipv4Net, Ipv4Addr)> = Vec::new();
+        for (name, node) in self.nodes.iter().filter(|(n, _)| n.as_str() != me) {
+            let cidr = node_pod_cidr(node).and_then(|c| c.parse::<Ipv4Net>().ok());
+            if let (Some(cidr), Some(via)) = (cidr, node_addresses(node).first()) {
+                candidates.push((name, cidr.trunc(), *via));
+            }
+        }
+        let overlaps = |a: &Ipv4Net, b: &Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
+        let (mut routes, mut refused) = (BTreeMap::new(), BTreeMap::new());
+        for (name, cidr, via) in &candidates {
+            if own.is_some_and(|o| overlaps(&o, cidr)) {
+                refused.insert(name.to_string(), format!("its podCIDR {cidr} overlaps this node's"));
+            } else if candidates.iter().any(|(n, c, _)| n != name && overlaps(c, cidr)) {
+                refused.insert(name.to_string(), format!("its podCIDR {cidr} overlaps another node's"));
+            } else {
+                routes.insert(*cidr, *via);
+            }
+        }
+        (routes, refused)
     }
 }
 

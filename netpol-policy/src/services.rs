@@ -90,14 +90,7 @@ pub fn frontends(
     services: &BTreeMap<Key, Service>,
     slices: &BTreeMap<Key, EndpointSlice>,
 ) -> BTreeMap<Frontend, Vec<Backend>> {
-    let mut by_service: BTreeMap<Key, Vec<&EndpointSlice>> = BTreeMap::new();
-    for ((ns, _), slice) in slices {
-        let labels = slice.metadata.labels.as_ref();
-        let Some(svc) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) else { continue };
-        if slice.address_type == "IPv4" {
-            by_service.entry((ns.clone(), svc.clone())).or_default().push(slice);
-        }
-    }
+    let by_service = slices_by_service(slices);
     let mut out = BTreeMap::new();
     for (key, svc) in services {
         let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
@@ -111,6 +104,51 @@ pub fn frontends(
                 out.insert(Frontend { addr: *addr, port, protocol: proto }, backends.clone());
             }
         }
+    }
+    out
+}
+
+/// The IPv4 EndpointSlices of each Service, keyed by the Service's (namespace, name).
+fn slices_by_service(slices: &BTreeMap<Key, EndpointSlice>) -> BTreeMap<Key, Vec<&EndpointSlice>> {
+    let mut by_service: BTreeMap<Key, Vec<&EndpointSlice>> = BTreeMap::new();
+    for ((ns, _), slice) in slices {
+        let labels = slice.metadata.labels.as_ref();
+        let Some(svc) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) else { continue };
+        if slice.address_type == "IPv4" {
+            by_service.entry((ns.clone(), svc.clone())).or_default().push(slice);
+        }
+    }
+    by_service
+}
+
+/// Whether a Service is headless (`clusterIP: None`): its name stands for its endpoints.
+pub fn headless(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None")
+}
+
+/// What each Service's cluster DNS name resolves to: its ClusterIPs, or for a headless
+/// Service the addresses of its usable endpoints (each once, sorted). ExternalName
+/// Services have no addresses (they would be a CNAME) and are left out.
+pub fn dns_addresses(
+    services: &BTreeMap<Key, Service>,
+    slices: &BTreeMap<Key, EndpointSlice>,
+) -> BTreeMap<Key, Vec<Ipv4Addr>> {
+    let by_service = slices_by_service(slices);
+    let mut out = BTreeMap::new();
+    for (key, svc) in services {
+        if svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+            continue;
+        }
+        let addrs = if headless(svc) {
+            let endpoints = by_service.get(key).into_iter().flatten().flat_map(|s| &s.endpoints);
+            let usable = endpoints.filter(|e| usable(e.conditions.as_ref()));
+            let addrs: BTreeSet<Ipv4Addr> =
+                usable.flat_map(|e| e.addresses.iter().filter_map(|a| a.parse().ok())).collect();
+            addrs.into_iter().collect()
+        } else {
+            cluster_ips(svc)
+        };
+        out.insert(key.clone(), addrs);
     }
     out
 }

@@ -11,7 +11,8 @@ use netpol_policy::{
     entries::Protocol,
     model::{Key, Model, Object},
     services::{
-        endpoint_slices, frontends, map_entries_within, Backend, Frontend, FrontendLimit, MAX_BACKENDS,
+        dns_addresses, endpoint_slices, frontends, map_entries_within, Backend, Frontend, FrontendLimit,
+        MAX_BACKENDS,
     },
 };
 use netpol_tests::objects;
@@ -98,6 +99,43 @@ fn headless_and_external_name_services_have_no_frontends() {
     headless.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.3".into());
     headless.spec.as_mut().unwrap().cluster_ips = None;
     assert!(frontends(&keyed(vec![("x", "h", headless)]), &BTreeMap::new()).is_empty());
+}
+
+#[test]
+fn dns_names_are_cluster_ips_or_a_headless_services_ready_endpoints() {
+    let web = service("x", "web", "10.96.0.10", json!({"app": "web"}), json!([{"port": 80}]));
+    let db = service("x", "db", "None", json!({"app": "db"}), json!([{"port": 5432}]));
+    let mut ext = service("x", "ext", "None", json!({}), json!([]));
+    ext.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
+    let svcs = keyed(vec![("x", "web", web), ("x", "db", db), ("x", "ext", ext)]);
+    let eps = json!([
+        {"addresses": ["10.0.0.7"]},
+        {"addresses": ["10.0.0.5"], "conditions": {"ready": true}},
+        {"addresses": ["10.0.0.6"], "conditions": {"ready": false}},
+        {"addresses": ["10.0.0.8"], "conditions": {"terminating": true}},
+    ]);
+    let slices = keyed(vec![
+        ("x", "db-1", slice("x", "db-1", "db", json!([{"port": 5432}]), eps)),
+        (
+            "x",
+            "db-2",
+            slice("x", "db-2", "db", json!([{"port": 5432}]), json!([{"addresses": ["10.0.0.5"]}])),
+        ),
+        (
+            "x",
+            "web-1",
+            slice("x", "web-1", "web", json!([{"port": 80}]), json!([{"addresses": ["10.0.0.2"]}])),
+        ),
+    ]);
+    let names = dns_addresses(&svcs, &slices);
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    assert_eq!(names[&("x".to_string(), "web".to_string())], vec![ip("10.96.0.10")]);
+    assert_eq!(
+        names[&("x".to_string(), "db".to_string())],
+        vec![ip("10.0.0.5"), ip("10.0.0.7")],
+        "a headless name is its ready, not terminating endpoints, each once"
+    );
+    assert!(!names.contains_key(&("x".to_string(), "ext".to_string())));
 }
 
 #[test]

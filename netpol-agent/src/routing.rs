@@ -1,0 +1,137 @@
+//! Cross-node routes: every other node's pod range via that node's InternalIP, in the main
+//! table of the node's network namespace (what kindnet does on kind, where the nodes share
+//! one L2 network).
+//!
+//! Every route the agent makes carries its own route protocol number ([`RTPROT_NETPOL`]),
+//! so it finds exactly its own routes again after a restart and never touches anyone
+//! else's: a sync lists ours, replaces what should be there and deletes the rest.
+
+use std::{collections::BTreeMap, future::Future, net::Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::{
+    packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
+    Handle, RouteMessageBuilder,
+};
+
+/// The route protocol that marks netpol's routes (`ip route show proto 78`).
+pub const RTPROT_NETPOL: u8 = 78;
+const MAIN_TABLE: u8 = 254;
+
+#[derive(Debug, thiserror::Error)]
+#[error("routes: {0}")]
+pub struct RouteError(String);
+
+/// What a sync changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteChanges {
+    pub added: usize,
+    pub removed: usize,
+}
+
+/// Runs a netlink conversation on its own thread with its own runtime (the caller may be
+/// inside the agent's runtime, where blocking on another is not allowed), in the calling
+/// thread's network namespace.
+fn netlink<T, F, Fut>(f: F) -> Result<T, RouteError>
+where
+    T: Send,
+    F: FnOnce(Handle) -> Fut + Send,
+    Fut: Future<Output = Result<T, RouteError>>,
+{
+    let netns = std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| RouteError(e.to_string()))?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // A new thread starts in the process's namespace, not the caller's thread's.
+            use std::os::fd::AsRawFd;
+            if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(RouteError(format!("setns: {}", std::io::Error::last_os_error())));
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| RouteError(e.to_string()))?;
+            rt.block_on(async {
+                let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| RouteError(e.to_string()))?;
+                let task = tokio::spawn(conn);
+                let r = f(handle).await;
+                task.abort();
+                r
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err(RouteError("the netlink thread panicked".into())))
+    })
+}
+
+fn nl(what: &'static str) -> impl Fn(rtnetlink::Error) -> RouteError {
+    move |e| RouteError(format!("{what}: {e}"))
+}
+
+/// The destination and gateway of one of our routes.
+fn parse(r: &RouteMessage) -> Option<(Ipv4Net, Option<Ipv4Addr>)> {
+    let mut dst = None;
+    let mut via = None;
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => via = Some(*ip),
+            _ => {}
+        }
+    }
+    let net = Ipv4Net::new(dst.unwrap_or(Ipv4Addr::UNSPECIFIED), r.header.destination_prefix_length).ok()?;
+    Some((net, via))
+}
+
+/// Our routes in the main table.
+async fn ours(h: &Handle) -> Result<Vec<(Ipv4Net, Option<Ipv4Addr>, RouteMessage)>, RouteError> {
+    let all: Vec<RouteMessage> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("listing routes"))?;
+    Ok(all
+        .into_iter()
+        .filter(|r| r.header.protocol == RouteProtocol::Other(RTPROT_NETPOL) && r.header.table == MAIN_TABLE)
+        .filter_map(|r| parse(&r).map(|(net, via)| (net, via, r)))
+        .collect())
+}
+
+fn route(net: Ipv4Net, via: Ipv4Addr) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(net.network(), net.prefix_len())
+        .gateway(via)
+        .protocol(RouteProtocol::Other(RTPROT_NETPOL))
+        .build()
+}
+
+/// Makes our routes exactly `desired` (destination → gateway).
+pub fn sync(desired: &BTreeMap<Ipv4Net, Ipv4Addr>) -> Result<RouteChanges, RouteError> {
+    let desired = desired.clone();
+    netlink(move |h| async move {
+        let mut changes = RouteChanges::default();
+        let existing = ours(&h).await?;
+        for (net, via, msg) in &existing {
+            if desired.get(net) != via.as_ref() {
+                h.route().del(msg.clone()).execute().await.map_err(nl("deleting a route"))?;
+                changes.removed += 1;
+            }
+        }
+        for (net, via) in &desired {
+            if !existing.iter().any(|(n, v, _)| n == net && v.as_ref() == Some(via)) {
+                h.route().add(route(*net, *via)).replace().execute().await.map_err(nl("adding a route"))?;
+                changes.added += 1;
+            }
+        }
+        Ok(changes)
+    })
+}
+
+/// Our routes now (destination → gateway).
+pub fn current() -> Result<BTreeMap<Ipv4Net, Ipv4Addr>, RouteError> {
+    netlink(|h| async move {
+        Ok(ours(&h).await?.into_iter().filter_map(|(net, via, _)| via.map(|v| (net, v))).collect())
+    })
+}
