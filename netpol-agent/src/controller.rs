@@ -97,6 +97,9 @@ pub struct Settings {
     /// The network between nodes, when netpol provides it (None: local mode, or another
     /// component routes and masquerades).
     pub node_network: Option<NodeNetwork>,
+    /// Pod label keys left out of identities unless a policy selects on them (None: the
+    /// known high-churn ones).
+    pub identity_exclusions: Option<BTreeSet<String>>,
 }
 
 /// What a cluster without another CNI needs of netpol besides policy: routes to every other
@@ -207,7 +210,7 @@ impl<E: Enforcer> Agent<E> {
         let mut agent = Agent {
             dp,
             registry,
-            model: Model::default(),
+            model: Model { identity_exclusions: settings.identity_exclusions.clone(), ..Model::default() },
             alloc,
             node: settings.node.clone(),
             store: None,

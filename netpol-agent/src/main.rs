@@ -100,6 +100,11 @@ struct RunArgs {
     /// Leave routing between nodes and masquerade to another component.
     #[arg(long)]
     no_node_network: bool,
+    /// Pod label keys left out of identities unless a policy selects on them, comma
+    /// separated; an empty value keeps every label (default: pod-template-hash,
+    /// controller-revision-hash and the other labels set per rollout or per pod).
+    #[arg(long, value_delimiter = ',')]
+    identity_exclude_labels: Option<Vec<String>>,
 }
 
 /// The node network netpol provides: in a cluster unless told not to.
@@ -388,6 +393,10 @@ fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
         cgroup,
         service_cidr: run.service_cidr,
         node_network: node_network(&run),
+        identity_exclusions: run
+            .identity_exclude_labels
+            .as_ref()
+            .map(|keys| keys.iter().filter(|k| !k.is_empty()).cloned().collect()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {

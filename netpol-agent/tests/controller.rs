@@ -34,6 +34,7 @@ fn settings(name: &str, local: bool, budgets: Budgets) -> (Settings, RemoveOnDro
             cgroup: None,
             service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
             node_network: None,
+            identity_exclusions: None,
         },
         RemoveOnDrop(vec![state_dir]),
     )

@@ -33,6 +33,8 @@ struct Script {
     pod_lists: usize,
     pod_watches: usize,
     events: Vec<Value>,
+    /// Creates refused because an event of that name existed (another node's).
+    event_conflicts: usize,
 }
 
 type Shared = Arc<Mutex<Script>>;
@@ -124,7 +126,16 @@ async fn record_event(
     Path(_ns): Path<String>,
     Json(ev): Json<Value>,
 ) -> (axum::http::StatusCode, Json<Value>) {
-    st.lock().unwrap().events.push(ev.clone());
+    let mut st = st.lock().unwrap();
+    // As the API server: names are unique (Recorder names carry a timestamp; netpol's
+    // invalid-policy events are named per policy version).
+    if st.events.iter().any(|e| e["metadata"]["name"] == ev["metadata"]["name"]) {
+        st.event_conflicts += 1;
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists",
+                            "message": "events already exists", "code": 409});
+        return (axum::http::StatusCode::CONFLICT, Json(status));
+    }
+    st.events.push(ev.clone());
     (axum::http::StatusCode::CREATED, Json(ev))
 }
 
@@ -196,6 +207,7 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
         cgroup: None,
         service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
         node_network: None,
+        identity_exclusions: None,
     };
     let mut agent = Agent::start(dp, &settings).unwrap();
     // Pod a runs here (the loopback stands in for its veth).
@@ -289,4 +301,74 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
     drop(a);
     drop(s);
     rt.shutdown_background();
+}
+
+/// Two nodes see the same invalid policy: the cluster gets one Warning for it, not one per
+/// node (the second node's create meets AlreadyExists).
+#[test]
+fn an_invalid_policy_is_reported_once_for_the_whole_cluster() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let script: Shared = Arc::default();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let empty = json!([]);
+    let namespaces = json!([{"metadata": {"name": "default", "resourceVersion": "1"}}]);
+    let policies = json!([{"metadata": {"name": "bad", "namespace": "default", "resourceVersion": "7", "uid": "u-bad"},
+        "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 80, "endPort": 70}]}]}}]);
+    let app = Router::new()
+        .route("/api/v1/pods", list_then_quiet("PodList", "v1", empty.clone()))
+        .route("/api/v1/services", list_then_quiet("ServiceList", "v1", empty.clone()))
+        .route(
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            list_then_quiet("EndpointSliceList", "discovery.k8s.io/v1", empty.clone()),
+        )
+        .route("/api/v1/namespaces", list_then_quiet("NamespaceList", "v1", namespaces))
+        .route("/api/v1/nodes", list_then_quiet("NodeList", "v1", empty))
+        .route(
+            "/apis/networking.k8s.io/v1/networkpolicies",
+            list_then_quiet("NetworkPolicyList", "networking.k8s.io/v1", policies),
+        )
+        .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", post(record_event))
+        .with_state(script.clone());
+    rt.spawn(async move { axum::serve(listener, app).await });
+
+    let mut dirs = Vec::new();
+    for node in ["n1", "n2"] {
+        let state_dir = std::env::temp_dir().join(format!("netpol-test-k8s-once-{node}"));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        dirs.push(state_dir.clone());
+        let settings = Settings {
+            state_dir,
+            node: NodeInfo { node_name: node.into(), pod_cidr: None, socket_lb_cgroup: None },
+            local: false,
+            budgets: Default::default(),
+            cgroup: None,
+            service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
+            node_network: None,
+            identity_exclusions: None,
+        };
+        let agent = Arc::new(Mutex::new(Agent::start(MemoryMaps::default(), &settings).unwrap()));
+        let client = {
+            let _rt = rt.enter();
+            kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().unwrap())).unwrap()
+        };
+        rt.spawn(netpol_agent::sources::kubernetes::run(client, agent, node.into()));
+    }
+    let _cleanup = RemoveOnDrop(dirs);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let s = script.lock().unwrap();
+        if s.events.len() + s.event_conflicts >= 2 {
+            break;
+        }
+        drop(s);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = script.lock().unwrap();
+    assert_eq!(s.events.len(), 1, "{:?}", s.events);
+    assert_eq!(s.event_conflicts, 1, "the second node did not report");
+    let ev = &s.events[0];
+    assert_eq!((ev["reason"].as_str(), ev["type"].as_str()), (Some("InvalidNetworkPolicy"), Some("Warning")));
+    assert_eq!(ev["metadata"]["name"], "bad.netpol-invalid.7");
+    assert!(ev["note"].as_str().unwrap().contains("endPort"), "{ev}");
 }

@@ -150,6 +150,7 @@ fn a_restart_against_a_slow_api_server_never_opens_an_isolated_pod() {
         cgroup: None,
         service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
         node_network: None,
+        identity_exclusions: None,
     };
     // The API server listens in the node namespace, where the agent's threads run.
     let down = Arc::new(AtomicBool::new(false));

@@ -75,6 +75,7 @@ fn service_names_resolve_through_the_kube_dns_cluster_ip() {
         cgroup: Some(cgroup.path().to_path_buf()),
         service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
         node_network: None,
+        identity_exclusions: None,
     };
     // The agent's threads, and this one (interfaces are named in it), in the node.
     let _inside = node.ns.enter();

@@ -92,6 +92,7 @@ impl Node {
             cgroup: None,
             service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
             node_network: None,
+            identity_exclusions: None,
         };
         let _inside = self.ns.enter();
         let mut agent = TestAgent::start(self.pins.config(), &settings);

@@ -57,6 +57,9 @@ pub struct Model {
     pub endpoint_slices: BTreeMap<Key, EndpointSlice>,
     /// The current rejection of each policy whose latest version was invalid.
     pub rejected: BTreeMap<Key, PolicyError>,
+    /// Pod label keys left out of identities unless a policy selects on them (None: the
+    /// known high-churn ones, [`crate::compiler::HIGH_CHURN_LABELS`]).
+    pub identity_exclusions: Option<std::collections::BTreeSet<String>>,
 }
 
 fn ns_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {

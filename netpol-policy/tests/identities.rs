@@ -86,3 +86,58 @@ fn only_a_nodes_internal_addresses_are_the_node() {
     assert_eq!(id("203.0.113.2"), None);
     assert_eq!(m.node_addresses("n1"), vec![Ipv4Addr::new(10, 99, 0, 1)]);
 }
+
+/// Pods of two ReplicaSets of one Deployment share an identity (pod-template-hash is left
+/// out), until a policy selects on that label: then it is part of the key and the policy
+/// tells the two apart, exactly as the reference evaluator does.
+#[test]
+fn rollout_labels_stay_out_of_identities_unless_a_policy_selects_on_them() {
+    let with_hash = |name: &str, ip: &str, hash: &str| {
+        let mut p = pod(name, ip, "Running", "web");
+        p["metadata"]["labels"]["pod-template-hash"] = json!(hash);
+        p["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"] = json!(name);
+        p
+    };
+    let pods = [
+        with_hash("old", "10.0.0.5", "5d8f"),
+        with_hash("new", "10.0.0.6", "7c2a"),
+        pod("db", "10.0.0.9", "Running", "db"),
+    ];
+    let db = [LocalEndpoint {
+        ifindex: 10,
+        ep_id: 1,
+        ip: "10.0.0.9".parse().unwrap(),
+        namespace: "x".into(),
+        pod: "db".into(),
+    }];
+    let id_of = |c: &netpol_policy::compiler::Compiled, ip: &str| c.state.ipcache[&host32(ip)].identity;
+
+    let c = compile(&model(&pods), "n1", &db, &mut Allocators::default());
+    assert_eq!(id_of(&c, "10.0.0.5"), id_of(&c, "10.0.0.6"), "a rollout minted a new identity");
+    assert!(!c.identities[&id_of(&c, "10.0.0.5")].pod_labels.contains_key("pod-template-hash"));
+
+    let only_new = json!({"kind": "NetworkPolicy", "metadata": {"name": "only-new", "namespace": "x"},
+        "spec": {"podSelector": {"matchLabels": {"app": "db"}},
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod-template-hash": "7c2a"}}}]}]}});
+    let mut objects = pods.to_vec();
+    objects.push(only_new);
+    let m = model(&objects);
+    let c = compile(&m, "n1", &db, &mut Allocators::default());
+    assert_ne!(id_of(&c, "10.0.0.5"), id_of(&c, "10.0.0.6"), "the selected label was dropped");
+    let info = &c.identities[&id_of(&c, "10.0.0.6")];
+    assert_eq!(info.pod_labels["pod-template-hash"], "7c2a");
+    assert!(!info.pod_labels.contains_key("statefulset.kubernetes.io/pod-name"), "{info:?}");
+    for (src, want) in [("10.0.0.5", false), ("10.0.0.6", true)] {
+        let flow = Flow {
+            src: src.parse().unwrap(),
+            dst: "10.0.0.9".parse().unwrap(),
+            protocol: "TCP".into(),
+            port: 80,
+        };
+        assert_eq!(allowed(&m, &flow), want, "reference for {src}");
+        let dir = netpol_common::DIR_INGRESS;
+        let compiled =
+            netpol_policy::lookup::decide(&c.state, 10, dir, src.parse().unwrap(), 6, 80).is_some();
+        assert_eq!(compiled, want, "compiled for {src}");
+    }
+}

@@ -127,12 +127,13 @@ pub fn start(client: &Client) -> mpsc::UnboundedReceiver<Change> {
 const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Feeds the agent from the cluster until the channel closes: batches of changes, one
-/// reconcile per batch, and a Warning event on every policy rejected as invalid or over
-/// its budget.
+/// reconcile per batch, and a Warning event on every policy rejected as invalid (one per
+/// policy version for the whole cluster: see [`publish_invalid`]) or over this node's
+/// budget (one per node: budgets are per node).
 pub async fn run<E: Enforcer>(client: Client, agent: Arc<Mutex<Agent<E>>>, node_name: String) {
     let mut rx = start(&client);
     let recorder = Recorder::new(
-        client,
+        client.clone(),
         Reporter { controller: "netpol-agent".into(), instance: Some(node_name.clone()) },
     );
     let agent = agent.clone();
@@ -147,7 +148,14 @@ pub async fn run<E: Enforcer>(client: Client, agent: Arc<Mutex<Agent<E>>>, node_
         let references: BTreeMap<Key, ObjectReference> = batch
             .iter()
             .filter_map(|c| match c {
-                Change::Upsert(Object::NetworkPolicy(np)) => Some((key_of(np.as_ref()), np.object_ref(&()))),
+                Change::Upsert(Object::NetworkPolicy(np)) => {
+                    // The version too: it names the invalid-policy event.
+                    let reference = ObjectReference {
+                        resource_version: np.metadata.resource_version.clone(),
+                        ..np.object_ref(&())
+                    };
+                    Some((key_of(np.as_ref()), reference))
+                }
                 _ => None,
             })
             .collect();
@@ -174,7 +182,7 @@ pub async fn run<E: Enforcer>(client: Client, agent: Arc<Mutex<Agent<E>>>, node_
         .unwrap_or_default();
         let rejected = rejected.into_iter().filter_map(|(k, msg)| Some((references.get(&k)?.clone(), msg)));
         for (reference, msg) in rejected {
-            publish_rejection(&recorder, &reference, "InvalidNetworkPolicy", msg).await;
+            publish_invalid(&client, &reference, msg).await;
         }
         // Once per policy and rejection: again only after it fitted in between.
         reported.retain(|k| over_budget.iter().any(|(o, _, _)| o == k));
@@ -184,6 +192,42 @@ pub async fn run<E: Enforcer>(client: Client, agent: Arc<Mutex<Agent<E>>>, node_
                 publish_rejection(&recorder, &reference, "NetworkPolicyOverBudget", msg).await;
             }
         }
+    }
+}
+
+/// The event name for an invalid policy version: the same on every node, so the first
+/// node's create wins and the others meet `AlreadyExists` — one Warning per version for the
+/// cluster, not one per node.
+pub fn invalid_event_name(reference: &ObjectReference) -> String {
+    let name: String = reference.name.as_deref().unwrap_or("").chars().take(200).collect();
+    format!("{name}.netpol-invalid.{}", reference.resource_version.as_deref().unwrap_or("0"))
+}
+
+/// Publishes `InvalidNetworkPolicy` on the policy under [`invalid_event_name`].
+async fn publish_invalid(client: &Client, reference: &ObjectReference, msg: String) {
+    use k8s_openapi::{api::events::v1::Event as K8sEvent, apimachinery::pkg::apis::meta::v1::MicroTime};
+    let ns = reference.namespace.clone().unwrap_or_else(|| "default".into());
+    let event = K8sEvent {
+        metadata: kube::api::ObjectMeta {
+            name: Some(invalid_event_name(reference)),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        event_time: Some(MicroTime(k8s_openapi::chrono::Utc::now())),
+        type_: Some("Warning".into()),
+        reason: Some("InvalidNetworkPolicy".into()),
+        action: Some("Compile".into()),
+        note: Some(msg),
+        regarding: Some(reference.clone()),
+        reporting_controller: Some("netpol-agent".into()),
+        reporting_instance: Some("netpol-agent".into()),
+        ..Default::default()
+    };
+    let events: Api<K8sEvent> = Api::namespaced(client.clone(), &ns);
+    match events.create(&kube::api::PostParams::default(), &event).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {} // another node reported it first
+        Err(e) => warn!("publishing the rejection event failed: {e}"),
     }
 }
 

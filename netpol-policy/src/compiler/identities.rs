@@ -6,8 +6,16 @@
 //! A local endpoint whose pod the sources have not delivered yet gets the reserved `INIT`
 //! identity, which no selector matches: the compiler holds it closed (host only) until its
 //! labels are known, so label-selected isolation never arrives late.
+//!
+//! Labels that change with every rollout or name a single pod ([`HIGH_CHURN_LABELS`], or
+//! the model's own list) are left out of the key unless some policy's pod selector names
+//! them, so identities do not multiply with rollouts against fixed map sizes. Semantics are
+//! exact either way: a selector only ever looks at the keys it names, and those are kept.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use netpol_common::identity;
 use serde::{Deserialize, Serialize};
@@ -16,8 +24,49 @@ use super::{alloc::Allocator, LocalEndpoint};
 use crate::{
     entries::Protocol,
     model::{named_ports, pod_is_terminal, pod_labels, Model},
-    policy::NamedPorts,
+    policy::{NamedPorts, Peer, Selector},
 };
+
+/// Pod labels left out of identities by default (as Cilium's default label filter does):
+/// set per ReplicaSet or revision, or naming one pod.
+pub const HIGH_CHURN_LABELS: [&str; 7] = [
+    "pod-template-hash",
+    "controller-revision-hash",
+    "pod-template-generation",
+    "controller-uid",
+    "batch.kubernetes.io/controller-uid",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+];
+
+fn selector_keys(s: &Selector) -> impl Iterator<Item = &String> {
+    s.labels.keys().chain(s.exprs.iter().map(|r| &r.key))
+}
+
+/// The pod-label keys some policy's pod selectors name (its own, and its peers').
+fn selected_keys(model: &Model) -> BTreeSet<&String> {
+    let mut keys = BTreeSet::new();
+    for (_, p) in model.policies.values() {
+        keys.extend(selector_keys(&p.pod_selector));
+        let rules = p.ingress.iter().chain(p.egress.iter()).flatten();
+        for peer in rules.flat_map(|r| r.peers.iter().flatten()) {
+            if let Peer::Pods { pods, .. } = peer {
+                keys.extend(selector_keys(pods));
+            }
+        }
+    }
+    keys
+}
+
+/// A pod's labels as its identity keeps them.
+fn identity_labels(
+    mut labels: BTreeMap<String, String>,
+    excluded: &dyn Fn(&str) -> bool,
+    selected: &BTreeSet<&String>,
+) -> BTreeMap<String, String> {
+    labels.retain(|k, _| !excluded(k) || selected.contains(k));
+    labels
+}
 
 /// What a label identity stands for (and the key it is numbered by).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -61,11 +110,16 @@ pub(super) fn identities(
 ) -> Identities {
     let mut ids = Identities::default();
     let mut of_pod = BTreeMap::new();
+    let selected = selected_keys(model);
+    let excluded = |k: &str| match &model.identity_exclusions {
+        Some(own) => own.contains(k),
+        None => HIGH_CHURN_LABELS.contains(&k),
+    };
     for ((ns, name), pod) in model.pods.iter().filter(|(_, p)| !pod_is_terminal(p)) {
         let info = IdentityInfo {
             namespace: ns.clone(),
             ns_labels: model.namespace_labels(ns),
-            pod_labels: pod_labels(pod),
+            pod_labels: identity_labels(pod_labels(pod), &excluded, &selected),
             named_ports: named_ports(pod),
         };
         let id = alloc.id(info.clone());

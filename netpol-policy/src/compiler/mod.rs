@@ -13,6 +13,7 @@ mod alloc;
 mod budget;
 mod cidrs;
 mod identities;
+pub use identities::HIGH_CHURN_LABELS;
 mod rules;
 
 use std::collections::{BTreeMap, BTreeSet};
