@@ -334,19 +334,34 @@ impl<E: Enforcer> Agent<E> {
         (rejected, self.reconcile())
     }
 
-    /// Whether the agent is fit to serve: the socket hooks it was told to attach are all in
-    /// effect. The error names what is missing (for `/healthz`).
+    /// Whether the agent is fit to serve: every registered endpoint has its programs and
+    /// its entry in place, the last sync landed, and the socket hooks it was told to attach
+    /// are all in effect. The error names what is not (for `/healthz`).
     pub fn health(&self) -> Result<(), String> {
-        if self.cgroup.is_none() {
-            return Ok(());
+        let mut problems = Vec::new();
+        let (endpoints, names) = self.registry.local_endpoints();
+        let unenforced: Vec<&str> = endpoints
+            .iter()
+            .filter(|e| !matches!(self.dp.enforced(e.ifindex), Ok(Some(_))))
+            .filter_map(|e| names.get(&e.ifindex).map(String::as_str))
+            .collect();
+        if !unenforced.is_empty() {
+            problems.push(format!("endpoints not enforced: {}", unenforced.join(", ")));
+        }
+        if self.stats.last_sync_failed {
+            problems.push("the last sync failed (retrying)".to_string());
         }
         let hooks = self.dp.socket_hooks();
-        if hooks.complete() {
-            return Ok(());
+        if self.cgroup.is_some() && !hooks.complete() {
+            let missing: Vec<&str> =
+                SOCKET_HOOKS.iter().copied().filter(|h| !hooks.attached.contains(h)).collect();
+            problems.push(format!("socket hooks not in effect: {}", missing.join(", ")));
         }
-        let missing: Vec<&str> =
-            SOCKET_HOOKS.iter().copied().filter(|h| !hooks.attached.contains(h)).collect();
-        Err(format!("socket hooks not in effect: {}", missing.join(", ")))
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
     }
 
     /// Whether every watched kind has been listed.

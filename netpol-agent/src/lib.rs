@@ -7,7 +7,8 @@
 //!   hooks for Services attach; [`sockets`]: connected UDP sockets to departed backends
 //!   destroyed; [`routing`] and [`masquerade`]: the node network of a cluster (routes to the
 //!   other nodes' pods, pod traffic leaving the cluster masqueraded).
-//! - [`endpoints`]: attachments handed over by netpol-cni, persisted, with their identities.
+//! - [`endpoints`]: attachments handed over by netpol-cni, persisted, with their identities;
+//!   [`cni_config`]: the node's CNI configuration, written once the agent is ready.
 //! - [`controller`]: the agent's state and its loop body (compile, then sync), over an
 //!   [`enforcer`] (the datapath, or in-memory maps for tests);
 //!   [`sources`]: the local store and the Kubernetes watchers that feed it.
@@ -17,6 +18,7 @@
 //!   down on drop, an in-process agent).
 pub mod api;
 pub mod cgroup;
+pub mod cni_config;
 pub mod controller;
 pub mod datapath;
 pub mod endpoints;

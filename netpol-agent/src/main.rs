@@ -52,6 +52,28 @@ enum Cmd {
     /// Program and inspect the eBPF datapath.
     #[command(subcommand)]
     Datapath(DpCmd),
+    /// Ask a running agent whether it is healthy (the DaemonSet's probes): exit 0 when
+    /// it is; otherwise 1, printing what is not in effect.
+    Health {
+        /// The agent's API socket.
+        #[arg(long, default_value = netpol_api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Only that the agent answers (liveness), not that everything is in effect.
+        #[arg(long)]
+        live: bool,
+    },
+}
+
+/// `health`: GET /healthz on the agent's socket.
+fn health(socket: &std::path::Path, live: bool) -> anyhow::Result<()> {
+    use netpol_api::client::{self, Method};
+    let (status, body) =
+        client::call(socket, Method::GET, netpol_api::PATH_HEALTH, None, std::time::Duration::from_secs(5))
+            .map_err(|e| anyhow::anyhow!("the agent at {} does not answer: {e}", socket.display()))?;
+    if status.is_success() || live {
+        return Ok(());
+    }
+    anyhow::bail!("not healthy: {}", client::error_message(&body))
 }
 
 #[derive(clap::Args)]
@@ -100,6 +122,14 @@ struct RunArgs {
     /// Leave routing between nodes and masquerade to another component.
     #[arg(long)]
     no_node_network: bool,
+    /// Where the container runtime reads CNI configurations (e.g. the host's /etc/cni/net.d
+    /// as mounted in the DaemonSet): the agent writes its conflist there once it enforces,
+    /// and removes it when it stops.
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+    /// The MTU of the pods' interfaces, in the CNI configuration.
+    #[arg(long, default_value_t = 1500)]
+    mtu: u32,
     /// Pod label keys left out of identities unless a policy selects on them, comma
     /// separated; an empty value keeps every label (default: pod-template-hash,
     /// controller-revision-hash and the other labels set per rollout or per pod).
@@ -212,6 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config { bpffs: cli.bpffs, name: cli.name, attach: cli.attach };
     let cmd = match cli.cmd {
         Cmd::Run(run) => return run_agent(cfg, run),
+        Cmd::Health { socket, live } => return health(&socket, live),
         Cmd::Datapath(cmd) => cmd,
     };
     if let DpCmd::Monitor { output, count, socket } = &cmd {
@@ -425,9 +456,42 @@ fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
             tracing::info!("shutting down; enforcement stays in place");
         };
         tracing::info!(socket = %run.socket.display(), source = ?run.source, "agent ready");
-        api::serve(&run.socket, state, shutdown).await?;
+        if let Some(dir) = run.cni_conf_dir.clone() {
+            let conflist = netpol_agent::cni_config::conflist(&run.socket, run.mtu);
+            tokio::spawn(install_cni_config_when_ready(state.clone(), dir, conflist));
+        }
+        let served = api::serve(&run.socket, state, shutdown).await;
+        if let Some(dir) = &run.cni_conf_dir {
+            // New pods wait for an agent ("network not ready") rather than fail in the plugin.
+            match netpol_agent::cni_config::remove(dir) {
+                Ok(()) => tracing::info!(dir = %dir.display(), "CNI configuration removed"),
+                Err(e) => tracing::warn!(dir = %dir.display(), "removing the CNI configuration: {e}"),
+            }
+        }
+        served?;
         anyhow::Ok(())
     })
+}
+
+/// Writes the CNI configuration once the agent enforces the full model with its socket
+/// hooks in effect: only then may the runtime hand it pods.
+async fn install_cni_config_when_ready(state: Arc<Mutex<Agent>>, dir: PathBuf, conflist: String) {
+    loop {
+        let ready = {
+            let a = state.lock().unwrap_or_else(|p| p.into_inner());
+            a.is_synced() && a.health().is_ok()
+        };
+        if ready {
+            match netpol_agent::cni_config::install(&dir, &conflist) {
+                Ok(path) => {
+                    tracing::info!(path = %path.display(), "CNI configuration written");
+                    return;
+                }
+                Err(e) => tracing::warn!(dir = %dir.display(), "writing the CNI configuration: {e}"),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 fn hostname() -> String {

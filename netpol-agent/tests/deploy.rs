@@ -1,54 +1,150 @@
-//! deploy/netpol.yaml parses as the Kubernetes types, and its RBAC grants what the agent's
-//! watchers (list/watch) and event recorder (create) use. No cluster needed.
+//! deploy/ as an operator uses it, checked without a cluster: every manifest parses as its
+//! Kubernetes type with no field unknown to it (a typo would be silently dropped by the
+//! API server's pruning); the ClusterRole grants exactly what the agent uses
+//! ([`netpol_agent::sources::kubernetes::grants`], the one source of truth); the
+//! DaemonSet runs the agent with what it needs (probes on its health command, the CNI
+//! configuration directory, the node's cgroup2, bpffs); kustomization.yaml lists every
+//! manifest; the kind cluster and the agent agree on the pod range.
 
-use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::ConfigMap, rbac::v1::ClusterRole};
-use serde::Deserialize;
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::{
+    apps::v1::DaemonSet,
+    core::v1::ServiceAccount,
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
-fn documents() -> Vec<Value> {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/netpol.yaml")).unwrap();
-    serde_yaml::Deserializer::from_str(&text).map(|d| Value::deserialize(d).unwrap()).collect()
+fn deploy(path: &str) -> String {
+    let full = format!("{}/../deploy/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
 }
 
-fn of_kind<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str) -> T {
+fn documents(path: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(&deploy(path)).map(|d| Value::deserialize(d).unwrap()).collect()
+}
+
+/// The first path where `a` has something `b` does not (or differs).
+fn difference(a: &Value, b: &Value, at: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => x.iter().find_map(|(k, v)| match y.get(k) {
+            Some(w) => difference(v, w, &format!("{at}.{k}")),
+            None => Some(format!("{at}.{k} (unknown field)")),
+        }),
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            x.iter().zip(y).enumerate().find_map(|(i, (v, w))| difference(v, w, &format!("{at}[{i}]")))
+        }
+        _ if a == b => None,
+        _ => Some(format!("{at}: {a} became {b}")),
+    }
+}
+
+/// The document of `kind` as its type, refusing any field the type does not know.
+fn strict<T: DeserializeOwned + Serialize>(docs: &[Value], kind: &str) -> T {
     let doc = docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"));
-    serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{kind}: {e}"))
+    let typed: T = serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{kind}: {e}"));
+    let back = serde_json::to_value(&typed).unwrap();
+    if let Some(d) = difference(doc, &back, kind) {
+        panic!("{d}");
+    }
+    typed
 }
 
 #[test]
-fn the_manifests_parse_and_grant_what_the_agent_uses() {
-    let docs = documents();
-    let role: ClusterRole = of_kind(&docs, "ClusterRole");
-    let grants = |group: &str, resource: &str, verb: &str| {
-        role.rules.iter().flatten().any(|r| {
-            r.api_groups.iter().flatten().any(|g| g == group)
-                && r.resources.iter().flatten().any(|x| x == resource)
-                && r.verbs.iter().any(|v| v == verb)
+fn every_manifest_parses_strictly_and_the_role_grants_exactly_what_the_agent_uses() {
+    let docs = documents("netpol.yaml");
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"]);
+    strict::<ServiceAccount>(&docs, "ServiceAccount");
+    strict::<ClusterRoleBinding>(&docs, "ClusterRoleBinding");
+    let role: ClusterRole = strict(&docs, "ClusterRole");
+    let granted: BTreeSet<(String, String, String)> = role
+        .rules
+        .iter()
+        .flatten()
+        .flat_map(|r| {
+            let groups = r.api_groups.clone().unwrap_or_default();
+            let resources = r.resources.clone().unwrap_or_default();
+            groups.into_iter().flat_map(move |g| {
+                let verbs = r.verbs.clone();
+                resources.clone().into_iter().flat_map(move |res| {
+                    let g = g.clone();
+                    verbs.clone().into_iter().map(move |v| (g.clone(), res.clone(), v))
+                })
+            })
         })
-    };
-    for (group, resource) in
-        [("", "pods"), ("", "namespaces"), ("", "nodes"), ("networking.k8s.io", "networkpolicies")]
-    {
-        for verb in ["list", "watch"] {
-            assert!(grants(group, resource, verb), "{verb} {resource} is not granted");
-        }
-    }
-    assert!(grants("events.k8s.io", "events", "create"));
+        .collect();
+    let used: BTreeSet<(String, String, String)> = netpol_agent::sources::kubernetes::grants()
+        .into_iter()
+        .map(|(g, r, v)| (g, r, v.to_string()))
+        .collect();
+    assert_eq!(granted, used, "the ClusterRole must grant exactly what the agent uses");
+    assert_eq!(used.len(), netpol_agent::sources::WATCHED.len() * 2 + 2, "a watched kind has no grant");
+}
 
-    let ds: DaemonSet = of_kind(&docs, "DaemonSet");
+#[test]
+fn the_daemonset_runs_the_agent_with_what_it_needs() {
+    let docs = documents("netpol.yaml");
+    let ds: DaemonSet = strict(&docs, "DaemonSet");
     let pod = ds.spec.unwrap().template.spec.unwrap();
     assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.node_selector.unwrap()["kubernetes.io/os"], "linux");
+    assert!(pod.termination_grace_period_seconds.is_some());
     let agent = &pod.containers[0];
     let args = agent.args.clone().unwrap().join(" ");
-    assert!(args.contains("run --source kubernetes --node-name $(NODE_NAME)"), "{args}");
+    for want in [
+        "run --source kubernetes --node-name $(NODE_NAME)",
+        "--cni-conf-dir /host/etc/cni/net.d",
+        "--cgroup /run/netpol/cgroupv2",
+        "--cluster-cidr 10.244.0.0/16",
+    ] {
+        assert!(args.contains(want), "{want} missing from {args}");
+    }
+    let probe = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref().and_then(|p| p.exec.as_ref()).and_then(|e| e.command.clone()).unwrap_or_default().join(" ")
+    };
+    assert_eq!(probe(&agent.readiness_probe), "/usr/bin/netpol-agent health");
+    assert_eq!(probe(&agent.liveness_probe), "/usr/bin/netpol-agent health --live");
     let mounts: Vec<String> = agent.volume_mounts.iter().flatten().map(|m| m.mount_path.clone()).collect();
-    for path in ["/sys/fs/bpf", "/run/netpol", "/var/lib/netpol"] {
+    for path in
+        ["/sys/fs/bpf", "/run/netpol", "/var/lib/netpol", "/host/etc/cni/net.d", "/run/netpol/cgroupv2"]
+    {
         assert!(mounts.iter().any(|m| m == path), "{path} is not mounted");
     }
+    let volumes: Vec<(String, String)> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| Some((v.name.clone(), v.host_path.as_ref()?.path.clone())))
+        .collect();
+    assert!(volumes.contains(&("cgroup".into(), "/sys/fs/cgroup".into())), "{volumes:?}");
+    assert!(agent.resources.as_ref().and_then(|r| r.requests.as_ref()).is_some(), "no resource requests");
+    for c in pod.init_containers.iter().flatten().chain(&pod.containers) {
+        assert_eq!(c.image.as_deref(), Some("localhost/netpol:dev"), "{}", c.name);
+        assert_eq!(
+            c.image_pull_policy.as_deref(),
+            Some("Never"),
+            "{}: a loaded image is never pulled",
+            c.name
+        );
+    }
+    // The init container installs only the plugin, atomically; the configuration is the agent's.
+    let init = pod.init_containers.unwrap()[0].command.clone().unwrap().join(" ");
+    assert!(init.contains("mv ") && !init.contains("conflist"), "{init}");
+}
 
-    let cm: ConfigMap = of_kind(&docs, "ConfigMap");
-    let conflist: Value = serde_json::from_str(&cm.data.unwrap()["10-netpol.conflist"]).unwrap();
-    assert_eq!(conflist["plugins"][0]["type"], "netpol-cni");
-    assert!(conflist["plugins"][0].get("podCIDR").is_none(), "the Node's podCIDR comes from the agent");
+#[test]
+fn kustomize_lists_every_manifest_and_kind_agrees_on_the_pod_range() {
+    let k = &documents("kustomization.yaml")[0];
+    let listed: Vec<&str> = k["resources"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    assert_eq!(listed, ["netpol.yaml"]);
+    let kind = &documents("kind/cluster.yaml")[0];
+    assert_eq!(kind["networking"]["disableDefaultCNI"], true);
+    assert_eq!(kind["networking"]["podSubnet"], "10.244.0.0/16");
+    let roles: Vec<&str> =
+        kind["nodes"].as_array().unwrap().iter().map(|n| n["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["control-plane", "worker", "worker"]);
+    let ignore = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../.dockerignore")).unwrap();
+    assert!(ignore.lines().any(|l| l.trim() == "target/"), "the build context would carry target/");
 }

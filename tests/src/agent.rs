@@ -20,6 +20,8 @@ pub struct AgentProcess {
     /// `--name`: its pin directory under /sys/fs/bpf.
     pub pins: String,
     pub dir: PathBuf,
+    /// More arguments for `run`.
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -27,12 +29,18 @@ impl AgentProcess {
     /// A fresh agent (`bin`: the netpol-agent binary) in `ns`, named `test-agent-<prefix>`;
     /// returns once its API answers.
     pub fn start(bin: &Path, ns: &NetNs, prefix: &str) -> AgentProcess {
+        AgentProcess::start_with(bin, ns, prefix, &[])
+    }
+
+    /// As [`AgentProcess::start`], with more arguments for `run`.
+    pub fn start_with(bin: &Path, ns: &NetNs, prefix: &str, args: &[&str]) -> AgentProcess {
         let dir = std::env::temp_dir().join(format!("netpol-agent-{prefix}"));
         let pins = format!("test-agent-{prefix}");
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf").join(&pins));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut a = AgentProcess { bin: bin.into(), netns: ns.name.clone(), pins, dir, child: None };
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut a = AgentProcess { bin: bin.into(), netns: ns.name.clone(), pins, dir, args, child: None };
         a.restart();
         a
     }
@@ -53,6 +61,7 @@ impl AgentProcess {
             .arg(self.socket())
             .arg("--state-dir")
             .arg(self.dir.join("state"))
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -66,6 +75,14 @@ impl AgentProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("the agent did not come up");
+    }
+
+    /// SIGTERM, and waits for the agent's shutdown path to finish.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
     }
 
     /// SIGKILL: no shutdown path runs.

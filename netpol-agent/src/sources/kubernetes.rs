@@ -83,6 +83,38 @@ where
     }
 }
 
+/// One RBAC grant: API group, resource (plural), verb.
+pub type Grant = (String, String, &'static str);
+
+fn watched<K: Resource<DynamicType = ()>>() -> [Grant; 2] {
+    let (group, plural) = (K::group(&()).to_string(), K::plural(&()).to_string());
+    [(group.clone(), plural.clone(), "list"), (group, plural, "watch")]
+}
+
+/// Everything the agent asks of the API server, as RBAC grants — the one source of truth
+/// for the ClusterRole in `deploy/netpol.yaml` (its test checks they are equal): list and
+/// watch for each kind [`start`] watches (kube's watcher does nothing else), and create
+/// and patch on events (invalid policies are created; the event recorder patches a
+/// repeated over-budget event's series).
+pub fn grants() -> Vec<Grant> {
+    let mut out: Vec<Grant> = [
+        watched::<Namespace>(),
+        watched::<Pod>(),
+        watched::<NetworkPolicy>(),
+        watched::<Node>(),
+        watched::<Service>(),
+        watched::<EndpointSlice>(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    type K8sEvent = k8s_openapi::api::events::v1::Event;
+    let (group, plural) = (K8sEvent::group(&()).to_string(), K8sEvent::plural(&()).to_string());
+    out.push((group.clone(), plural.clone(), "create"));
+    out.push((group, plural, "patch"));
+    out
+}
+
 fn all<K: Resource<DynamicType = ()>>(client: &Client) -> Api<K> {
     Api::all(client.clone())
 }
