@@ -119,6 +119,10 @@ struct RunArgs {
     /// this range, as kindnet would.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: ipnet::Ipv4Net,
+    /// With `--source kubernetes`: the kubeconfig to use (default: in-cluster, or
+    /// $KUBECONFIG, or ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// Leave routing between nodes and masquerade to another component.
     #[arg(long)]
     no_node_network: bool,
@@ -432,9 +436,7 @@ fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let client = match run.source {
-            Source::Kubernetes => {
-                Some(kube::Client::try_default().await.context("connecting to the Kubernetes API")?)
-            }
+            Source::Kubernetes => Some(kube_client(run.kubeconfig.as_deref()).await?),
             Source::Local => None,
         };
         let agent = Agent::start(dp, &settings).context("starting the agent")?;
@@ -471,6 +473,19 @@ fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
         served?;
         anyhow::Ok(())
     })
+}
+
+/// The API client: from `kubeconfig` when given, else kube's default inference.
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await.context("finding the Kubernetes API")?,
+    };
+    kube::Client::try_from(config).context("connecting to the Kubernetes API")
 }
 
 /// Writes the CNI configuration once the agent enforces the full model with its socket

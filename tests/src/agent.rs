@@ -56,7 +56,12 @@ impl AgentProcess {
             .arg(format!("--net=/run/netns/{}", self.netns))
             .arg("--")
             .arg(&self.bin)
-            .args(["--name", &self.pins, "run", "--node-name", "n1"])
+            .args(["--name", &self.pins, "run"])
+            .args(if self.args.iter().any(|a| a == "--node-name") {
+                &[][..]
+            } else {
+                &["--node-name", "n1"][..]
+            })
             .arg("--socket")
             .arg(self.socket())
             .arg("--state-dir")

@@ -5,6 +5,7 @@
 //!
 //! Every name a test makes starts with a per-test prefix, so tests can run in parallel.
 pub mod agent;
+pub mod apiserver;
 pub mod cni;
 pub mod netns;
 pub mod objects;

@@ -36,6 +36,11 @@ enum Cmd {
     /// Setup, build, then the user's NetworkPolicy lab (Tasks 2.2.1-2.2.6) in local mode
     /// (needs root); exits non-zero on any mismatch with the lab's outcomes.
     Lab,
+    /// Setup, build, then the two-node cluster simulation (needs root): two agents in
+    /// Kubernetes mode against a scripted API server, pods wired by netpol-cni, the lab's
+    /// Tasks 2.2.1-2.2.5 across the nodes and an agent SIGKILLed midway; prints expected vs
+    /// observed (also part of `test`).
+    ClusterSim,
     /// Setup, then the benchmarks (needs root): pod-to-pod traffic under netpol, iptables and
     /// nftables; the programs through BPF_PROG_TEST_RUN; the policy compiler.
     Bench {
@@ -83,6 +88,13 @@ fn main() -> Result<()> {
             run(Command::new(root.join("target/release/netpol"))
                 .args(["local", "lab", "--examples"])
                 .arg(root.join("examples/lab")))
+        }
+        Cmd::ClusterSim => {
+            setup(&root)?;
+            build(&root)?;
+            run(cargo(&root)
+                .args(["test", "--release", "-p", "netpol-cli", "--test", "cluster_sim", "--", "--nocapture"])
+                .env("NETPOL_REQUIRE_ROOT", "1"))
         }
         Cmd::Bench { quick } => {
             setup(&root)?;

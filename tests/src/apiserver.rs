@@ -1,0 +1,200 @@
+//! A scripted Kubernetes API server for simulations: it holds objects of the kinds the
+//! agent watches, numbers every change with a resourceVersion, and serves list and watch
+//! (a watch replays the changes after its resourceVersion, then streams new ones) over
+//! plain HTTP — enough for kube-runtime's watcher. Events are accepted and kept. The test
+//! changes the objects as a controller would (`apply`, `delete`).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Path, Query, State},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+/// (apiVersion, kind, plural) of each kind served.
+const KINDS: [(&str, &str, &str); 6] = [
+    ("v1", "Namespace", "namespaces"),
+    ("v1", "Pod", "pods"),
+    ("v1", "Node", "nodes"),
+    ("v1", "Service", "services"),
+    ("discovery.k8s.io/v1", "EndpointSlice", "endpointslices"),
+    ("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+];
+
+/// (plural, namespace, name)
+type Key = (String, String, String);
+
+#[derive(Default)]
+struct Store {
+    rv: u64,
+    objects: BTreeMap<Key, Value>,
+    /// Every change: (resourceVersion, plural, watch event).
+    history: Vec<(u64, String, Value)>,
+    events: Vec<Value>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    store: Arc<Mutex<Store>>,
+    changes: broadcast::Sender<(u64, String, Value)>,
+}
+
+pub struct ApiServer {
+    shared: Shared,
+    pub addr: SocketAddr,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+fn plural_of(kind: &str) -> &'static str {
+    KINDS.iter().find(|k| k.1 == kind).map(|k| k.2).unwrap_or_else(|| panic!("kind {kind} is not served"))
+}
+
+fn lines(events: Vec<Value>) -> Vec<Result<Bytes, std::io::Error>> {
+    events.into_iter().map(|v| Ok(Bytes::from(format!("{v}\n")))).collect()
+}
+
+async fn list_or_watch(
+    State(s): State<Shared>,
+    Path(path): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let plural = path.rsplit('/').next().unwrap_or("").to_string();
+    let Some((api, kind, _)) = KINDS.iter().find(|k| k.2 == plural) else {
+        return (axum::http::StatusCode::NOT_FOUND, "not served").into_response();
+    };
+    let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    if !watch {
+        let st = s.store.lock().unwrap();
+        let items: Vec<&Value> = st.objects.iter().filter(|(k, _)| k.0 == plural).map(|(_, v)| v).collect();
+        return Json(json!({"kind": format!("{kind}List"), "apiVersion": api,
+                            "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}))
+        .into_response();
+    }
+    let since: u64 = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    // Subscribe first, then replay: nothing falls between the two.
+    let rx = s.changes.subscribe();
+    let replay: Vec<Value> = {
+        let st = s.store.lock().unwrap();
+        st.history
+            .iter()
+            .filter(|(rv, p, _)| *rv > since && *p == plural)
+            .map(|(_, _, e)| e.clone())
+            .collect()
+    };
+    let last_replayed = since.max(s.store.lock().unwrap().rv);
+    let live = futures::stream::unfold((rx, plural), move |(mut rx, plural)| async move {
+        loop {
+            match rx.recv().await {
+                Ok((rv, p, e)) if p == plural && rv > last_replayed => {
+                    return Some((Ok::<Bytes, std::io::Error>(Bytes::from(format!("{e}\n"))), (rx, plural)))
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let stream = futures::StreamExt::chain(futures::stream::iter(lines(replay)), live);
+    Body::from_stream(stream).into_response()
+}
+
+async fn record_event(
+    State(s): State<Shared>,
+    Json(ev): Json<Value>,
+) -> (axum::http::StatusCode, Json<Value>) {
+    s.store.lock().unwrap().events.push(ev.clone());
+    (axum::http::StatusCode::CREATED, Json(ev))
+}
+
+impl ApiServer {
+    /// Serves on `addr` (port 0: any) from the calling thread's network namespace.
+    pub fn start(addr: SocketAddr) -> ApiServer {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (changes, _) = broadcast::channel(4096);
+        let shared = Shared { store: Arc::default(), changes };
+        let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).expect("bind the API server");
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", post(record_event))
+            .route("/api/v1/{*path}", get(list_or_watch))
+            .route("/apis/{*path}", get(list_or_watch))
+            .with_state(shared.clone());
+        rt.spawn(async move { axum::serve(listener, app).await });
+        ApiServer { shared, addr, rt: Some(rt) }
+    }
+
+    /// A kubeconfig file pointing at this server, written to `path`.
+    pub fn kubeconfig(&self, path: &std::path::Path) {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: http://{}\n\
+             users:\n- name: sim\n  user: {{}}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    user: sim\n\
+             current-context: sim\n",
+            self.addr
+        );
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// Creates or replaces an object (as `kubectl apply` would end up), with a new
+    /// resourceVersion; watchers get ADDED or MODIFIED.
+    pub fn apply(&self, mut obj: Value) {
+        let plural = plural_of(obj["kind"].as_str().unwrap()).to_string();
+        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+        let mut st = self.shared.store.lock().unwrap();
+        st.rv += 1;
+        let rv = st.rv;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        if obj["metadata"]["uid"].is_null() {
+            obj["metadata"]["uid"] = json!(format!("uid-{plural}-{ns}-{name}"));
+        }
+        let key = (plural.clone(), ns, name);
+        let kind = if st.objects.contains_key(&key) { "MODIFIED" } else { "ADDED" };
+        st.objects.insert(key, obj.clone());
+        let event = json!({"type": kind, "object": obj});
+        st.history.push((rv, plural.clone(), event.clone()));
+        let _ = self.shared.changes.send((rv, plural, event));
+    }
+
+    /// Deletes an object; watchers get DELETED. False when there was none.
+    pub fn delete(&self, kind: &str, ns: &str, name: &str) -> bool {
+        let plural = plural_of(kind).to_string();
+        let mut st = self.shared.store.lock().unwrap();
+        let Some(mut obj) = st.objects.remove(&(plural.clone(), ns.to_string(), name.to_string())) else {
+            return false;
+        };
+        st.rv += 1;
+        let rv = st.rv;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let event = json!({"type": "DELETED", "object": obj});
+        st.history.push((rv, plural.clone(), event.clone()));
+        let _ = self.shared.changes.send((rv, plural, event));
+        true
+    }
+
+    /// The object stored under kind, namespace, name.
+    pub fn get(&self, kind: &str, ns: &str, name: &str) -> Option<Value> {
+        let key = (plural_of(kind).to_string(), ns.to_string(), name.to_string());
+        self.shared.store.lock().unwrap().objects.get(&key).cloned()
+    }
+
+    /// The Events posted so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.shared.store.lock().unwrap().events.clone()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
