@@ -1,12 +1,15 @@
 //! Two nodes of a cluster, simulated (root only): two node namespaces on one link, each with
 //! its own agent process in Kubernetes mode (own pins, socket, state, socket-LB cgroup)
 //! against one scripted API server; pods wired by the real `netpol-cni` as a runtime calls
-//! it, their addresses posted back as the kubelet would. The lab's Tasks 2.2.1-2.2.5 run
-//! across the nodes — frontend and not-frontend on node a, backend on node b — with the
-//! lab's own policy files, so the agents' routes between the nodes, the remote pods'
-//! identities and both sides' enforcement are what is tested. Midway node b's agent is
-//! SIGKILLed and restarted under continuous probing: no allowed flow may fail, no denied
-//! one may pass. Ends with the lab's expected-vs-observed table.
+//! it, their addresses posted back as the kubelet would, and EndpointSlices written as the
+//! controller would. kube-dns runs on node a (the built-in DNS server, reading its agent's
+//! Service names) behind its ClusterIP; each node also has kube-proxy-style iptables DNAT
+//! rules for the Services. The lab's Tasks 2.2.1-2.2.5 run across the nodes — frontend and
+//! not-frontend on node a, backend on node b — as the lab writes them: `curl -I
+//! --connect-timeout 5 backend:8080` resolved by the cluster's DNS, translated at the
+//! socket, routed to the other node, judged on both; with the lab's own policy files.
+//! Midway node b's agent is SIGKILLed and restarted under continuous probing: no allowed
+//! flow may fail, no denied one may pass. Ends with the lab's expected-vs-observed table.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -25,6 +28,7 @@ use netpol_tests::{
     cni::{self, Call},
     need_root,
     netns::NetNs,
+    objects,
     topology::Node,
     traffic::{tcp_probe, tcp_server, Server},
     RemoveOnDrop,
@@ -37,6 +41,8 @@ const B_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 3);
 const A_PODS: &str = "10.246.1.0/24";
 const B_PODS: &str = "10.246.2.0/24";
 const CLUSTER: &str = "10.246.0.0/16";
+const KUBE_DNS: &str = "10.97.0.10";
+const BACKEND_SVC: &str = "10.97.0.20";
 const PROBE: Duration = Duration::from_millis(500);
 
 fn bin(name: &str) -> PathBuf {
@@ -64,7 +70,7 @@ struct SimNode {
     name: &'static str,
     node: Node,
     agent: AgentProcess,
-    _cgroup: TestCgroup,
+    cgroup: TestCgroup,
 }
 
 struct Sim {
@@ -72,6 +78,8 @@ struct Sim {
     nodes: Vec<SimNode>,
     pods: Vec<(String, NetNs, Ipv4Addr)>,
     servers: Vec<Server>,
+    /// The DNS server of the kube-dns pod.
+    dns: Option<std::process::Child>,
     outcomes: Vec<(String, String, String, String)>,
     _files: RemoveOnDrop,
 }
@@ -119,13 +127,14 @@ impl Sim {
             ];
             let agent =
                 AgentProcess::start_with(&bin("netpol-agent"), &node.ns, &format!("csim{name}"), &args);
-            nodes.push(SimNode { name, node, agent, _cgroup: cgroup });
+            nodes.push(SimNode { name, node, agent, cgroup });
         }
         let sim = Sim {
             api,
             nodes,
             pods: Vec::new(),
             servers: Vec::new(),
+            dns: None,
             outcomes: Vec::new(),
             _files: RemoveOnDrop(vec![dir]),
         };
@@ -154,8 +163,12 @@ impl Sim {
     /// The kubelet's part: the Pod object first, then the sandbox wired by netpol-cni on
     /// its node, then its address posted.
     fn run_pod(&mut self, name: &str, app: &str, node: &str) -> Ipv4Addr {
+        self.run_pod_in("default", name, ("app", app), node)
+    }
+
+    fn run_pod_in(&mut self, ns: &str, name: &str, label: (&str, &str), node: &str) -> Ipv4Addr {
         let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+            "metadata": {"name": name, "namespace": ns, "labels": {label.0: label.1}},
             "spec": {"nodeName": node, "containers": [{"name": "c", "ports": [{"containerPort": 8080}]}]},
             "status": {"phase": "Pending"}});
         self.api.apply(pod.clone());
@@ -163,7 +176,7 @@ impl Sim {
         let n = self.node(node);
         let conf = json!({"cniVersion": "1.0.0", "name": "sim", "type": "netpol-cni",
             "agentSocket": n.agent.socket(), "dataDir": n.agent.dir.join("cni")});
-        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}");
         let call = Call { cid: &format!("cid-{name}"), netns: &netns.path(), ifname: "eth0", args: &args };
         let out = cni::exec(&bin("netpol-cni"), &n.node.ns, "ADD", &conf, call);
         assert!(out.ok, "CNI ADD {name}: {} {}", out.json, out.stderr);
@@ -174,6 +187,121 @@ impl Sim {
         self.api.apply(pod);
         self.pods.push((name.to_string(), netns, ip));
         ip
+    }
+
+    /// A Service on `ip` for pods labelled `app`, its EndpointSlice as the controller writes
+    /// it, and kube-proxy's DNAT rules for it on every node (which the socket hooks make
+    /// moot: they translate before a packet exists).
+    fn service(&self, ns: &str, name: &str, ip: &str, selector: (&str, &str), port: u16, protocols: &[&str]) {
+        let ports: Vec<Value> = protocols
+            .iter()
+            .map(|p| json!({"name": p.to_lowercase(), "port": port, "protocol": p, "targetPort": port}))
+            .collect();
+        let svc = objects::service(ns, name, ip, json!({selector.0: selector.1}), json!(ports));
+        self.api.apply(svc.json());
+        let backends: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(pod, _, _)| {
+                self.api
+                    .get("Pod", ns, pod)
+                    .is_some_and(|p| p["metadata"]["labels"][selector.0] == selector.1)
+            })
+            .map(|(_, _, ip)| ip.to_string())
+            .collect();
+        let slice_ports: Vec<Value> = protocols
+            .iter()
+            .map(|p| json!({"name": p.to_lowercase(), "port": port, "protocol": p}))
+            .collect();
+        let refs: Vec<&str> = backends.iter().map(String::as_str).collect();
+        let slice = objects::endpoint_slice(ns, &format!("{name}-sim"), name, json!(slice_ports), &refs);
+        self.api.apply(slice.json());
+        for n in &self.nodes {
+            for p in protocols {
+                for chain in ["PREROUTING", "OUTPUT"] {
+                    let proto = p.to_lowercase();
+                    let to = format!("{}:{port}", backends[0]);
+                    let rule =
+                        ["-t", "nat", "-A", chain, "-d", ip, "-p", &proto, "--dport", &port.to_string()];
+                    let ok = n
+                        .node
+                        .ns
+                        .cmd("iptables")
+                        .args(rule)
+                        .args(["-j", "DNAT", "--to-destination", &to])
+                        .status();
+                    assert!(ok.unwrap().success(), "kube-proxy's rule for {name}");
+                }
+            }
+        }
+    }
+
+    /// kube-dns on node a: a pod running the built-in DNS server (it reads node a's agent),
+    /// its Service, and every client pod's resolv.conf pointing at it.
+    fn cluster_dns(&mut self) {
+        self.api.apply(json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "kube-system", "labels": {"kubernetes.io/metadata.name": "kube-system"}}}));
+        self.run_pod_in("kube-system", "coredns", ("k8s-app", "kube-dns"), "a");
+        let netns = self.pod("coredns").1.name.clone();
+        let mut server = std::process::Command::new("ip");
+        server.args(["netns", "exec", &netns, env!("CARGO_BIN_EXE_netpol"), "responder", "--node", "csim"]);
+        server
+            .args(["--pod", "kube-system/coredns", "--dns", "53", "--agent"])
+            .arg(self.node("a").agent.socket());
+        let mut child =
+            server.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        self.dns = Some(child);
+        self.service("kube-system", "kube-dns", KUBE_DNS, ("k8s-app", "kube-dns"), 53, &["UDP", "TCP"]);
+    }
+
+    /// The resolver files the kubelet writes for a pod in `default`.
+    fn resolv_conf(&mut self, pod: &str) {
+        let dir = Path::new("/etc/netns").join(&self.pod(pod).1.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = format!("nameserver {KUBE_DNS}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n");
+        std::fs::write(dir.join("resolv.conf"), conf).unwrap();
+        std::fs::write(dir.join("hosts"), "127.0.0.1\tlocalhost\n").unwrap();
+        self._files.0.push(dir);
+    }
+
+    /// `kubectl exec POD -- curl -I --connect-timeout 5 backend:8080` (2 s here), in the
+    /// pod's namespace and its node's cgroup: HTTP 200, or curl's exit code.
+    fn curl(&self, pod: &str, node: &str) -> String {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.pod(pod).1.name,
+            "curl",
+            "-sSI",
+            "--connect-timeout",
+            "2",
+            "backend:8080",
+        ]);
+        self.node(node).cgroup.adopt(&mut cmd);
+        let out = cmd.output().unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("200 OK") {
+            "HTTP 200".into()
+        } else if out.status.code() == Some(28) {
+            "timed out".into()
+        } else {
+            format!("exit {:?}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr).trim())
+        }
+    }
+
+    /// Waits (up to 8 s) for the lab's curl from `pod` (on `node`) to give `want`.
+    fn check_curl(&mut self, task: &str, pod: &str, node: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let mut got = self.curl(pod, node);
+        while got != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            got = self.curl(pod, node);
+        }
+        self.outcomes.push((task.into(), format!("curl {pod} -> backend:8080"), want.into(), got));
     }
 
     fn pod(&self, name: &str) -> &(String, NetNs, Ipv4Addr) {
@@ -220,9 +348,15 @@ impl Sim {
 impl Drop for Sim {
     fn drop(&mut self) {
         self.servers.clear();
+        if let Some(mut dns) = self.dns.take() {
+            let _ = dns.kill();
+            let _ = dns.wait();
+        }
         for (name, netns, _) in std::mem::take(&mut self.pods) {
             if let Some(n) = self.nodes.iter().find(|n| {
-                self.api.get("Pod", "default", &name).is_some_and(|p| p["spec"]["nodeName"] == n.name)
+                ["default", "kube-system"]
+                    .iter()
+                    .any(|ns| self.api.get("Pod", ns, &name).is_some_and(|p| p["spec"]["nodeName"] == n.name))
             }) {
                 let conf = json!({"cniVersion": "1.0.0", "name": "sim", "type": "netpol-cni",
                     "agentSocket": n.agent.socket(), "dataDir": n.agent.dir.join("cni")});
@@ -231,6 +365,7 @@ impl Drop for Sim {
                 cni::exec(&bin("netpol-cni"), &n.node.ns, "DEL", &conf, call);
             }
         }
+        let _ = std::fs::remove_dir("/etc/netns");
     }
 }
 
@@ -286,18 +421,22 @@ fn the_lab_across_two_nodes_with_an_agent_killed_midway() {
     sim.run_pod("not-frontend", "not-frontend", "a");
     sim.run_pod("backend", "backend", "b");
     sim.servers.push(tcp_server(&sim.pod("backend").1.name, 8080));
+    sim.cluster_dns();
+    sim.service("default", "backend", BACKEND_SVC, ("app", "backend"), 8080, &["TCP"]);
+    sim.resolv_conf("frontend");
+    sim.resolv_conf("not-frontend");
 
-    // Task 2.2.2: no policy, both reach the backend on the other node.
-    sim.check("2.2.2", "frontend", "backend", true);
-    sim.check("2.2.2", "not-frontend", "backend", true);
+    // Task 2.2.2: no policy, both reach the backend on the other node, by name.
+    sim.check_curl("2.2.2", "frontend", "a", "HTTP 200");
+    sim.check_curl("2.2.2", "not-frontend", "a", "HTTP 200");
     // Task 2.2.3/2.2.4: the backend denies all ingress.
     sim.apply_file("backend-ingress-deny.yaml");
-    sim.check("2.2.4", "frontend", "backend", false);
-    sim.check("2.2.4", "not-frontend", "backend", false);
+    sim.check_curl("2.2.4", "frontend", "a", "timed out");
+    sim.check_curl("2.2.4", "not-frontend", "a", "timed out");
     // Task 2.2.5: from the frontend only — which node b knows by the remote pod's identity.
     sim.apply_file("backend-allow-ingress-frontend.yaml");
-    sim.check("2.2.5", "frontend", "backend", true);
-    sim.check("2.2.5", "not-frontend", "backend", false);
+    sim.check_curl("2.2.5", "frontend", "a", "HTTP 200");
+    sim.check_curl("2.2.5", "not-frontend", "a", "timed out");
 
     // Node b's agent dies and comes back while both flows are probed.
     let backend = SocketAddrV4::new(sim.pod("backend").2, 8080);
