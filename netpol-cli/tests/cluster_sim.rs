@@ -43,6 +43,7 @@ const B_PODS: &str = "10.246.2.0/24";
 const CLUSTER: &str = "10.246.0.0/16";
 const KUBE_DNS: &str = "10.97.0.10";
 const BACKEND_SVC: &str = "10.97.0.20";
+const MARIADB_SVC: &str = "10.97.0.30";
 const PROBE: Duration = Duration::from_millis(500);
 
 fn bin(name: &str) -> PathBuf {
@@ -262,7 +263,7 @@ impl Sim {
     fn resolv_conf(&mut self, pod: &str) {
         let dir = Path::new("/etc/netns").join(&self.pod(pod).1.name);
         std::fs::create_dir_all(&dir).unwrap();
-        let conf = format!("nameserver {KUBE_DNS}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n");
+        let conf = format!("nameserver {KUBE_DNS}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:1\n");
         std::fs::write(dir.join("resolv.conf"), conf).unwrap();
         std::fs::write(dir.join("hosts"), "127.0.0.1\tlocalhost\n").unwrap();
         self._files.0.push(dir);
@@ -308,24 +309,40 @@ impl Sim {
         self.pods.iter().find(|p| p.0 == name).unwrap()
     }
 
-    /// Whether `from` connects to `to`:8080.
-    fn connects(&self, from: &str, to: &str) -> bool {
-        tcp_probe(&self.pod(from).1.name, SocketAddrV4::new(self.pod(to).2, 8080), PROBE)
+    /// Whether `from` connects to `to`:`port`.
+    fn connects(&self, from: &str, to: &str, port: u16) -> bool {
+        tcp_probe(&self.pod(from).1.name, SocketAddrV4::new(self.pod(to).2, port), PROBE)
     }
 
-    /// Waits (up to 5 s, the agents converging on a watch event) for `from` → `to` to be
-    /// `want`, then records what was observed.
-    fn check(&mut self, task: &str, from: &str, to: &str, want: bool) {
+    /// Waits (up to 5 s, the agents converging on a watch event) for `from` → `to`:`port`
+    /// to be `want`, then records what was observed.
+    fn check(&mut self, task: &str, from: &str, to: &str, port: u16, want: bool) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut got = self.connects(from, to);
+        let mut got = self.connects(from, to, port);
         while got != want && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
-            got = self.connects(from, to);
+            got = self.connects(from, to, port);
         }
         let word = |c: bool| if c { "connected" } else { "blocked" }.to_string();
-        self.outcomes.push((task.into(), format!("{from} -> {to}:8080"), word(want), word(got)));
+        self.outcomes.push((task.into(), format!("{from} -> {to}:{port}"), word(want), word(got)));
     }
 
+    /// `getent hosts NAME` in `pod` (on `node`) through the cluster's DNS.
+    fn check_resolves(&mut self, task: &str, pod: &str, node: &str, name: &str, want: bool) {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &self.pod(pod).1.name, "getent", "hosts", name]);
+        self.node(node).cgroup.adopt(&mut cmd);
+        let out = cmd.output().unwrap();
+        let word = |ok: bool| if ok { "resolved" } else { "unresolved" }.to_string();
+        self.outcomes.push((
+            task.into(),
+            format!("{pod} resolves {name}"),
+            word(want),
+            word(out.status.success()),
+        ));
+    }
+
+    /// The NetworkPolicies of one of the lab's files.
     fn apply_file(&self, file: &str) {
         for o in lab_file(file) {
             if o["kind"] == "NetworkPolicy" {
@@ -353,8 +370,9 @@ impl Drop for Sim {
             let _ = dns.wait();
         }
         for (name, netns, _) in std::mem::take(&mut self.pods) {
+            // (Every pod of the simulation is in one of these namespaces.)
             if let Some(n) = self.nodes.iter().find(|n| {
-                ["default", "kube-system"]
+                ["default", "kube-system", "ingress-haproxy"]
                     .iter()
                     .any(|ns| self.api.get("Pod", ns, &name).is_some_and(|p| p["spec"]["nodeName"] == n.name))
             }) {
@@ -464,13 +482,48 @@ fn the_lab_across_two_nodes_with_an_agent_killed_midway() {
         "none".into(),
         restart(denied_passed),
     ));
-    sim.check("2.2.5", "frontend", "backend", true);
-    sim.check("2.2.5", "not-frontend", "backend", false);
-
-    // Deleting both policies opens the backend again.
+    sim.check("2.2.5", "frontend", "backend", 8080, true);
+    sim.check("2.2.5", "not-frontend", "backend", 8080, false);
+    // The lab deletes both policies: the backend is open again.
     for name in ["backend-allow-ingress-frontend", "backend-ingress-deny"] {
         assert!(sim.api.delete("NetworkPolicy", "default", name));
     }
-    sim.check("2.2.5", "not-frontend", "backend", true);
+    sim.check("2.2.5", "not-frontend", "backend", 8080, true);
+
+    // Task 2.2.6 across the nodes: the example frontend and the ingress on node a, MariaDB
+    // and the webshell on node b.
+    sim.api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ingress-haproxy",
+        "labels": {"app": "ingress-haproxy", "kubernetes.io/metadata.name": "ingress-haproxy"}}}));
+    sim.run_pod("example-frontend", "example-frontend", "a");
+    sim.run_pod_in("ingress-haproxy", "ingress", ("app.kubernetes.io/name", "haproxy-ingress"), "a");
+    sim.run_pod("mariadb", "mariadb", "b");
+    sim.run_pod_in("default", "webshell", ("app.kubernetes.io/name", "webshell"), "b");
+    for (pod, port) in [("example-frontend", 5000), ("mariadb", 3306), ("webshell", 7681)] {
+        sim.servers.push(tcp_server(&sim.pod(pod).1.name, port));
+    }
+    sim.service("default", "mariadb", MARIADB_SVC, ("app", "mariadb"), 3306, &["TCP"]);
+    sim.resolv_conf("example-frontend");
+    sim.check("2.2.6", "example-frontend", "mariadb", 3306, true);
+    sim.apply_file("deny-netpol.yaml");
+    sim.check("2.2.6", "example-frontend", "mariadb", 3306, false);
+    // Names still resolve: allow-dns lets the namespace's pods ask kube-dns on node a.
+    sim.check_resolves("2.2.6", "example-frontend", "a", "mariadb", true);
+    // Control: egress still denied but allow-dns gone, names do not resolve (then it is back).
+    sim.api.apply(json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "deny-egress", "namespace": "default"},
+        "spec": {"podSelector": {}, "policyTypes": ["Egress"]}}));
+    assert!(sim.api.delete("NetworkPolicy", "default", "allow-dns"));
+    std::thread::sleep(Duration::from_millis(500));
+    sim.check_resolves("2.2.6", "example-frontend", "a", "mariadb", false);
+    sim.apply_file("deny-netpol.yaml");
+    assert!(sim.api.delete("NetworkPolicy", "default", "deny-egress"));
+    std::thread::sleep(Duration::from_millis(500));
+    sim.check_resolves("2.2.6", "example-frontend", "a", "mariadb", true);
+    sim.check("2.2.6", "ingress", "webshell", 7681, true);
+    sim.check("2.2.6", "example-frontend", "webshell", 7681, false);
+    sim.apply_file("frontend-netpol.yaml");
+    sim.check("2.2.6", "example-frontend", "mariadb", 3306, true);
+    sim.check("2.2.6", "ingress", "example-frontend", 5000, true);
+    sim.check("2.2.6", "webshell", "mariadb", 3306, false);
     assert!(sim.report(), "mismatches between the lab's expectations and the simulation");
 }
