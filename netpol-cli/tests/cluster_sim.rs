@@ -383,6 +383,10 @@ impl Drop for Sim {
                 cni::exec(&bin("netpol-cni"), &n.node.ns, "DEL", &conf, call);
             }
         }
+        // The pods' resolver files, then their parent if nothing else is left in it.
+        for path in &self._files.0 {
+            let _ = std::fs::remove_dir_all(path);
+        }
         let _ = std::fs::remove_dir("/etc/netns");
     }
 }
