@@ -9,10 +9,6 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
     path::Path,
     process::{Child, Stdio},
-    sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
-    },
     time::{Duration, Instant},
 };
 
@@ -20,7 +16,7 @@ use netpol_tests::{
     agent::AgentProcess,
     need_root, objects,
     topology::Node,
-    traffic::{tcp_probe, tcp_server, Conn, Server},
+    traffic::{tcp_probe, tcp_server, Conn, Prober, Server},
 };
 use serde_json::{json, Value};
 
@@ -103,50 +99,6 @@ fn policy(name: &str, selector: Value, ingress: Value) -> Value {
     objects::policy("default", name, json!({"podSelector": selector, "ingress": ingress})).json()
 }
 
-/// Probes flows continuously; counts allowed flows that failed and denied flows that passed.
-struct Prober {
-    stop: Arc<AtomicBool>,
-    failed: Arc<AtomicUsize>,
-    leaked: Arc<AtomicUsize>,
-    rounds: Arc<AtomicUsize>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Prober {
-    fn start(allowed: Vec<(String, SocketAddrV4)>, denied: Vec<(String, SocketAddrV4)>) -> Prober {
-        let (stop, failed, leaked, rounds) = (Arc::default(), Arc::default(), Arc::default(), Arc::default());
-        let (s, f, l, r): (Arc<AtomicBool>, Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicUsize>) =
-            (Arc::clone(&stop), Arc::clone(&failed), Arc::clone(&leaked), Arc::clone(&rounds));
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                for (ns, to) in &allowed {
-                    if !tcp_probe(ns, *to, ALLOWED) {
-                        f.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-                for (ns, to) in &denied {
-                    if tcp_probe(ns, *to, DENIED) {
-                        l.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-                r.fetch_add(1, Ordering::SeqCst);
-            }
-        });
-        Prober { stop, failed, leaked, rounds, thread: Some(thread) }
-    }
-
-    /// Stops; returns (rounds, allowed failures, denied leaks).
-    fn finish(mut self) -> (usize, usize, usize) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.take().unwrap().join().unwrap();
-        (
-            self.rounds.load(Ordering::SeqCst),
-            self.failed.load(Ordering::SeqCst),
-            self.leaked.load(Ordering::SeqCst),
-        )
-    }
-}
-
 #[test]
 fn a_killed_agent_leaves_enforcement_intact_and_converges_on_restart() {
     let (a, b, c) = (Ipv4Addr::new(10, 70, 0, 2), Ipv4Addr::new(10, 70, 0, 3), Ipv4Addr::new(10, 70, 0, 4));
@@ -167,7 +119,7 @@ fn a_killed_agent_leaves_enforcement_intact_and_converges_on_restart() {
     assert!(!tcp_probe(&lab.ns("c"), to_b, DENIED));
     let before = lab.datapath_show();
 
-    let prober = Prober::start(vec![(lab.ns("a"), to_b)], vec![(lab.ns("c"), to_b)]);
+    let prober = Prober::start(vec![(lab.ns("a"), to_b)], vec![(lab.ns("c"), to_b)], (ALLOWED, DENIED));
     let mut conn = Conn::open(&lab.ns("a"), to_b, ALLOWED).expect("long-lived connection");
     std::thread::sleep(Duration::from_millis(300));
     lab.kill();
@@ -216,7 +168,7 @@ fn churn_never_drops_what_every_state_allows_nor_passes_what_every_state_denies(
         ),
     ]));
     let to_b = SocketAddrV4::new(ips[1], 80);
-    let prober = Prober::start(vec![(lab.ns("a"), to_b)], vec![(lab.ns("d"), to_b)]);
+    let prober = Prober::start(vec![(lab.ns("a"), to_b)], vec![(lab.ns("d"), to_b)], (ALLOWED, DENIED));
     let mut conn = Conn::open(&lab.ns("a"), to_b, ALLOWED).expect("long-lived connection");
     let mut exchanges_failed = 0;
     for i in 0..40 {

@@ -14,10 +14,6 @@
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
-    },
     time::{Duration, Instant},
 };
 
@@ -30,7 +26,7 @@ use netpol_tests::{
     netns::NetNs,
     objects,
     topology::Node,
-    traffic::{tcp_probe, tcp_server, Server},
+    traffic::{tcp_probe, tcp_server, Prober, Server},
     RemoveOnDrop,
 };
 use serde::Deserialize;
@@ -391,48 +387,6 @@ impl Drop for Sim {
     }
 }
 
-/// Probes an allowed and a denied flow (new connections) about every 200 ms until stopped; counts the allowed ones
-/// that failed and the denied ones that passed.
-struct Watch {
-    stop: Arc<AtomicBool>,
-    allowed_failed: Arc<AtomicUsize>,
-    denied_passed: Arc<AtomicUsize>,
-    rounds: Arc<AtomicUsize>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Watch {
-    fn start(allowed: (String, SocketAddrV4), denied: (String, SocketAddrV4)) -> Watch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (af, dp, rounds) =
-            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let (s, a, d, r) = (stop.clone(), af.clone(), dp.clone(), rounds.clone());
-        let handle = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                if !tcp_probe(&allowed.0, allowed.1, Duration::from_secs(1)) {
-                    a.fetch_add(1, Ordering::SeqCst);
-                }
-                if tcp_probe(&denied.0, denied.1, Duration::from_millis(150)) {
-                    d.fetch_add(1, Ordering::SeqCst);
-                }
-                r.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        Watch { stop, allowed_failed: af, denied_passed: dp, rounds, handle: Some(handle) }
-    }
-
-    fn finish(mut self) -> (usize, usize, usize) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.handle.take().unwrap().join().unwrap();
-        (
-            self.allowed_failed.load(Ordering::SeqCst),
-            self.denied_passed.load(Ordering::SeqCst),
-            self.rounds.load(Ordering::SeqCst),
-        )
-    }
-}
-
 #[test]
 fn the_lab_across_two_nodes_with_an_agent_killed_midway() {
     if need_root() {
@@ -462,9 +416,10 @@ fn the_lab_across_two_nodes_with_an_agent_killed_midway() {
 
     // Node b's agent dies and comes back while both flows are probed.
     let backend = SocketAddrV4::new(sim.pod("backend").2, 8080);
-    let watch = Watch::start(
-        (sim.pod("frontend").1.name.clone(), backend),
-        (sim.pod("not-frontend").1.name.clone(), backend),
+    let watch = Prober::start(
+        vec![(sim.pod("frontend").1.name.clone(), backend)],
+        vec![(sim.pod("not-frontend").1.name.clone(), backend)],
+        (Duration::from_secs(1), Duration::from_millis(150)),
     );
     std::thread::sleep(Duration::from_millis(300));
     let b = sim.nodes.iter_mut().find(|n| n.name == "b").unwrap();
@@ -472,7 +427,7 @@ fn the_lab_across_two_nodes_with_an_agent_killed_midway() {
     std::thread::sleep(Duration::from_millis(500));
     b.agent.restart();
     std::thread::sleep(Duration::from_millis(1500));
-    let (allowed_failed, denied_passed, rounds) = watch.finish();
+    let (rounds, allowed_failed, denied_passed) = watch.finish();
     let restart = |n: usize| if n == 0 { "none".to_string() } else { n.to_string() };
     sim.outcomes.push((
         "kill".into(),

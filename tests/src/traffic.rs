@@ -306,3 +306,60 @@ pub fn spin<T>(mut op: impl FnMut() -> std::io::Result<T>) -> T {
         }
     }
 }
+
+/// Probes flows with new TCP connections, round after round, until finished; counts the
+/// allowed flows that failed and the denied ones that passed (an agent restart must change
+/// neither).
+pub struct Prober {
+    stop: Arc<AtomicBool>,
+    failed: Arc<std::sync::atomic::AtomicUsize>,
+    leaked: Arc<std::sync::atomic::AtomicUsize>,
+    rounds: Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Prober {
+    /// `timeouts`: how long an allowed probe may take, how long a denied one is waited for.
+    pub fn start(
+        allowed: Vec<(String, SocketAddrV4)>,
+        denied: Vec<(String, SocketAddrV4)>,
+        timeouts: (Duration, Duration),
+    ) -> Prober {
+        let (stop, failed, leaked, rounds) = (Arc::default(), Arc::default(), Arc::default(), Arc::default());
+        let (s, f, l, r): (
+            Arc<AtomicBool>,
+            Arc<std::sync::atomic::AtomicUsize>,
+            Arc<std::sync::atomic::AtomicUsize>,
+            Arc<std::sync::atomic::AtomicUsize>,
+        ) = (Arc::clone(&stop), Arc::clone(&failed), Arc::clone(&leaked), Arc::clone(&rounds));
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                for (ns, to) in &allowed {
+                    if !tcp_probe(ns, *to, timeouts.0) {
+                        f.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                for (ns, to) in &denied {
+                    if tcp_probe(ns, *to, timeouts.1) {
+                        l.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Prober { stop, failed, leaked, rounds, thread: Some(thread) }
+    }
+
+    /// Stops; returns (rounds, allowed failures, denied leaks).
+    pub fn finish(mut self) -> (usize, usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("the prober panicked");
+        }
+        (
+            self.rounds.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+            self.leaked.load(Ordering::SeqCst),
+        )
+    }
+}
