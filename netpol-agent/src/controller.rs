@@ -434,7 +434,10 @@ impl<E: Enforcer> Agent<E> {
         }
         self.refused_routes = refused;
         let changes = self.dp.sync_routes(&routes)?;
-        if changes != Default::default() {
+        for net in &changes.taken {
+            warn!(%net, "another component routes this pod range; left as it is");
+        }
+        if changes.added + changes.removed > 0 {
             info!(
                 added = changes.added,
                 removed = changes.removed,

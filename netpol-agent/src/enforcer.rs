@@ -173,6 +173,7 @@ impl Enforcer for MemoryMaps {
         let changes = RouteChanges {
             added: routes.iter().filter(|(k, v)| self.routes.get(k) != Some(v)).count(),
             removed: self.routes.iter().filter(|(k, v)| routes.get(k) != Some(v)).count(),
+            taken: Vec::new(),
         };
         self.routes = routes.clone();
         Ok(changes)

@@ -28,6 +28,8 @@ pub struct RouteError(String);
 pub struct RouteChanges {
     pub added: usize,
     pub removed: usize,
+    /// Destinations another component already routes: left to it, never replaced.
+    pub taken: Vec<Ipv4Net>,
 }
 
 /// Runs a netlink conversation on its own thread with its own runtime (the caller may be
@@ -120,9 +122,17 @@ pub fn sync(desired: &BTreeMap<Ipv4Net, Ipv4Addr>) -> Result<RouteChanges, Route
             }
         }
         for (net, via) in &desired {
-            if !existing.iter().any(|(n, v, _)| n == net && v.as_ref() == Some(via)) {
-                h.route().add(route(*net, *via)).replace().execute().await.map_err(nl("adding a route"))?;
-                changes.added += 1;
+            if existing.iter().any(|(n, v, _)| n == net && v.as_ref() == Some(via)) {
+                continue;
+            }
+            // Never NLM_F_REPLACE: a route to the same destination that is not ours belongs
+            // to someone else (another CNI, the operator).
+            match h.route().add(route(*net, *via)).execute().await {
+                Ok(()) => changes.added += 1,
+                Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code().abs() == libc::EEXIST => {
+                    changes.taken.push(*net)
+                }
+                Err(e) => return Err(nl("adding a route")(e)),
             }
         }
         Ok(changes)

@@ -98,10 +98,18 @@ fn routes_to_the_other_nodes_pods_keep_pod_addresses_and_leave_other_routes_alon
     let c = Cluster::new("nnr");
     let (a_pod, b_pod) = (&c.a.pod("p").ns, &c.b.pod("p").ns);
     assert_eq!(seen_from(a_pod, b_pod, B_POD, 8080), None, "control: no route yet, yet it connected");
-    // Someone else's route on node a, which a sync must never touch.
+    // Someone else's routes on node a, which a sync must never touch: one elsewhere, one
+    // for a range netpol would route (left to its owner, reported as taken).
     c.a.ns.ip(&["route", "add", "10.99.0.0/24", "via", &B_NODE.to_string(), "proto", "static"]);
-    let added = c.routes(&c.a, &[("10.245.2.0/24", B_NODE)]);
+    c.a.ns.ip(&["route", "add", "10.245.7.0/24", "via", &B_NODE.to_string(), "proto", "static"]);
+    let added = c.routes(&c.a, &[("10.245.2.0/24", B_NODE), ("10.245.7.0/24", A_UPLINK)]);
     assert_eq!((added.added, added.removed), (1, 0));
+    assert_eq!(added.taken, ["10.245.7.0/24".parse::<Ipv4Net>().unwrap()]);
+    let kept = c.a.ns.ip(&["route", "show", "10.245.7.0/24"]);
+    assert!(
+        kept.contains(&B_NODE.to_string()) && kept.contains("static"),
+        "someone else's route was replaced: {kept}"
+    );
     c.routes(&c.b, &[("10.245.1.0/24", A_NODE)]);
     assert_eq!(seen_from(a_pod, b_pod, B_POD, 8080), Some(A_POD), "pod to pod keeps the pod's address");
     assert_eq!(seen_from(b_pod, a_pod, A_POD, 8081), Some(B_POD));

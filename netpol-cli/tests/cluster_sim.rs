@@ -266,19 +266,13 @@ impl Sim {
     }
 
     /// `kubectl exec POD -- curl -I --connect-timeout 5 backend:8080` (2 s here), in the
-    /// pod's namespace and its node's cgroup: HTTP 200, or curl's exit code.
+    /// pod's namespace and its node's cgroup: HTTP 200, or curl's exit code. `--max-time`
+    /// too: a connection made just before a deny lands is revoked mid-exchange (its
+    /// replies dropped), and curl would otherwise wait for them forever.
     fn curl(&self, pod: &str, node: &str) -> String {
         let mut cmd = std::process::Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &self.pod(pod).1.name,
-            "curl",
-            "-sSI",
-            "--connect-timeout",
-            "2",
-            "backend:8080",
-        ]);
+        cmd.args(["netns", "exec", &self.pod(pod).1.name, "curl", "-sSI", "--connect-timeout", "2"]);
+        cmd.args(["--max-time", "4", "backend:8080"]);
         self.node(node).cgroup.adopt(&mut cmd);
         let out = cmd.output().unwrap();
         if String::from_utf8_lossy(&out.stdout).contains("200 OK") {
