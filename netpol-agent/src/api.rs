@@ -86,9 +86,11 @@ pub fn router(state: Shared) -> Router {
 
 /// 200 `ok` when the agent is fit to serve, 503 naming what is not in effect.
 async fn health(State(st): State<Shared>) -> Response {
-    match st.lock().unwrap().health() {
-        Ok(()) => "ok".into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    // (It queries the kernel: off the async threads, as every call that takes the agent.)
+    match blocking(st, |a| Ok(a.health())).await {
+        Ok(Ok(())) => "ok".into_response(),
+        Ok(Err(why)) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+        Err(f) => f.into_response(),
     }
 }
 

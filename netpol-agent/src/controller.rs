@@ -45,6 +45,7 @@ use crate::{
     enforcer::Enforcer,
     metrics::{self, Metrics, Snapshot},
     sources::{
+        announce::{self, Announcements},
         local::{model_kind, to_object, LocalStore, StoreError, StoreKey},
         Change, WATCHED,
     },
@@ -134,6 +135,8 @@ pub struct Agent<E: Enforcer = Datapath> {
     node_network: Option<NodeNetwork>,
     /// Nodes whose pod range is not routed, and why (reported when it changes).
     refused_routes: BTreeMap<String, String>,
+    /// Woken when an endpoint is registered or removed (its announcement is due).
+    endpoints_changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// This machine's IPv4 addresses (not loopback): the node's addresses in local mode.
@@ -225,6 +228,7 @@ impl<E: Enforcer> Agent<E> {
             cgroup: settings.cgroup.clone(),
             node_network: settings.node_network,
             refused_routes: BTreeMap::new(),
+            endpoints_changed: Default::default(),
         };
         agent.node.socket_lb_cgroup = settings.cgroup.as_ref().map(|c| c.display().to_string());
         // Services are translated from the start: before the model is enforced, the
@@ -517,6 +521,7 @@ impl<E: Enforcer> Agent<E> {
             let _ = self.reconcile();
             return Err(e);
         }
+        self.endpoints_changed.notify_one();
         self.registry
             .status(&self.dp, &cid, &ifname)?
             .ok_or_else(|| AgentError::Invalid("registration vanished".into()))
@@ -524,9 +529,24 @@ impl<E: Enforcer> Agent<E> {
 
     pub fn unregister(&mut self, container_id: &str, ifname: &str) -> Result<(), AgentError> {
         if self.registry.unregister(container_id, ifname)? {
+            self.endpoints_changed.notify_one();
             self.reconcile()?;
         }
         Ok(())
+    }
+
+    /// Woken whenever an endpoint is registered or removed.
+    pub fn endpoints_changed(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.endpoints_changed.clone()
+    }
+
+    /// The address announcements this node owes the cluster (none before every kind is
+    /// listed: only then are the model's announcements complete).
+    pub fn announcements(&self) -> Announcements {
+        if !self.is_synced() || self.store.is_some() {
+            return Announcements::default();
+        }
+        announce::diff(&self.model, &self.node.node_name, &self.registry.local_pods())
     }
 
     /// Adds or replaces an object; a policy that does not validate is reported and leaves

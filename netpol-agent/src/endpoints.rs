@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::{
     datapath::{self, DatapathError},
     enforcer::Enforcer,
+    sources::announce::LocalPod,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +128,16 @@ impl Registry {
             .map(|r| (r.request.host_ifindex, r.request.host_ifname.clone()))
             .collect();
         (eps, names)
+    }
+
+    /// The registered pods, for their address announcements.
+    pub fn local_pods(&self) -> Vec<LocalPod> {
+        let pods = self.state.endpoints.iter().map(|r| LocalPod {
+            key: (r.request.pod_namespace.clone(), r.request.pod_name.clone()),
+            ip: r.request.ip,
+            uid: r.request.pod_uid.clone(),
+        });
+        pods.collect()
     }
 
     /// The network namespaces of the registered pods.
@@ -259,6 +270,7 @@ mod tests {
             ip: ip.into(),
             host_ifname: "lo".into(),
             host_ifindex: datapath::ifindex("lo").unwrap(),
+            pod_uid: None,
         }
     }
 

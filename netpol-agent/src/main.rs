@@ -492,10 +492,13 @@ async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kub
 /// hooks in effect: only then may the runtime hand it pods.
 async fn install_cni_config_when_ready(state: Arc<Mutex<Agent>>, dir: PathBuf, conflist: String) {
     loop {
-        let ready = {
-            let a = state.lock().unwrap_or_else(|p| p.into_inner());
+        let agent = Arc::clone(&state);
+        let ready = tokio::task::spawn_blocking(move || {
+            let a = agent.lock().unwrap_or_else(|p| p.into_inner());
             a.is_synced() && a.health().is_ok()
-        };
+        })
+        .await
+        .unwrap_or(false);
         if ready {
             match netpol_agent::cni_config::install(&dir, &conflist) {
                 Ok(path) => {

@@ -160,6 +160,7 @@ impl TestAgent {
             pod_name: name.into(),
             ip,
             host_ifindex: crate::datapath::ifindex(host_if).expect("the pod's host interface"),
+            pod_uid: None,
             host_ifname: host_if.into(),
         };
         self.agent().register(req).expect("register the pod");

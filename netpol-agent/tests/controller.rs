@@ -10,7 +10,7 @@ use std::{
 use netpol_agent::{
     controller::{retry_failed_syncs, Agent, AgentError, Settings},
     enforcer::MemoryMaps,
-    sources::Change,
+    sources::{Change, WATCHED},
 };
 use netpol_api::{EndpointRequest, NodeInfo};
 use netpol_common::{identity, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
@@ -50,6 +50,7 @@ fn lo_endpoint(pod: &str) -> EndpointRequest {
         ip: "10.0.0.2".parse().unwrap(),
         host_ifname: "lo".into(),
         host_ifindex: netpol_agent::datapath::ifindex("lo").unwrap(),
+        pod_uid: None,
     }
 }
 
@@ -146,7 +147,7 @@ fn nothing_is_enforced_from_a_model_that_is_not_fully_listed() {
     // Every kind listed (web is back), without policies: now the model is enforced.
     let web = BTreeSet::from([("x".to_string(), "web".to_string())]);
     let mut relisted = vec![Change::Upsert(obj(pod("web"))), Change::Relisted(Kind::Pod, web)];
-    let rest = [Kind::Namespace, Kind::NetworkPolicy, Kind::Node, Kind::Service, Kind::EndpointSlice];
+    let rest = WATCHED.into_iter().filter(|k| *k != Kind::Pod);
     relisted.extend(rest.map(|k| Change::Relisted(k, Default::default())));
     let (_, synced) = a.handle(relisted);
     synced.unwrap();
@@ -258,7 +259,7 @@ fn in_a_cluster_routes_follow_the_nodes_and_pod_traffic_is_masqueraded_from_the_
         Change::Upsert(node("n2", [172, 18, 0, 3], "10.244.1.0/24")),
         Change::Relisted(Kind::Node, nodes(&["n1", "n2"])),
     ];
-    let rest = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy, Kind::Service, Kind::EndpointSlice];
+    let rest = WATCHED.into_iter().filter(|k| *k != Kind::Node);
     listed.extend(rest.map(|k| Change::Relisted(k, Default::default())));
     a.handle(listed).1.unwrap();
     let routes = |a: &Agent<MemoryMaps>| {

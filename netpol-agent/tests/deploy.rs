@@ -4,15 +4,22 @@
 //! ([`netpol_agent::sources::kubernetes::grants`], the one source of truth); the
 //! DaemonSet runs the agent with what it needs (probes on its health command, the CNI
 //! configuration directory, the node's cgroup2, bpffs); kustomization.yaml lists every
-//! manifest; the kind cluster and the agent agree on the pod range.
+//! manifest; the kind cluster and the agent agree on the pod range; `crds.yaml` is the
+//! CustomResourceDefinition the agent's types define (`NETPOL_UPDATE_MANIFESTS=1` rewrites
+//! it from them).
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::{
-    apps::v1::DaemonSet,
-    core::v1::ServiceAccount,
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
+use k8s_openapi::{
+    api::{
+        apps::v1::DaemonSet,
+        core::v1::ServiceAccount,
+        rbac::v1::{ClusterRole, ClusterRoleBinding},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
+use kube::CustomResourceExt;
+use netpol_policy::crd::NetpolEndpoint;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
@@ -80,7 +87,7 @@ fn every_manifest_parses_strictly_and_the_role_grants_exactly_what_the_agent_use
         .map(|(g, r, v)| (g, r, v.to_string()))
         .collect();
     assert_eq!(granted, used, "the ClusterRole must grant exactly what the agent uses");
-    assert_eq!(used.len(), netpol_agent::sources::WATCHED.len() * 2 + 2, "a watched kind has no grant");
+    assert_eq!(used.len(), netpol_agent::sources::WATCHED.len() * 2 + 4, "a watched kind has no grant");
 }
 
 #[test]
@@ -138,7 +145,7 @@ fn the_daemonset_runs_the_agent_with_what_it_needs() {
 fn kustomize_lists_every_manifest_and_kind_agrees_on_the_pod_range() {
     let k = &documents("kustomization.yaml")[0];
     let listed: Vec<&str> = k["resources"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
-    assert_eq!(listed, ["netpol.yaml"]);
+    assert_eq!(listed, ["crds.yaml", "netpol.yaml"]);
     let kind = &documents("kind/cluster.yaml")[0];
     assert_eq!(kind["networking"]["disableDefaultCNI"], true);
     assert_eq!(kind["networking"]["podSubnet"], "10.244.0.0/16");
@@ -147,4 +154,24 @@ fn kustomize_lists_every_manifest_and_kind_agrees_on_the_pod_range() {
     assert_eq!(roles, ["control-plane", "worker", "worker"]);
     let ignore = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../.dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l.trim() == "target/"), "the build context would carry target/");
+}
+
+#[test]
+fn the_crd_manifest_is_what_the_types_define() {
+    let path = format!("{}/../deploy/crds.yaml", env!("CARGO_MANIFEST_DIR"));
+    let defined = NetpolEndpoint::crd();
+    if std::env::var_os("NETPOL_UPDATE_MANIFESTS").is_some() {
+        let header =
+            "# Generated from netpol_policy::crd (NETPOL_UPDATE_MANIFESTS=1 cargo test --test deploy).\n";
+        std::fs::write(&path, format!("{header}{}", serde_yaml::to_string(&defined).unwrap())).unwrap();
+    }
+    let docs = documents("crds.yaml");
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["CustomResourceDefinition"]);
+    let shipped: CustomResourceDefinition = strict(&docs, "CustomResourceDefinition");
+    assert_eq!(
+        serde_json::to_value(&shipped).unwrap(),
+        serde_json::to_value(&defined).unwrap(),
+        "deploy/crds.yaml differs from the NetpolEndpoint type (NETPOL_UPDATE_MANIFESTS=1 rewrites it)"
+    );
 }

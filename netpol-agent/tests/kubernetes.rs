@@ -182,6 +182,10 @@ fn server(st: Shared) -> Router {
             "/apis/networking.k8s.io/v1/networkpolicies",
             list_then_quiet("NetworkPolicyList", "networking.k8s.io/v1", policies),
         )
+        .route(
+            "/apis/netpol.io/v1alpha1/netpolendpoints",
+            list_then_quiet("NetpolEndpointList", "netpol.io/v1alpha1", json!([])),
+        )
         .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", post(record_event))
         .with_state(st)
 }
@@ -222,6 +226,7 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
             ip: "10.1.0.2".parse().unwrap(),
             host_ifname: "lo".into(),
             host_ifindex: lo,
+            pod_uid: None,
         })
         .unwrap();
     let agent = Arc::new(Mutex::new(agent));
@@ -313,7 +318,7 @@ fn an_invalid_policy_is_reported_once_for_the_whole_cluster() {
     let addr: SocketAddr = listener.local_addr().unwrap();
     let empty = json!([]);
     let namespaces = json!([{"metadata": {"name": "default", "resourceVersion": "1"}}]);
-    let policies = json!([{"metadata": {"name": "bad", "namespace": "default", "resourceVersion": "7", "uid": "u-bad"},
+    let policies = json!([{"metadata": {"name": "bad", "namespace": "default", "resourceVersion": "7", "generation": 3, "uid": "u-bad"},
         "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 80, "endPort": 70}]}]}}]);
     let app = Router::new()
         .route("/api/v1/pods", list_then_quiet("PodList", "v1", empty.clone()))
@@ -327,6 +332,10 @@ fn an_invalid_policy_is_reported_once_for_the_whole_cluster() {
         .route(
             "/apis/networking.k8s.io/v1/networkpolicies",
             list_then_quiet("NetworkPolicyList", "networking.k8s.io/v1", policies),
+        )
+        .route(
+            "/apis/netpol.io/v1alpha1/netpolendpoints",
+            list_then_quiet("NetpolEndpointList", "netpol.io/v1alpha1", json!([])),
         )
         .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", post(record_event))
         .with_state(script.clone());
@@ -369,6 +378,8 @@ fn an_invalid_policy_is_reported_once_for_the_whole_cluster() {
     assert_eq!(s.event_conflicts, 1, "the second node did not report");
     let ev = &s.events[0];
     assert_eq!((ev["reason"].as_str(), ev["type"].as_str()), (Some("InvalidNetworkPolicy"), Some("Warning")));
-    assert_eq!(ev["metadata"]["name"], "bad.netpol-invalid.7");
+    // Named by the spec's generation (the same on every node), regarding the object's version.
+    assert_eq!(ev["metadata"]["name"], "bad.netpol-invalid.g3");
+    assert_eq!(ev["regarding"]["resourceVersion"], "7");
     assert!(ev["note"].as_str().unwrap().contains("endPort"), "{ev}");
 }

@@ -103,6 +103,10 @@ fn server(policies_down: Arc<AtomicBool>) -> Router {
             kind("EndpointSliceList", "discovery.k8s.io/v1", json!([])),
         )
         .route("/apis/networking.k8s.io/v1/networkpolicies", policy_route)
+        .route(
+            "/apis/netpol.io/v1alpha1/netpolendpoints",
+            kind("NetpolEndpointList", "netpol.io/v1alpha1", json!([])),
+        )
         .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", post(|| async { StatusCode::CREATED }))
 }
 

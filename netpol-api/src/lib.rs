@@ -69,6 +69,10 @@ pub struct EndpointRequest {
     /// The host-side veth, by name and index (the index guards against a renamed link).
     pub host_ifname: String,
     pub host_ifindex: u32,
+    /// The pod's UID (CNI_ARGS `K8S_POD_UID`), when the runtime passed it: the agent
+    /// announces the pod's address under it before the kubelet posts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
 }
 
 /// An endpoint as the agent enforces it.

@@ -164,26 +164,68 @@ impl Sim {
     }
 
     fn run_pod_in(&mut self, ns: &str, name: &str, label: (&str, &str), node: &str) -> Ipv4Addr {
-        let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+        let ip = self.start_pod(ns, name, label, node);
+        self.post_address(ns, name);
+        ip
+    }
+
+    /// The Pod object, then its sandbox wired by netpol-cni (with the UID the kubelet
+    /// passes); its address not posted yet.
+    fn start_pod(&mut self, ns: &str, name: &str, label: (&str, &str), node: &str) -> Ipv4Addr {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": ns, "labels": {label.0: label.1}},
             "spec": {"nodeName": node, "containers": [{"name": "c", "ports": [{"containerPort": 8080}]}]},
             "status": {"phase": "Pending"}});
-        self.api.apply(pod.clone());
+        self.api.apply(pod);
+        let uid = self.api.get("Pod", ns, name).unwrap()["metadata"]["uid"].as_str().unwrap().to_string();
         let netns = NetNs::new(&format!("csim-{name}"));
-        let n = self.node(node);
-        let conf = json!({"cniVersion": "1.0.0", "name": "sim", "type": "netpol-cni",
-            "agentSocket": n.agent.socket(), "dataDir": n.agent.dir.join("cni")});
-        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}");
-        let call = Call { cid: &format!("cid-{name}"), netns: &netns.path(), ifname: "eth0", args: &args };
-        let out = cni::exec(&bin("netpol-cni"), &n.node.ns, "ADD", &conf, call);
+        let out = self.cni(
+            node,
+            "ADD",
+            name,
+            &netns,
+            &format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={uid}"),
+        );
         assert!(out.ok, "CNI ADD {name}: {} {}", out.json, out.stderr);
         let ip: Ipv4Addr =
             out.json["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap();
-        pod["status"] =
-            json!({"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]});
-        self.api.apply(pod);
         self.pods.push((name.to_string(), netns, ip));
         ip
+    }
+
+    /// The kubelet posts the pod's address.
+    fn post_address(&self, ns: &str, name: &str) {
+        let ip = self.pod(name).2.to_string();
+        let mut pod = self.api.get("Pod", ns, name).unwrap();
+        pod["status"] = json!({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]});
+        self.api.apply(pod);
+    }
+
+    /// netpol-cni called on `node` as the runtime calls it.
+    fn cni(&self, node: &str, command: &str, pod: &str, netns: &NetNs, args: &str) -> cni::Out {
+        let n = self.node(node);
+        let conf = json!({"cniVersion": "1.0.0", "name": "sim", "type": "netpol-cni",
+            "agentSocket": n.agent.socket(), "dataDir": n.agent.dir.join("cni")});
+        let args = format!("IgnoreUnknown=1;{args}");
+        let call = Call { cid: &format!("cid-{pod}"), netns: &netns.path(), ifname: "eth0", args: &args };
+        cni::exec(&bin("netpol-cni"), &n.node.ns, command, &conf, call)
+    }
+
+    /// Waits (up to 5 s) for the announcement of `pod` at `ip` to be `want` (its node, or
+    /// gone), then records what was observed.
+    fn check_announced(&mut self, task: &str, pod: &str, ip: Ipv4Addr, want: Option<&str>) {
+        let node = || {
+            let ep = self.api.get("NetpolEndpoint", "default", pod)?;
+            (ep["spec"]["ipv4"] == ip.to_string()).then(|| ep["spec"]["nodeName"].clone())
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let wanted = want.map(|n| json!(n));
+        while node() != wanted && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let word =
+            |n: Option<Value>| n.map_or("none".to_string(), |n| format!("node {}", n.as_str().unwrap()));
+        self.outcomes.push((task.into(), format!("{pod} announced"), word(wanted), word(node())));
     }
 
     /// A Service on `ip` for pods labelled `app`, its EndpointSlice as the controller writes
@@ -366,11 +408,7 @@ impl Drop for Sim {
                     .iter()
                     .any(|ns| self.api.get("Pod", ns, &name).is_some_and(|p| p["spec"]["nodeName"] == n.name))
             }) {
-                let conf = json!({"cniVersion": "1.0.0", "name": "sim", "type": "netpol-cni",
-                    "agentSocket": n.agent.socket(), "dataDir": n.agent.dir.join("cni")});
-                let call =
-                    Call { cid: &format!("cid-{name}"), netns: &netns.path(), ifname: "eth0", args: "" };
-                cni::exec(&bin("netpol-cni"), &n.node.ns, "DEL", &conf, call);
+                self.cni(n.name, "DEL", &name, &netns, "");
             }
         }
         // The pods' resolver files, then their parent if nothing else is left in it.
@@ -407,6 +445,23 @@ fn the_lab_across_two_nodes_with_an_agent_killed_midway() {
     sim.apply_file("backend-allow-ingress-frontend.yaml");
     sim.check_curl("2.2.5", "frontend", "a", "HTTP 200");
     sim.check_curl("2.2.5", "not-frontend", "a", "timed out");
+
+    // New pods before the kubelet posts their addresses: node b knows them from node a's
+    // announcements, so a new frontend is let in from its first connection (it would be
+    // "world" and dropped otherwise), a new not-frontend is not.
+    let new_ip = sim.start_pod("default", "frontend-new", ("app", "frontend"), "a");
+    sim.start_pod("default", "not-frontend-new", ("app", "not-frontend"), "a");
+    sim.check_announced("early", "frontend-new", new_ip, Some("a"));
+    sim.check("early", "frontend-new", "backend", 8080, true);
+    sim.check("early", "not-frontend-new", "backend", 8080, false);
+    sim.post_address("default", "frontend-new");
+    sim.check("early", "frontend-new", "backend", 8080, true);
+    // CNI DEL withdraws the announcement.
+    let gone = sim.pods.iter().position(|p| p.0 == "not-frontend-new").unwrap();
+    let (name, netns, ip) = sim.pods.remove(gone);
+    sim.check_announced("early", &name, ip, Some("a"));
+    assert!(sim.cni("a", "DEL", &name, &netns, "").ok, "CNI DEL {name}");
+    sim.check_announced("early", &name, ip, None);
 
     // Node b's agent dies and comes back while both flows are probed.
     let backend = SocketAddrV4::new(sim.pod("backend").2, 8080);

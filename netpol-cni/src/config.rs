@@ -160,6 +160,8 @@ pub struct Env {
     pub ifname: String,
     pub pod_namespace: String,
     pub pod_name: String,
+    /// K8S_POD_UID, when the runtime passes it.
+    pub pod_uid: Option<String>,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -198,7 +200,7 @@ impl Env {
         if need_netns && netns.is_empty() {
             return Err(bad("CNI_NETNS is not set".into()));
         }
-        let (mut pod_namespace, mut pod_name) = ("default".to_string(), String::new());
+        let (mut pod_namespace, mut pod_name, mut pod_uid) = ("default".to_string(), String::new(), None);
         if let Some(args) = var("CNI_ARGS") {
             let pairs: Vec<(&str, &str)> = args
                 .split(';')
@@ -212,7 +214,8 @@ impl Env {
                 match k {
                     "K8S_POD_NAMESPACE" => pod_namespace = v.to_string(),
                     "K8S_POD_NAME" => pod_name = v.to_string(),
-                    "IgnoreUnknown" | "K8S_POD_INFRA_CONTAINER_ID" | "K8S_POD_UID" => {}
+                    "K8S_POD_UID" => pod_uid = Some(v.to_string()).filter(|u| !u.is_empty()),
+                    "IgnoreUnknown" | "K8S_POD_INFRA_CONTAINER_ID" => {}
                     _ if ignore_unknown => {}
                     other => {
                         return Err(bad(format!(
@@ -226,6 +229,6 @@ impl Env {
             // Runtimes without Kubernetes: name the pod after its container.
             pod_name = container_id.chars().take(12).collect();
         }
-        Ok(Env { container_id, netns, ifname, pod_namespace, pod_name })
+        Ok(Env { container_id, netns, ifname, pod_namespace, pod_name, pod_uid })
     }
 }

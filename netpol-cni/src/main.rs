@@ -128,6 +128,7 @@ fn add(conf: &NetConf, env: &Env) -> Result<Value> {
         ip,
         host_ifname: wired.host_name.clone(),
         host_ifindex: wired.host_index,
+        pod_uid: env.pod_uid.clone(),
     };
     if let Err(e) = agent.register(&req) {
         let _ = agent.unregister(&env.container_id, &env.ifname);

@@ -3,7 +3,8 @@
 //! nor the eBPF toolchain.
 //!
 //! - [`model`]: what the sources deliver (Namespaces, Pods, NetworkPolicies, Nodes,
-//!   Services, EndpointSlices); [`policy`]: NetworkPolicy validation and normalization;
+//!   Services, EndpointSlices, and the agents' [`crd::NetpolEndpoint`] address
+//!   announcements); [`policy`]: NetworkPolicy validation and normalization;
 //!   [`services`]: frontends and their ready backends (and local mode's EndpointSlices).
 //! - [`compiler`]: model → desired map state, in stages (identities, CIDR identities,
 //!   ipcache, rule expansion with named ports, budgets), with stable typed numbering.
@@ -12,6 +13,7 @@
 //! - [`reference`]: the plain-semantics oracle the compiler is tested against; it shares no
 //!   code with `policy` or `compiler`.
 pub mod compiler;
+pub mod crd;
 pub mod entries;
 pub mod lookup;
 pub mod model;

@@ -15,6 +15,7 @@ use k8s_openapi::api::{
 };
 
 use crate::{
+    crd::NetpolEndpoint,
     entries::Protocol,
     policy::{NamedPorts, Policy, PolicyError},
 };
@@ -33,6 +34,7 @@ pub enum Object {
     Node(Box<Node>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
+    NetpolEndpoint(Box<NetpolEndpoint>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -43,6 +45,7 @@ pub enum Kind {
     Node,
     Service,
     EndpointSlice,
+    NetpolEndpoint,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -55,6 +58,9 @@ pub struct Model {
     pub nodes: BTreeMap<String, Node>,
     pub services: BTreeMap<Key, Service>,
     pub endpoint_slices: BTreeMap<Key, EndpointSlice>,
+    /// The agents' address announcements, under their pods' keys (believed only as
+    /// [`Model::pod_address`] says).
+    pub announced: BTreeMap<Key, NetpolEndpoint>,
     /// The current rejection of each policy whose latest version was invalid.
     pub rejected: BTreeMap<Key, PolicyError>,
     /// Pod label keys left out of identities unless a policy selects on them (None: the
@@ -96,6 +102,9 @@ impl Model {
             Object::EndpointSlice(slice) => {
                 self.endpoint_slices.insert(key_of(&slice.metadata), *slice);
             }
+            Object::NetpolEndpoint(ep) => {
+                self.announced.insert(key_of(&ep.metadata), *ep);
+            }
             Object::NetworkPolicy(np) => {
                 let key = key_of(&np.metadata);
                 match Policy::parse(&np) {
@@ -135,6 +144,9 @@ impl Model {
             Kind::EndpointSlice => {
                 self.endpoint_slices.remove(&key);
             }
+            Kind::NetpolEndpoint => {
+                self.announced.remove(&key);
+            }
         }
     }
 
@@ -148,6 +160,7 @@ impl Model {
             Kind::Pod => self.pods.retain(|k, _| keep.contains(k)),
             Kind::Service => self.services.retain(|k, _| keep.contains(k)),
             Kind::EndpointSlice => self.endpoint_slices.retain(|k, _| keep.contains(k)),
+            Kind::NetpolEndpoint => self.announced.retain(|k, _| keep.contains(k)),
             Kind::NetworkPolicy => {
                 self.policies.retain(|k, _| keep.contains(k));
                 self.rejected.retain(|k, _| keep.contains(k));
@@ -163,17 +176,39 @@ impl Model {
         labels
     }
 
-    /// Pods of the model that take part in policy: IPv4 address known, not host-network, not
-    /// finished (a finished pod's address is free for the next pod the range hands it to).
+    /// Pods of the model that take part in policy: IPv4 address known ([`Model::pod_address`]),
+    /// not host-network, not finished (a finished pod's address is free for the next pod
+    /// the range hands it to).
     pub fn policy_pods(&self) -> impl Iterator<Item = (&Key, &Pod, Ipv4Addr)> {
-        self.pods
-            .iter()
-            .filter(|(_, p)| !pod_is_terminal(p))
-            .filter_map(|(k, p)| pod_ip(p).map(|ip| (k, p, ip)))
+        let posted: std::collections::BTreeSet<Ipv4Addr> =
+            self.pods.values().filter(|p| !pod_is_terminal(p)).filter_map(pod_ip).collect();
+        self.pods.iter().filter(|(_, p)| !pod_is_terminal(p)).filter_map(move |(k, p)| {
+            let ip = self.pod_address(k, p)?;
+            // An announced address another pod's status holds is the kubelet's to give.
+            (pod_ip(p).is_some() || !posted.contains(&ip)).then_some((k, p, ip))
+        })
     }
 
     pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<(&Key, &Pod)> {
         self.policy_pods().find(|(_, _, i)| *i == ip).map(|(k, p, _)| (k, p))
+    }
+
+    /// The pod's IPv4 address: its `status.podIP(s)` once the kubelet posted them, before
+    /// that the address its node's agent announced — if the announcement names this pod's
+    /// UID and node and lies in that node's podCIDR (any agent can write one; see
+    /// [`crate::crd`]). Host-network pods have none of their own.
+    pub fn pod_address(&self, key: &Key, pod: &Pod) -> Option<Ipv4Addr> {
+        if let Some(ip) = pod_ip(pod) {
+            return Some(ip);
+        }
+        if pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false) {
+            return None;
+        }
+        let spec = &self.announced.get(key)?.spec;
+        let node = pod_node(pod).filter(|n| *n == spec.node_name)?;
+        let same_pod = pod.metadata.uid.as_deref() == Some(spec.pod_uid.as_str());
+        let range = self.nodes.get(node).and_then(node_pod_cidr)?.parse::<Ipv4Net>().ok()?;
+        (same_pod && range.contains(&spec.ipv4)).then_some(spec.ipv4)
     }
 
     /// A node's own IPv4 addresses (its InternalIPs).

@@ -14,7 +14,7 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 
-use crate::model::{pod_ip, pod_labels, pod_node, Key, Model};
+use crate::model::{pod_labels, pod_node, Key, Model};
 
 /// A flow to judge. `protocol` is "TCP", "UDP", "SCTP" or anything else (e.g. "ICMP",
 /// which no port rule can match).
@@ -45,14 +45,10 @@ pub fn allowed(m: &Model, f: &Flow) -> bool {
     egress_ok && ingress_ok
 }
 
-/// The running (not finished) pod with this address: a Succeeded or Failed pod no longer
-/// holds its address.
+/// The running (not finished) pod with this address (a Succeeded or Failed pod no longer
+/// holds its address; an address not yet posted is the model's to vouch for).
 fn pod_at(m: &Model, ip: Ipv4Addr) -> Option<(&Key, &Pod)> {
-    let running = |p: &Pod| {
-        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-        phase != Some("Succeeded") && phase != Some("Failed")
-    };
-    m.pods.iter().find(|(_, p)| running(p) && pod_ip(p) == Some(ip))
+    m.pod_by_ip(ip)
 }
 
 fn policy_types(np: &NetworkPolicy) -> Vec<String> {

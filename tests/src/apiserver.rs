@@ -1,8 +1,10 @@
 //! A scripted Kubernetes API server for simulations: it holds objects of the kinds the
 //! agent watches, numbers every change with a resourceVersion, and serves list and watch
 //! (a watch replays the changes after its resourceVersion, then streams new ones) over
-//! plain HTTP — enough for kube-runtime's watcher. Events are accepted and kept. The test
-//! changes the objects as a controller would (`apply`, `delete`).
+//! plain HTTP — enough for kube-runtime's watcher. Events are accepted and kept; clients
+//! may server-side apply (PATCH, the whole object) and delete single objects, as the agents
+//! do with their address announcements. The test changes the objects as a controller would
+//! (`apply`, `delete`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -21,13 +23,14 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 /// (apiVersion, kind, plural) of each kind served.
-const KINDS: [(&str, &str, &str); 6] = [
+const KINDS: [(&str, &str, &str); 7] = [
     ("v1", "Namespace", "namespaces"),
     ("v1", "Pod", "pods"),
     ("v1", "Node", "nodes"),
     ("v1", "Service", "services"),
     ("discovery.k8s.io/v1", "EndpointSlice", "endpointslices"),
     ("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    ("netpol.io/v1alpha1", "NetpolEndpoint", "netpolendpoints"),
 ];
 
 /// (plural, namespace, name)
@@ -106,6 +109,81 @@ async fn list_or_watch(
     Body::from_stream(stream).into_response()
 }
 
+/// (namespace, plural, name) of an object's path: `.../namespaces/NS/PLURAL/NAME`.
+fn object_path(path: &str) -> Option<(String, String, String)> {
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        [.., "namespaces", ns, plural, name] => Some((ns.to_string(), plural.to_string(), name.to_string())),
+        _ => None,
+    }
+}
+
+/// A server-side apply as this server knows it: the body is the whole object.
+async fn apply_object(State(s): State<Shared>, Path(path): Path<String>, body: Bytes) -> Response {
+    let Some((ns, plural, name)) = object_path(&path) else {
+        return (axum::http::StatusCode::NOT_FOUND, "not an object path").into_response();
+    };
+    let Ok(mut obj) = serde_json::from_slice::<Value>(&body) else {
+        return (axum::http::StatusCode::BAD_REQUEST, "not JSON").into_response();
+    };
+    if KINDS.iter().all(|k| k.2 != plural) || obj["metadata"]["name"] != name.as_str() {
+        return (axum::http::StatusCode::BAD_REQUEST, "kind or name mismatch").into_response();
+    }
+    obj["metadata"]["namespace"] = json!(ns);
+    Json(s.put(obj)).into_response()
+}
+
+async fn delete_object(State(s): State<Shared>, Path(path): Path<String>) -> Response {
+    let Some((ns, plural, name)) = object_path(&path) else {
+        return (axum::http::StatusCode::NOT_FOUND, "not an object path").into_response();
+    };
+    match s.remove(&(plural, ns, name)) {
+        Some(obj) => Json(obj).into_response(),
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                        "code": 404, "message": "not found"})),
+        )
+            .into_response(),
+    }
+}
+
+impl Shared {
+    /// Stores `obj` under a new resourceVersion (keeping its uid) and tells the watchers.
+    fn put(&self, mut obj: Value) -> Value {
+        let plural = plural_of(obj["kind"].as_str().unwrap()).to_string();
+        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+        let mut st = self.store.lock().unwrap();
+        st.rv += 1;
+        let rv = st.rv;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let key = (plural.clone(), ns.clone(), name.clone());
+        let uid = st.objects.get(&key).map(|o| o["metadata"]["uid"].clone());
+        if obj["metadata"]["uid"].is_null() {
+            obj["metadata"]["uid"] = uid.unwrap_or_else(|| json!(format!("uid-{plural}-{ns}-{name}")));
+        }
+        let kind = if st.objects.contains_key(&key) { "MODIFIED" } else { "ADDED" };
+        st.objects.insert(key, obj.clone());
+        let event = json!({"type": kind, "object": obj});
+        st.history.push((rv, plural.clone(), event.clone()));
+        let _ = self.changes.send((rv, plural, event));
+        obj
+    }
+
+    fn remove(&self, key: &Key) -> Option<Value> {
+        let mut st = self.store.lock().unwrap();
+        let mut obj = st.objects.remove(key)?;
+        st.rv += 1;
+        let rv = st.rv;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let event = json!({"type": "DELETED", "object": obj});
+        st.history.push((rv, key.0.clone(), event.clone()));
+        let _ = self.changes.send((rv, key.0.clone(), event));
+        Some(obj)
+    }
+}
+
 async fn record_event(
     State(s): State<Shared>,
     Json(ev): Json<Value>,
@@ -125,7 +203,7 @@ impl ApiServer {
         let app = Router::new()
             .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", post(record_event))
             .route("/api/v1/{*path}", get(list_or_watch))
-            .route("/apis/{*path}", get(list_or_watch))
+            .route("/apis/{*path}", get(list_or_watch).patch(apply_object).delete(delete_object))
             .with_state(shared.clone());
         rt.spawn(async move { axum::serve(listener, app).await });
         ApiServer { shared, addr, rt: Some(rt) }
@@ -144,39 +222,13 @@ impl ApiServer {
 
     /// Creates or replaces an object (as `kubectl apply` would end up), with a new
     /// resourceVersion; watchers get ADDED or MODIFIED.
-    pub fn apply(&self, mut obj: Value) {
-        let plural = plural_of(obj["kind"].as_str().unwrap()).to_string();
-        let ns = obj["metadata"]["namespace"].as_str().unwrap_or("").to_string();
-        let name = obj["metadata"]["name"].as_str().unwrap().to_string();
-        let mut st = self.shared.store.lock().unwrap();
-        st.rv += 1;
-        let rv = st.rv;
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        if obj["metadata"]["uid"].is_null() {
-            obj["metadata"]["uid"] = json!(format!("uid-{plural}-{ns}-{name}"));
-        }
-        let key = (plural.clone(), ns, name);
-        let kind = if st.objects.contains_key(&key) { "MODIFIED" } else { "ADDED" };
-        st.objects.insert(key, obj.clone());
-        let event = json!({"type": kind, "object": obj});
-        st.history.push((rv, plural.clone(), event.clone()));
-        let _ = self.shared.changes.send((rv, plural, event));
+    pub fn apply(&self, obj: Value) {
+        self.shared.put(obj);
     }
 
     /// Deletes an object; watchers get DELETED. False when there was none.
     pub fn delete(&self, kind: &str, ns: &str, name: &str) -> bool {
-        let plural = plural_of(kind).to_string();
-        let mut st = self.shared.store.lock().unwrap();
-        let Some(mut obj) = st.objects.remove(&(plural.clone(), ns.to_string(), name.to_string())) else {
-            return false;
-        };
-        st.rv += 1;
-        let rv = st.rv;
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let event = json!({"type": "DELETED", "object": obj});
-        st.history.push((rv, plural.clone(), event.clone()));
-        let _ = self.shared.changes.send((rv, plural, event));
-        true
+        self.shared.remove(&(plural_of(kind).to_string(), ns.to_string(), name.to_string())).is_some()
     }
 
     /// The object stored under kind, namespace, name.

@@ -1,5 +1,6 @@
 //! The Kubernetes source: kube-runtime watchers for Namespaces, Pods, NetworkPolicies,
-//! Nodes, Services and EndpointSlices. kube's watcher lists, then watches from the list's resourceVersion with bookmarks;
+//! Nodes, Services, EndpointSlices and the agents' address announcements
+//! ([`NetpolEndpoint`], which this node also writes: [`super::announce`]). kube's watcher lists, then watches from the list's resourceVersion with bookmarks;
 //! on a dropped connection it resumes from the last version seen, and on `410 Gone` it
 //! lists again — so every relist is a full snapshot, and objects that vanished while the
 //! watch was down are deleted from the model when the snapshot completes. Errors back off
@@ -34,12 +35,15 @@ use kube::{
     },
     Api, Client, Resource, ResourceExt,
 };
-use netpol_policy::model::{Key, Kind, Object};
+use netpol_policy::{
+    crd::NetpolEndpoint,
+    model::{Key, Kind, Object},
+};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::Change;
+use super::{announce, Change};
 use crate::{controller::Agent, enforcer::Enforcer};
 
 fn key_of<K: Resource>(o: &K) -> Key {
@@ -93,9 +97,10 @@ fn watched<K: Resource<DynamicType = ()>>() -> [Grant; 2] {
 
 /// Everything the agent asks of the API server, as RBAC grants — the one source of truth
 /// for the ClusterRole in `deploy/netpol.yaml` (its test checks they are equal): list and
-/// watch for each kind [`start`] watches (kube's watcher does nothing else), and create
-/// and patch on events (invalid policies are created; the event recorder patches a
-/// repeated over-budget event's series).
+/// watch for each kind [`start`] watches (kube's watcher does nothing else), patch (a
+/// server-side apply) and delete on address announcements, and create and patch on events
+/// (invalid policies are created; the event recorder patches a repeated over-budget
+/// event's series).
 pub fn grants() -> Vec<Grant> {
     let mut out: Vec<Grant> = [
         watched::<Namespace>(),
@@ -104,10 +109,14 @@ pub fn grants() -> Vec<Grant> {
         watched::<Node>(),
         watched::<Service>(),
         watched::<EndpointSlice>(),
+        watched::<NetpolEndpoint>(),
     ]
     .into_iter()
     .flatten()
     .collect();
+    let (group, plural) = (NetpolEndpoint::group(&()).to_string(), NetpolEndpoint::plural(&()).to_string());
+    out.push((group.clone(), plural.clone(), "patch"));
+    out.push((group, plural, "delete"));
     type K8sEvent = k8s_openapi::api::events::v1::Event;
     let (group, plural) = (K8sEvent::group(&()).to_string(), K8sEvent::plural(&()).to_string());
     out.push((group.clone(), plural.clone(), "create"));
@@ -150,6 +159,12 @@ pub fn start(client: &Client) -> mpsc::UnboundedReceiver<Change> {
         namespaced_all::<EndpointSlice>(client),
         Kind::EndpointSlice,
         |o| Object::EndpointSlice(Box::new(o)),
+        tx.clone(),
+    ));
+    tokio::spawn(watch(
+        namespaced_all::<NetpolEndpoint>(client),
+        Kind::NetpolEndpoint,
+        |o| Object::NetpolEndpoint(Box::new(o)),
         tx,
     ));
     rx
@@ -158,90 +173,131 @@ pub fn start(client: &Client) -> mpsc::UnboundedReceiver<Change> {
 /// How long changes are gathered before one compilation takes them all.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 
+/// How often the announcements are checked without a change to prompt it (a failed write
+/// is retried then).
+const ANNOUNCE_RETRY: Duration = Duration::from_secs(10);
+
 /// Feeds the agent from the cluster until the channel closes: batches of changes, one
-/// reconcile per batch, and a Warning event on every policy rejected as invalid (one per
-/// policy version for the whole cluster: see [`publish_invalid`]) or over this node's
-/// budget (one per node: budgets are per node).
+/// reconcile per batch ([`handle_batch`]); after each batch, each endpoint registered or
+/// removed, and every [`ANNOUNCE_RETRY`], this node's address announcements.
 pub async fn run<E: Enforcer>(client: Client, agent: Arc<Mutex<Agent<E>>>, node_name: String) {
     let mut rx = start(&client);
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter { controller: "netpol-agent".into(), instance: Some(node_name.clone()) },
-    );
-    let agent = agent.clone();
-    let mut reported: BTreeSet<Key> = BTreeSet::new();
-    while let Some(first) = rx.recv().await {
-        tokio::time::sleep(DEBOUNCE).await;
-        let mut batch = vec![first];
-        while let Ok(c) = rx.try_recv() {
-            batch.push(c);
-        }
-        // Where to publish a rejection: the policy object as this batch delivered it.
-        let references: BTreeMap<Key, ObjectReference> = batch
-            .iter()
-            .filter_map(|c| match c {
-                Change::Upsert(Object::NetworkPolicy(np)) => {
-                    // The version too: it names the invalid-policy event.
-                    let reference = ObjectReference {
-                        resource_version: np.metadata.resource_version.clone(),
-                        ..np.object_ref(&())
-                    };
-                    Some((key_of(np.as_ref()), reference))
+    let mut reports = Reports {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter { controller: "netpol-agent".into(), instance: Some(node_name.clone()) },
+        ),
+        over_budget: BTreeSet::new(),
+    };
+    let endpoints_changed = agent.lock().unwrap_or_else(|p| p.into_inner()).endpoints_changed();
+    let mut retry = tokio::time::interval(ANNOUNCE_RETRY);
+    loop {
+        tokio::select! {
+            first = rx.recv() => {
+                let Some(first) = first else { return };
+                tokio::time::sleep(DEBOUNCE).await;
+                let mut batch = vec![first];
+                while let Ok(c) = rx.try_recv() {
+                    batch.push(c);
                 }
-                _ => None,
+                handle_batch(&client, &agent, batch, &mut reports).await;
+            }
+            _ = endpoints_changed.notified() => {}
+            _ = retry.tick() => {}
+        }
+        let due = agent.lock().unwrap_or_else(|p| p.into_inner()).announcements();
+        announce::apply(&client, due).await;
+    }
+}
+
+/// Where rejections are published, and the over-budget policies already reported.
+struct Reports {
+    recorder: Recorder,
+    over_budget: BTreeSet<Key>,
+}
+
+/// One reconcile for `batch`, and a Warning event on every policy rejected as invalid (one
+/// per policy version for the whole cluster: see [`publish_invalid`]) or over this node's
+/// budget (one per node: budgets are per node).
+async fn handle_batch<E: Enforcer>(
+    client: &Client,
+    agent: &Arc<Mutex<Agent<E>>>,
+    batch: Vec<Change>,
+    reports: &mut Reports,
+) {
+    // Where to publish a rejection: the policy object as this batch delivered it, and the
+    // version of its spec.
+    let references: BTreeMap<Key, (ObjectReference, String)> = batch
+        .iter()
+        .filter_map(|c| match c {
+            Change::Upsert(Object::NetworkPolicy(np)) => {
+                let meta = &np.metadata;
+                let reference =
+                    ObjectReference { resource_version: meta.resource_version.clone(), ..np.object_ref(&()) };
+                Some((key_of(np.as_ref()), (reference, spec_version(meta))))
+            }
+            _ => None,
+        })
+        .collect();
+    let a = Arc::clone(agent);
+    let (rejected, over_budget) = tokio::task::spawn_blocking(move || {
+        let mut a = a.lock().unwrap_or_else(|p| p.into_inner());
+        let (rejected, synced) = a.handle(batch);
+        if let Err(e) = synced {
+            warn!("reconcile failed (retrying with backoff): {e}");
+        }
+        let rejected: Vec<(Key, String)> = rejected.into_iter().map(|(k, e)| (k, e.to_string())).collect();
+        let over_budget: Vec<(Key, ObjectReference, String)> = a
+            .compiled()
+            .over_budget
+            .iter()
+            .filter_map(|(k, e)| {
+                Some((k.clone(), a.model().policies.get(k)?.0.object_ref(&()), e.to_string()))
             })
             .collect();
-        let a = Arc::clone(&agent);
-        let (rejected, over_budget) = tokio::task::spawn_blocking(move || {
-            let mut a = a.lock().unwrap_or_else(|p| p.into_inner());
-            let (rejected, synced) = a.handle(batch);
-            if let Err(e) = synced {
-                warn!("reconcile failed (retrying with backoff): {e}");
-            }
-            let rejected: Vec<(Key, String)> =
-                rejected.into_iter().map(|(k, e)| (k, e.to_string())).collect();
-            let over_budget: Vec<(Key, ObjectReference, String)> = a
-                .compiled()
-                .over_budget
-                .iter()
-                .filter_map(|(k, e)| {
-                    Some((k.clone(), a.model().policies.get(k)?.0.object_ref(&()), e.to_string()))
-                })
-                .collect();
-            (rejected, over_budget)
-        })
-        .await
-        .unwrap_or_default();
-        let rejected = rejected.into_iter().filter_map(|(k, msg)| Some((references.get(&k)?.clone(), msg)));
-        for (reference, msg) in rejected {
-            publish_invalid(&client, &reference, msg).await;
-        }
-        // Once per policy and rejection: again only after it fitted in between.
-        reported.retain(|k| over_budget.iter().any(|(o, _, _)| o == k));
-        for (key, reference, msg) in over_budget {
-            if reported.insert(key) {
-                let msg = format!("{msg}; it isolates the pods it selects and allows nothing");
-                publish_rejection(&recorder, &reference, "NetworkPolicyOverBudget", msg).await;
-            }
+        (rejected, over_budget)
+    })
+    .await
+    .unwrap_or_default();
+    let rejected = rejected.into_iter().filter_map(|(k, msg)| Some((references.get(&k)?.clone(), msg)));
+    for ((reference, version), msg) in rejected {
+        publish_invalid(client, &reference, &version, msg).await;
+    }
+    // Once per policy and rejection: again only after it fitted in between.
+    reports.over_budget.retain(|k| over_budget.iter().any(|(o, _, _)| o == k));
+    for (key, reference, msg) in over_budget {
+        if reports.over_budget.insert(key) {
+            let msg = format!("{msg}; it isolates the pods it selects and allows nothing");
+            publish_rejection(&reports.recorder, &reference, "NetworkPolicyOverBudget", msg).await;
         }
     }
 }
 
-/// The event name for an invalid policy version: the same on every node, so the first
-/// node's create wins and the others meet `AlreadyExists` — one Warning per version for the
-/// cluster, not one per node.
-pub fn invalid_event_name(reference: &ObjectReference) -> String {
-    let name: String = reference.name.as_deref().unwrap_or("").chars().take(200).collect();
-    format!("{name}.netpol-invalid.{}", reference.resource_version.as_deref().unwrap_or("0"))
+/// Which version of a policy's spec this is: its generation (a label or annotation edit
+/// makes none), or its resourceVersion where the server sets no generation.
+fn spec_version(meta: &kube::api::ObjectMeta) -> String {
+    match (meta.generation, &meta.resource_version) {
+        (Some(g), _) => format!("g{g}"),
+        (None, Some(rv)) => rv.clone(),
+        (None, None) => "0".into(),
+    }
+}
+
+/// The event name for an invalid version of a policy's spec: the same on every node, so
+/// the first node's create wins and the others meet `AlreadyExists` — one Warning per
+/// version for the cluster, not one per node.
+pub fn invalid_event_name(policy: &str, version: &str) -> String {
+    let name: String = policy.chars().take(200).collect();
+    format!("{name}.netpol-invalid.{version}")
 }
 
 /// Publishes `InvalidNetworkPolicy` on the policy under [`invalid_event_name`].
-async fn publish_invalid(client: &Client, reference: &ObjectReference, msg: String) {
+async fn publish_invalid(client: &Client, reference: &ObjectReference, version: &str, msg: String) {
     use k8s_openapi::{api::events::v1::Event as K8sEvent, apimachinery::pkg::apis::meta::v1::MicroTime};
     let ns = reference.namespace.clone().unwrap_or_else(|| "default".into());
     let event = K8sEvent {
         metadata: kube::api::ObjectMeta {
-            name: Some(invalid_event_name(reference)),
+            name: Some(invalid_event_name(reference.name.as_deref().unwrap_or(""), version)),
             namespace: Some(ns.clone()),
             ..Default::default()
         },

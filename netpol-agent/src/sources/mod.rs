@@ -2,6 +2,7 @@
 //! Kubernetes API server. Sources deliver objects and know nothing of identities or maps;
 //! both hand what they observe to the agent's one entry point,
 //! [`Agent::handle`](crate::controller::Agent::handle), which always reconciles.
+pub mod announce;
 pub mod kubernetes;
 pub mod local;
 
@@ -19,5 +20,12 @@ pub enum Change {
 }
 
 /// The kinds the model needs before it may be enforced.
-pub const WATCHED: [Kind; 6] =
-    [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy, Kind::Node, Kind::Service, Kind::EndpointSlice];
+pub const WATCHED: [Kind; 7] = [
+    Kind::Namespace,
+    Kind::Pod,
+    Kind::NetworkPolicy,
+    Kind::Node,
+    Kind::Service,
+    Kind::EndpointSlice,
+    Kind::NetpolEndpoint,
+];
