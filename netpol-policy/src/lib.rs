@@ -10,13 +10,18 @@
 //!   ipcache, rule expansion with named ports, budgets), with stable typed numbering.
 //! - [`entries`]: the entry vocabulary (direction, protocol, policy entry, raw map keys);
 //!   [`state`]: a whole map state; [`lookup`]: the programs' decision re-enacted over one.
+//! - [`cilium`]: CiliumNetworkPolicy, the subset netpol enforces, validated and lowered to
+//!   the same form.
+//! - [`names`]: DNS names as CiliumNetworkPolicy matches them (`matchName`, `matchPattern`).
 //! - [`reference`]: the plain-semantics oracle the compiler is tested against; it shares no
 //!   code with `policy` or `compiler`.
+pub mod cilium;
 pub mod compiler;
 pub mod crd;
 pub mod entries;
 pub mod lookup;
 pub mod model;
+pub mod names;
 pub mod policy;
 pub mod reference;
 pub mod services;

@@ -86,7 +86,9 @@ impl<'a> Expander<'a> {
                     peers.extend(ids.iter().map(|id| PeerId::Pod(*id)));
                 }
                 Peer::Block { cidr, except } => peers.extend(self.block(cidr, except)),
-                Peer::NoIpv4 => {}
+                // No name has been resolved for a policy yet (learned addresses arrive
+                // with the DNS proxy): nothing to allow.
+                Peer::NoIpv4 | Peer::Names(_) => {}
             }
         }
         peers

@@ -16,12 +16,16 @@ use k8s_openapi::{
 
 pub use selector::{Op, Requirement, Selector};
 
-use crate::entries::{Direction, Protocol};
+use crate::{
+    entries::{Direction, Protocol},
+    names::NameMatch,
+};
 
-/// A rejected policy: which one, which field, what is wrong.
+/// A rejected policy: which one (its kind, `namespace/name`), which field, what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("NetworkPolicy {policy}: {field}: {msg}")]
+#[error("{kind} {policy}: {field}: {msg}")]
 pub struct PolicyError {
+    pub kind: &'static str,
     pub policy: String,
     pub field: String,
     pub msg: String,
@@ -43,6 +47,10 @@ pub struct Rule {
     pub peers: Option<Vec<Peer>>,
     /// None: every port of every protocol.
     pub ports: Option<Vec<PortSpec>>,
+    /// CiliumNetworkPolicy DNS rules (`toPorts[].rules.dns`): DNS on these ports must ask
+    /// for a name one of them matches. None: no name filtering (NetworkPolicies never have
+    /// any).
+    pub dns: Option<Vec<NameMatch>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +66,8 @@ pub enum Peer {
         except: Vec<Ipv4Net>,
     },
     NoIpv4,
+    /// CiliumNetworkPolicy `toFQDNs`: the addresses DNS answers gave for matching names.
+    Names(Vec<NameMatch>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,7 +100,12 @@ impl Policy {
         let namespace = np.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let name = np.metadata.name.clone().unwrap_or_default();
         let id = format!("{namespace}/{name}");
-        let err = |field: String, msg: String| PolicyError { policy: id.clone(), field, msg };
+        let err = |field: String, msg: String| PolicyError {
+            kind: "NetworkPolicy",
+            policy: id.clone(),
+            field,
+            msg,
+        };
         if name.is_empty() {
             return Err(err("metadata.name".into(), "is required".into()));
         }
@@ -172,7 +187,7 @@ fn rule(
                 .collect::<Result<_, _>>()?,
         ),
     };
-    Ok(Rule { peers, ports })
+    Ok(Rule { peers, ports, dns: None })
 }
 
 fn peer(p: &NetworkPolicyPeer, at: &str) -> Result<Peer, FieldError> {
@@ -305,7 +320,7 @@ mod tests {
             .unwrap();
         assert!(p.ingress.is_none() && p.egress == Some(vec![]));
         let p = Policy::parse(&np(json!({"ingress": [{"from": [], "ports": []}]}))).unwrap();
-        assert_eq!(p.ingress.unwrap()[0], Rule { peers: None, ports: None });
+        assert_eq!(p.ingress.unwrap()[0], Rule { peers: None, ports: None, dns: None });
     }
 
     #[test]
