@@ -87,29 +87,6 @@ pub fn attached_programs(dir: &Path, attach_type: u32) -> std::io::Result<Vec<u3
     Ok(ids)
 }
 
-/// Makes `cmd`'s process (and everything it starts) join the cgroup `dir` before it execs.
-pub fn join_on_exec<'c>(cmd: &'c mut std::process::Command, dir: &Path) -> &'c mut std::process::Command {
-    use std::os::unix::process::CommandExt;
-    let procs = std::ffi::CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes())
-        .expect("a path without NUL");
-    // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-            libc::close(fd);
-            if ok {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,6 +103,24 @@ pub struct Settings {
     pub identity_exclusions: Option<BTreeSet<String>>,
 }
 
+impl Settings {
+    /// An agent of node `node_name` persisting in `state_dir`, with everything else at its
+    /// default: default budgets, no socket hooks, no node network, local mode's default
+    /// Service range, the known high-churn labels left out of identities.
+    pub fn new(state_dir: impl Into<PathBuf>, node_name: &str, local: bool) -> Settings {
+        Settings {
+            state_dir: state_dir.into(),
+            node: NodeInfo { node_name: node_name.into(), pod_cidr: None, socket_lb_cgroup: None },
+            local,
+            budgets: Budgets::default(),
+            cgroup: None,
+            service_cidr: crate::sources::local::DEFAULT_SERVICE_CIDR,
+            node_network: None,
+            identity_exclusions: None,
+        }
+    }
+}
+
 /// What a cluster without another CNI needs of netpol besides policy: routes to every other
 /// node's pod range, and pod traffic leaving the cluster's pod range masqueraded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

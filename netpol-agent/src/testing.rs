@@ -208,7 +208,7 @@ impl TestCgroup {
 
 /// Makes `cmd`'s process (and everything it starts) join the cgroup `dir` before it execs.
 pub fn join_cgroup<'c>(cmd: &'c mut Command, dir: &Path) -> &'c mut Command {
-    crate::cgroup::join_on_exec(cmd, dir)
+    netpol_api::cgroup::join_on_exec(cmd, dir)
 }
 
 impl Drop for TestCgroup {

@@ -12,7 +12,7 @@ use netpol_agent::{
     enforcer::MemoryMaps,
     sources::{Change, WATCHED},
 };
-use netpol_api::{EndpointRequest, NodeInfo};
+use netpol_api::EndpointRequest;
 use netpol_common::{identity, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
 use netpol_policy::{
     compiler::Budgets,
@@ -24,20 +24,7 @@ use serde_json::{json, Value};
 fn settings(name: &str, local: bool, budgets: Budgets) -> (Settings, RemoveOnDrop) {
     let state_dir = std::env::temp_dir().join(format!("netpol-test-controller-{name}"));
     let _ = std::fs::remove_dir_all(&state_dir);
-    let node = NodeInfo { node_name: "n1".into(), pod_cidr: None, socket_lb_cgroup: None };
-    (
-        Settings {
-            state_dir: state_dir.clone(),
-            node,
-            local,
-            budgets,
-            cgroup: None,
-            service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
-            node_network: None,
-            identity_exclusions: None,
-        },
-        RemoveOnDrop(vec![state_dir]),
-    )
+    (Settings { budgets, ..Settings::new(state_dir.clone(), "n1", local) }, RemoveOnDrop(vec![state_dir]))
 }
 
 fn lo_endpoint(pod: &str) -> EndpointRequest {

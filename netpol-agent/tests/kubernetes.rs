@@ -22,7 +22,6 @@ use netpol_agent::{
     controller::{Agent, Settings},
     enforcer::MemoryMaps,
 };
-use netpol_api::NodeInfo;
 use netpol_policy::model::Key;
 use netpol_tests::{objects, RemoveOnDrop};
 use serde_json::{json, Value};
@@ -203,16 +202,7 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
     let _cleanup = RemoveOnDrop(vec![state_dir.clone()]);
     let _ = std::fs::remove_dir_all(&state_dir);
     let dp = MemoryMaps::default();
-    let settings = Settings {
-        state_dir: state_dir.clone(),
-        node: NodeInfo { node_name: "n1".into(), pod_cidr: None, socket_lb_cgroup: None },
-        local: false,
-        budgets: Default::default(),
-        cgroup: None,
-        service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
-        node_network: None,
-        identity_exclusions: None,
-    };
+    let settings = Settings::new(state_dir.clone(), "n1", false);
     let mut agent = Agent::start(dp, &settings).unwrap();
     // Pod a runs here (the loopback stands in for its veth).
     let lo = netpol_agent::datapath::ifindex("lo").unwrap();
@@ -346,16 +336,7 @@ fn an_invalid_policy_is_reported_once_for_the_whole_cluster() {
         let state_dir = std::env::temp_dir().join(format!("netpol-test-k8s-once-{node}"));
         let _ = std::fs::remove_dir_all(&state_dir);
         dirs.push(state_dir.clone());
-        let settings = Settings {
-            state_dir,
-            node: NodeInfo { node_name: node.into(), pod_cidr: None, socket_lb_cgroup: None },
-            local: false,
-            budgets: Default::default(),
-            cgroup: None,
-            service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
-            node_network: None,
-            identity_exclusions: None,
-        };
+        let settings = Settings::new(state_dir, node, false);
         let agent = Arc::new(Mutex::new(Agent::start(MemoryMaps::default(), &settings).unwrap()));
         let client = {
             let _rt = rt.enter();

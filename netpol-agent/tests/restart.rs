@@ -24,7 +24,6 @@ use netpol_agent::{
     datapath::Config,
     testing::{PinnedDatapath, TestAgent},
 };
-use netpol_api::NodeInfo;
 use netpol_tests::{
     need_root, objects,
     topology::Node,
@@ -146,16 +145,7 @@ fn a_restart_against_a_slow_api_server_never_opens_an_isolated_pod() {
     let _entered = node.ns.enter();
     let _cleanup = RemoveOnDrop(vec![state_dir.clone()]);
     let _pins = PinnedDatapath::guard(cfg.clone());
-    let settings = Settings {
-        state_dir,
-        node: NodeInfo { node_name: "n1".into(), pod_cidr: None, socket_lb_cgroup: None },
-        local: false,
-        budgets: Default::default(),
-        cgroup: None,
-        service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
-        node_network: None,
-        identity_exclusions: None,
-    };
+    let settings = Settings::new(state_dir, "n1", false);
     // The API server listens in the node namespace, where the agent's threads run.
     let down = Arc::new(AtomicBool::new(false));
     let api_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();

@@ -18,6 +18,7 @@
 //!
 //! Errors come back with a 4xx/5xx status and an [`ApiError`] body.
 
+pub mod cgroup;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "resources")]

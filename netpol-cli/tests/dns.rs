@@ -14,7 +14,6 @@ use netpol_agent::{
     datapath::Config,
     testing::{PinnedDatapath, TestAgent, TestCgroup},
 };
-use netpol_api::NodeInfo;
 use netpol_tests::{
     need_root, objects,
     sockclient::{sock_client, Mode},
@@ -68,14 +67,8 @@ fn service_names_resolve_through_the_kube_dns_cluster_ip() {
     let _cleanup = RemoveOnDrop(vec![dir.clone(), client_etc.clone()]);
     let socket = dir.join("agent.sock");
     let settings = Settings {
-        state_dir: dir.join("state"),
-        node: NodeInfo { node_name: "n1".into(), pod_cidr: None, socket_lb_cgroup: None },
-        local: true,
-        budgets: Default::default(),
         cgroup: Some(cgroup.path().to_path_buf()),
-        service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
-        node_network: None,
-        identity_exclusions: None,
+        ..Settings::new(dir.join("state"), "n1", true)
     };
     // The agent's threads, and this one (interfaces are named in it), in the node.
     let _inside = node.ns.enter();

@@ -17,7 +17,6 @@ use netpol_agent::{
     datapath::Config,
     testing::{PinnedDatapath, TestAgent},
 };
-use netpol_api::NodeInfo;
 use netpol_tests::{
     cni::{self, Call, Out},
     need_root,
@@ -79,21 +78,8 @@ impl Node {
 
     /// Runs the agent (datapath + API) in this process, its threads in the node namespace.
     fn start_agent(&mut self) {
-        let node = NodeInfo {
-            node_name: "test".into(),
-            pod_cidr: Some("10.60.1.0/24".into()),
-            socket_lb_cgroup: None,
-        };
-        let settings = Settings {
-            state_dir: self.dir.join("agent-state"),
-            node,
-            local: true,
-            budgets: Default::default(),
-            cgroup: None,
-            service_cidr: netpol_agent::sources::local::DEFAULT_SERVICE_CIDR,
-            node_network: None,
-            identity_exclusions: None,
-        };
+        let mut settings = Settings::new(self.dir.join("agent-state"), "test", true);
+        settings.node.pod_cidr = Some("10.60.1.0/24".into());
         let _inside = self.ns.enter();
         let mut agent = TestAgent::start(self.pins.config(), &settings);
         agent.serve(&self.socket());

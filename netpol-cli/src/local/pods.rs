@@ -3,7 +3,6 @@
 //! `exec` into the same namespace and cgroup.
 
 use std::{
-    ffi::CString,
     io::Write,
     os::unix::process::CommandExt,
     path::Path,
@@ -13,6 +12,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use k8s_openapi::api::core::v1::{Pod, PodIP, PodSpec, PodStatus};
 use netpol_api::{
+    cgroup::CgroupProcs,
     client::Method,
     resources::{Object, ResourceKind},
     NodeInfo,
@@ -133,10 +133,9 @@ impl Local {
 
     /// The cgroup the pods' processes join (the agent's socket-LB cgroup), as the path of
     /// its `cgroup.procs`.
-    fn pod_cgroup_procs(&self) -> Result<Option<CString>> {
+    fn pod_cgroup_procs(&self) -> Result<Option<CgroupProcs>> {
         let node: NodeInfo = self.api(Method::GET, netpol_api::PATH_NODE, None)?;
-        let Some(dir) = node.socket_lb_cgroup else { return Ok(None) };
-        Ok(Some(CString::new(format!("{dir}/cgroup.procs"))?))
+        Ok(node.socket_lb_cgroup.map(|dir| CgroupProcs::of(Path::new(&dir))))
     }
 
     /// Starts the pod's responder; None when the pod declares no ports.
@@ -166,7 +165,7 @@ impl Local {
         unsafe {
             cmd.pre_exec(move || {
                 libc::setsid();
-                enter_cgroup(procs.as_ref())
+                procs.as_ref().map_or(Ok(()), CgroupProcs::join)
             });
         }
         let mut child = cmd.spawn().context("starting the responder")?;
@@ -269,26 +268,9 @@ impl Local {
         command.args(["netns", "exec", &netns]).args(cmd);
         let procs = self.pod_cgroup_procs()?;
         unsafe {
-            command.pre_exec(move || enter_cgroup(procs.as_ref()));
+            command.pre_exec(move || procs.as_ref().map_or(Ok(()), CgroupProcs::join));
         }
         let status = command.status()?;
         Ok(status.code().unwrap_or(1))
-    }
-}
-
-/// Between fork and exec: moves the process into the cgroup whose `cgroup.procs` is given
-/// (open, write, close only: async-signal-safe).
-fn enter_cgroup(procs: Option<&CString>) -> std::io::Result<()> {
-    let Some(procs) = procs else { return Ok(()) };
-    let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
-    unsafe { libc::close(fd) };
-    if written == 1 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
