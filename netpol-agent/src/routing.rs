@@ -6,10 +6,11 @@
 //! so it finds exactly its own routes again after a restart and never touches anyone
 //! else's: a sync lists ours, replaces what should be there and deletes the rest.
 
-use std::{collections::BTreeMap, future::Future, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
+use netpol_api::netlink::{converse, SetupError};
 use rtnetlink::{
     packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
     Handle, RouteMessageBuilder,
@@ -32,38 +33,10 @@ pub struct RouteChanges {
     pub taken: Vec<Ipv4Net>,
 }
 
-/// Runs a netlink conversation on its own thread with its own runtime (the caller may be
-/// inside the agent's runtime, where blocking on another is not allowed), in the calling
-/// thread's network namespace.
-fn netlink<T, F, Fut>(f: F) -> Result<T, RouteError>
-where
-    T: Send,
-    F: FnOnce(Handle) -> Fut + Send,
-    Fut: Future<Output = Result<T, RouteError>>,
-{
-    let netns = std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| RouteError(e.to_string()))?;
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            // A new thread starts in the process's namespace, not the caller's thread's.
-            use std::os::fd::AsRawFd;
-            if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(RouteError(format!("setns: {}", std::io::Error::last_os_error())));
-            }
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| RouteError(e.to_string()))?;
-            rt.block_on(async {
-                let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| RouteError(e.to_string()))?;
-                let task = tokio::spawn(conn);
-                let r = f(handle).await;
-                task.abort();
-                r
-            })
-        })
-        .join()
-        .unwrap_or_else(|_| Err(RouteError("the netlink thread panicked".into())))
-    })
+impl From<SetupError> for RouteError {
+    fn from(e: SetupError) -> Self {
+        RouteError(e.to_string())
+    }
 }
 
 fn nl(what: &'static str) -> impl Fn(rtnetlink::Error) -> RouteError {
@@ -112,7 +85,7 @@ fn route(net: Ipv4Net, via: Ipv4Addr) -> RouteMessage {
 /// Makes our routes exactly `desired` (destination → gateway).
 pub fn sync(desired: &BTreeMap<Ipv4Net, Ipv4Addr>) -> Result<RouteChanges, RouteError> {
     let desired = desired.clone();
-    netlink(move |h| async move {
+    converse(None, move |h| async move {
         let mut changes = RouteChanges::default();
         let existing = ours(&h).await?;
         for (net, via, msg) in &existing {
@@ -141,7 +114,7 @@ pub fn sync(desired: &BTreeMap<Ipv4Net, Ipv4Addr>) -> Result<RouteChanges, Route
 
 /// Our routes now (destination → gateway).
 pub fn current() -> Result<BTreeMap<Ipv4Net, Ipv4Addr>, RouteError> {
-    netlink(|h| async move {
+    converse(None, |h| async move {
         Ok(ours(&h).await?.into_iter().filter_map(|(net, via, _)| via.map(|v| (net, v))).collect())
     })
 }

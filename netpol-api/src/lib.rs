@@ -21,6 +21,8 @@
 pub mod cgroup;
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "netlink")]
+pub mod netlink;
 #[cfg(feature = "resources")]
 pub mod resources;
 

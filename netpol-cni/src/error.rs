@@ -64,6 +64,15 @@ impl std::fmt::Display for CniError {
 
 pub type Result<T, E = CniError> = std::result::Result<T, E>;
 
+impl From<netpol_api::netlink::SetupError> for CniError {
+    fn from(e: netpol_api::netlink::SetupError) -> Self {
+        match e {
+            netpol_api::netlink::SetupError::Namespace(_) => CniError::new(code::IO_FAILURE, e.to_string()),
+            _ => CniError::new(code::INTERNAL, e.to_string()),
+        }
+    }
+}
+
 pub fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> CniError {
     CniError::new(code::IO_FAILURE, format!("{what}: {e}"))
 }

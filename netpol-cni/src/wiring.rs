@@ -12,12 +12,12 @@
 
 use std::{
     fs::File,
-    future::Future,
     net::{IpAddr, Ipv4Addr},
     os::fd::AsRawFd,
 };
 
 use futures::TryStreamExt;
+use netpol_api::netlink::converse;
 use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
@@ -48,45 +48,14 @@ pub fn mac_string(mac: &[u8]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// Runs a netlink conversation on a fresh connection of the calling thread's namespace.
-fn netlink<T, F, Fut>(f: F) -> Result<T>
-where
-    F: FnOnce(Handle) -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| internal("tokio runtime", e))?;
-    rt.block_on(async {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| internal("netlink socket", e))?;
-        let task = tokio::spawn(conn);
-        let r = f(handle).await;
-        task.abort();
-        r
-    })
-}
-
-/// Runs a netlink conversation inside the network namespace `netns` (on its own thread:
-/// setns affects only the calling thread, and the socket belongs to the namespace it was
-/// opened in).
-fn netlink_in<T, F, Fut>(netns: &File, f: F) -> Result<T>
+/// [`converse`] with the plugin's errors.
+fn netlink<T, F, Fut>(netns: Option<&File>, f: F) -> Result<T>
 where
     T: Send,
     F: FnOnce(Handle) -> Fut + Send,
-    Fut: Future<Output = Result<T>>,
+    Fut: std::future::Future<Output = Result<T>>,
 {
-    let fd = netns.as_raw_fd();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-                return Err(io("entering the pod's network namespace", std::io::Error::last_os_error()));
-            }
-            netlink(f)
-        })
-        .join()
-        .unwrap_or_else(|_| Err(CniError::new(code::INTERNAL, "netlink thread panicked")))
-    })
+    converse(netns, f)
 }
 
 fn nl(what: &str) -> impl FnOnce(rtnetlink::Error) -> CniError + '_ {
@@ -140,7 +109,7 @@ pub fn add(netns: &File, ifname: &str, host_name: &str, ip: Ipv4Addr, mtu: u32) 
 
 fn add_inner(netns: &File, ifname: &str, host_name: &str, ip: Ipv4Addr, mtu: u32) -> Result<Wired> {
     let netns_fd = netns.as_raw_fd();
-    let (host_index, host_mac) = netlink(|h| async move {
+    let (host_index, host_mac) = netlink(None, |h| async move {
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(ifname.to_string())
             .mtu(mtu)
@@ -171,7 +140,7 @@ fn add_inner(netns: &File, ifname: &str, host_name: &str, ip: Ipv4Addr, mtu: u32
     })?;
 
     let host_mac_bytes = host_mac.clone();
-    let pod_mac = netlink_in(netns, |h| async move {
+    let pod_mac = netlink(Some(netns), |h| async move {
         let lo =
             link_by_name(&h, "lo").await?.ok_or_else(|| CniError::new(code::INTERNAL, "no lo in the pod"))?;
         set_up(&h, lo.header.index).await?;
@@ -200,7 +169,7 @@ fn add_inner(netns: &File, ifname: &str, host_name: &str, ip: Ipv4Addr, mtu: u32
         Ok(mac_string(&link_mac(&link)))
     })?;
 
-    netlink(|h| async move {
+    netlink(None, |h| async move {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(ip, 32)
             .output_interface(host_index)
@@ -223,7 +192,7 @@ fn add_inner(netns: &File, ifname: &str, host_name: &str, ip: Ipv4Addr, mtu: u32
 /// Deletes the host-side veth (and with it the pod side and the host route); false when it
 /// was already gone.
 pub fn del(host_name: &str) -> Result<bool> {
-    netlink(|h| async move {
+    netlink(None, |h| async move {
         let Some(link) = link_by_name(&h, host_name).await? else { return Ok(false) };
         match h.link().del(link.header.index).execute().await {
             Ok(()) => Ok(true),
@@ -264,7 +233,7 @@ async fn has_route(h: &Handle, prefix_len: u8, attr: RouteAttribute, oif: u32) -
 /// Verifies what ADD made; the error says what differs.
 pub fn check(netns: &File, ifname: &str, host_name: &str, ip: Ipv4Addr) -> Result<()> {
     let mismatch = |m: String| CniError::new(code::CHECK_MISMATCH, m);
-    netlink(|h| async move {
+    netlink(None, |h| async move {
         let index = up_link(&h, host_name, "host").await?;
         sysctl::verify(host_name, "host", &sysctl::HOST)?;
         if !has_route(&h, 32, RouteAttribute::Destination(RouteAddress::Inet(ip)), index).await? {
@@ -272,7 +241,7 @@ pub fn check(netns: &File, ifname: &str, host_name: &str, ip: Ipv4Addr) -> Resul
         }
         Ok(())
     })?;
-    netlink_in(netns, |h| async move {
+    netlink(Some(netns), |h| async move {
         let index = up_link(&h, ifname, "pod").await?;
         sysctl::verify(ifname, "pod", &sysctl::POD)?;
         let addrs: Vec<_> = h

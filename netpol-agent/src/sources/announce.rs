@@ -34,10 +34,12 @@ pub struct Announcements {
 
 /// The announcements `node` owes for `pods`, against those the model holds for it. A pod
 /// whose UID is unknown (neither passed by the runtime nor yet watched) waits for a later
-/// round.
+/// round; of two registrations of one pod name (a recreated pod whose old sandbox is not
+/// deleted yet) the later one is announced.
 pub fn diff(model: &Model, node: &str, pods: &[LocalPod]) -> Announcements {
     let mut out = Announcements::default();
-    for p in pods {
+    let latest: std::collections::BTreeMap<&Key, &LocalPod> = pods.iter().map(|p| (&p.key, p)).collect();
+    for p in latest.into_values() {
         let watched_uid = model.pods.get(&p.key).and_then(|pod| pod.metadata.uid.clone());
         let Some(uid) = p.uid.clone().or(watched_uid) else { continue };
         let spec = NetpolEndpointSpec { pod_uid: uid, node_name: node.to_string(), ipv4: p.ip };
@@ -140,6 +142,9 @@ mod tests {
             local("moved", [10, 0, 0, 9], Some("uid-moved")),
             local("watched", [10, 0, 0, 5], None),
             local("unknown", [10, 0, 0, 6], None),
+            // Recreated under the same name: the later registration is announced.
+            local("again", [10, 0, 0, 7], Some("uid-again-1")),
+            local("again", [10, 0, 0, 8], Some("uid-again-2")),
         ];
         let due = diff(&m, "me", &pods);
         let published: Vec<(String, String, Ipv4Addr)> = due
@@ -150,11 +155,12 @@ mod tests {
         assert_eq!(
             published,
             [
+                ("again".into(), "uid-again-2".into(), Ipv4Addr::new(10, 0, 0, 8)),
                 ("moved".into(), "uid-moved".into(), Ipv4Addr::new(10, 0, 0, 9)),
                 ("watched".into(), "uid-watched".into(), Ipv4Addr::new(10, 0, 0, 5)),
             ]
         );
-        let owner = &due.publish[0].metadata.owner_references.as_ref().unwrap()[0];
+        let owner = &due.publish[1].metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
             ("Pod", "moved", "uid-moved")
