@@ -553,6 +553,11 @@ impl<E: Enforcer> Agent<E> {
         Ok(())
     }
 
+    /// The agent's counters (shared: what a clone counts, the agent exposes).
+    pub fn counters(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
     /// Woken whenever an endpoint is registered or removed.
     pub fn endpoints_changed(&self) -> std::sync::Arc<tokio::sync::Notify> {
         self.endpoints_changed.clone()
@@ -715,6 +720,11 @@ impl<E: Enforcer> Agent<E> {
             datapath: self.dp.counters(),
             events: self.events.counts(),
             pods: pods.map(|(id, (ns, pod))| (id, format!("{ns}/{pod}"))).collect(),
+            pods_announced_only: self
+                .model
+                .policy_pods()
+                .filter(|(_, p, _)| model::pod_ip(p).is_none())
+                .count(),
         };
         metrics::render(&self.metrics, &snapshot)
     }

@@ -30,6 +30,27 @@ pub struct Metrics {
     pub policies_rejected: Counter,
     /// Compile plus sync, per reconcile that enforced the model.
     pub sync_seconds: Histogram,
+    /// This node's pod-address announcements written, by outcome.
+    announcements: Family<OutcomeLabel, Counter>,
+}
+
+/// What became of one pod-address announcement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Announced {
+    Published,
+    Withdrawn,
+    Failed,
+}
+
+impl Metrics {
+    pub fn announced(&self, what: Announced) {
+        let outcome = match what {
+            Announced::Published => "published",
+            Announced::Withdrawn => "withdrawn",
+            Announced::Failed => "failed",
+        };
+        self.announcements.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
 }
 
 impl Default for Metrics {
@@ -40,6 +61,7 @@ impl Default for Metrics {
             policies_rejected: Counter::default(),
             // 100 µs … ~3 s.
             sync_seconds: Histogram::new(exponential_buckets(1e-4, 2.0, 16)),
+            announcements: Family::default(),
         }
     }
 }
@@ -67,6 +89,8 @@ pub struct Snapshot {
     pub events: EventCounts,
     /// Endpoint id → "namespace/pod".
     pub pods: BTreeMap<u32, String>,
+    /// Pods known at an address only from their node's announcement (not posted yet).
+    pub pods_announced_only: usize,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -138,6 +162,16 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "Service frontends holding fewer backends than are ready (map limits)",
         gauge(s.service_frontends_limited),
     );
+    r.register(
+        "netpol_pod_announcements",
+        "This node's pod-address announcements written to the API server, by outcome",
+        m.announcements.clone(),
+    );
+    r.register(
+        "netpol_pods_announced_only",
+        "Pods known at an address only from their node's announcement (not posted yet)",
+        gauge(s.pods_announced_only),
+    );
     r.register("netpol_compiles", "Compilations of the model", m.compiles.clone());
     let last = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     last.set(s.last_compile_seconds);
@@ -205,6 +239,7 @@ mod tests {
         let m = Metrics::default();
         m.compiles.inc();
         m.sync_seconds.observe(0.002);
+        m.announced(Announced::Published);
         let mut counters = Counters(vec![0; counter::COUNT as usize]);
         counters.0[counter::SOCK_TRANSLATED as usize] = 5;
         let mut s = Snapshot {
@@ -224,6 +259,8 @@ mod tests {
             "netpol_sync_duration_seconds_count 1",
             "netpol_drop_events_total{pod=\"default/b\"} 4",
             "netpol_service_frontends 4",
+            "netpol_pod_announcements_total{outcome=\"published\"} 1",
+            "netpol_pods_announced_only 0",
             "netpol_socket_lb_total{outcome=\"translated\"} 5",
             "# EOF",
         ] {

@@ -211,6 +211,22 @@ impl Sim {
         cni::exec(&bin("netpol-cni"), &n.node.ns, command, &conf, call)
     }
 
+    /// Waits (up to 5 s) for the metric `name` (a gauge) of `node`'s agent to read `want`,
+    /// then records what was observed.
+    fn check_metric(&mut self, task: &str, node: &str, name: &str, want: &str) {
+        let read = || {
+            let text = self.node(node).agent.try_api("GET", "/metrics", None).unwrap_or_default();
+            let line = text.lines().find(|l| l.split(' ').next() == Some(name)).map(str::to_string);
+            line.and_then(|l| l.split(' ').nth(1).map(str::to_string)).unwrap_or_else(|| "absent".into())
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while read() != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let got = read();
+        self.outcomes.push((task.into(), format!("node {node}: {name}"), want.into(), got));
+    }
+
     /// Waits (up to 5 s) for the announcement of `pod` at `ip` to be `want` (its node, or
     /// gone), then records what was observed.
     fn check_announced(&mut self, task: &str, pod: &str, ip: Ipv4Addr, want: Option<&str>) {
@@ -454,7 +470,9 @@ fn the_lab_across_two_nodes_with_an_agent_killed_midway() {
     sim.check_announced("early", "frontend-new", new_ip, Some("a"));
     sim.check("early", "frontend-new", "backend", 8080, true);
     sim.check("early", "not-frontend-new", "backend", 8080, false);
+    sim.check_metric("early", "b", "netpol_pods_announced_only", "2");
     sim.post_address("default", "frontend-new");
+    sim.check_metric("early", "b", "netpol_pods_announced_only", "1");
     sim.check("early", "frontend-new", "backend", 8080, true);
     // CNI DEL withdraws the announcement.
     let gone = sim.pods.iter().position(|p| p.0 == "not-frontend-new").unwrap();

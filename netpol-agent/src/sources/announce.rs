@@ -17,6 +17,8 @@ use netpol_policy::{
 };
 use tracing::{debug, warn};
 
+use crate::metrics::{Announced, Metrics};
+
 /// A pod wired on this node: its key, address and (when the runtime passed it) UID.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalPod {
@@ -77,9 +79,9 @@ fn announcement(key: &Key, spec: NetpolEndpointSpec) -> NetpolEndpoint {
 /// The field manager of the agents' server-side applies.
 const MANAGER: &str = "netpol-agent";
 
-/// Writes `a` (server-side apply, then delete); failures are logged and left for the next
-/// round, which finds them still different.
-pub async fn apply(client: &Client, a: Announcements) {
+/// Writes `a` (server-side apply, then delete), counting each outcome; failures are logged
+/// and left for the next round, which finds them still different.
+pub async fn apply(client: &Client, a: Announcements, metrics: &Metrics) {
     for ep in a.publish {
         let (ns, name) = (ep.metadata.namespace.clone().unwrap_or_default(), ep.metadata.name.clone());
         let name = name.unwrap_or_default();
@@ -88,16 +90,28 @@ pub async fn apply(client: &Client, a: Announcements) {
         body["apiVersion"] = NetpolEndpoint::api_version(&()).as_ref().into();
         body["kind"] = NetpolEndpoint::kind(&()).as_ref().into();
         match api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(body)).await {
-            Ok(_) => debug!(pod = %format!("{ns}/{name}"), ip = %ep.spec.ipv4, "announced"),
-            Err(e) => warn!(pod = %format!("{ns}/{name}"), "announcing the pod's address failed: {e}"),
+            Ok(_) => {
+                metrics.announced(Announced::Published);
+                debug!(pod = %format!("{ns}/{name}"), ip = %ep.spec.ipv4, "announced")
+            }
+            Err(e) => {
+                metrics.announced(Announced::Failed);
+                warn!(pod = %format!("{ns}/{name}"), "announcing the pod's address failed: {e}")
+            }
         }
     }
     for (ns, name) in a.withdraw {
         let api: Api<NetpolEndpoint> = Api::namespaced(client.clone(), &ns);
         match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => debug!(pod = %format!("{ns}/{name}"), "announcement withdrawn"),
+            Ok(_) => {
+                metrics.announced(Announced::Withdrawn);
+                debug!(pod = %format!("{ns}/{name}"), "announcement withdrawn")
+            }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => warn!(pod = %format!("{ns}/{name}"), "withdrawing the announcement failed: {e}"),
+            Err(e) => {
+                metrics.announced(Announced::Failed);
+                warn!(pod = %format!("{ns}/{name}"), "withdrawing the announcement failed: {e}")
+            }
         }
     }
 }

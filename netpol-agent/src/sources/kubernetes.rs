@@ -189,7 +189,10 @@ pub async fn run<E: Enforcer>(client: Client, agent: Arc<Mutex<Agent<E>>>, node_
         ),
         over_budget: BTreeSet::new(),
     };
-    let endpoints_changed = agent.lock().unwrap_or_else(|p| p.into_inner()).endpoints_changed();
+    let (endpoints_changed, metrics) = {
+        let a = agent.lock().unwrap_or_else(|p| p.into_inner());
+        (a.endpoints_changed(), a.counters())
+    };
     let mut retry = tokio::time::interval(ANNOUNCE_RETRY);
     loop {
         tokio::select! {
@@ -206,7 +209,7 @@ pub async fn run<E: Enforcer>(client: Client, agent: Arc<Mutex<Agent<E>>>, node_
             _ = retry.tick() => {}
         }
         let due = agent.lock().unwrap_or_else(|p| p.into_inner()).announcements();
-        announce::apply(&client, due).await;
+        announce::apply(&client, due, &metrics).await;
     }
 }
 
