@@ -151,8 +151,10 @@ pub struct Agent<E: Enforcer = Datapath> {
     /// Where the socket hooks were told to attach.
     cgroup: Option<PathBuf>,
     node_network: Option<NodeNetwork>,
-    /// Nodes whose pod range is not routed, and why (reported when it changes).
+    /// Nodes whose pod range is not routed, and why, and the ranges another component
+    /// already routes (each reported when it changes, not at every sync).
     refused_routes: BTreeMap<String, String>,
+    taken_routes: Vec<ipnet::Ipv4Net>,
     /// Woken when an endpoint is registered or removed (its announcement is due).
     endpoints_changed: std::sync::Arc<tokio::sync::Notify>,
 }
@@ -246,6 +248,7 @@ impl<E: Enforcer> Agent<E> {
             cgroup: settings.cgroup.clone(),
             node_network: settings.node_network,
             refused_routes: BTreeMap::new(),
+            taken_routes: Vec::new(),
             endpoints_changed: Default::default(),
         };
         agent.node.socket_lb_cgroup = settings.cgroup.as_ref().map(|c| c.display().to_string());
@@ -445,7 +448,7 @@ impl<E: Enforcer> Agent<E> {
     }
 
     /// Routes to the other nodes' pod ranges, when netpol provides the node network; a node
-    /// whose range cannot be routed is reported once.
+    /// whose range cannot be routed, or is routed by someone else, is reported once.
     fn sync_routes(&mut self) -> Result<(), AgentError> {
         if self.node_network.is_none() {
             return Ok(());
@@ -456,9 +459,10 @@ impl<E: Enforcer> Agent<E> {
         }
         self.refused_routes = refused;
         let changes = self.dp.sync_routes(&routes)?;
-        for net in &changes.taken {
+        for net in changes.taken.iter().filter(|n| !self.taken_routes.contains(n)) {
             warn!(%net, "another component routes this pod range; left as it is");
         }
+        self.taken_routes = changes.taken;
         if changes.added + changes.removed > 0 {
             info!(
                 added = changes.added,

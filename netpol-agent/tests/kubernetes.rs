@@ -168,25 +168,40 @@ fn server(st: Shared) -> Router {
         json!([
             objects::endpoint_slice("default", "api-1", "api", json!([{"port": 8080}]), &["10.1.0.2"]).json()
         ]);
+    let listed = Listed { namespaces, nodes, policies, services, slices };
+    cluster(get(pods), listed).with_state(st)
+}
+
+/// What a scripted cluster lists once (then its watches stay quiet).
+struct Listed {
+    namespaces: Value,
+    nodes: Value,
+    policies: Value,
+    services: Value,
+    slices: Value,
+}
+
+/// A scripted API server: pods served by `pods`, every other watched kind by
+/// [`list_then_quiet`] (no announcements), events recorded.
+fn cluster(pods: axum::routing::MethodRouter<Shared>, l: Listed) -> Router<Shared> {
     Router::new()
-        .route("/api/v1/pods", get(pods))
-        .route("/api/v1/services", list_then_quiet("ServiceList", "v1", services))
+        .route("/api/v1/pods", pods)
+        .route("/api/v1/services", list_then_quiet("ServiceList", "v1", l.services))
         .route(
             "/apis/discovery.k8s.io/v1/endpointslices",
-            list_then_quiet("EndpointSliceList", "discovery.k8s.io/v1", slices),
+            list_then_quiet("EndpointSliceList", "discovery.k8s.io/v1", l.slices),
         )
-        .route("/api/v1/namespaces", list_then_quiet("NamespaceList", "v1", namespaces))
-        .route("/api/v1/nodes", list_then_quiet("NodeList", "v1", nodes))
+        .route("/api/v1/namespaces", list_then_quiet("NamespaceList", "v1", l.namespaces))
+        .route("/api/v1/nodes", list_then_quiet("NodeList", "v1", l.nodes))
         .route(
             "/apis/networking.k8s.io/v1/networkpolicies",
-            list_then_quiet("NetworkPolicyList", "networking.k8s.io/v1", policies),
+            list_then_quiet("NetworkPolicyList", "networking.k8s.io/v1", l.policies),
         )
         .route(
             "/apis/netpol.io/v1alpha1/netpolendpoints",
             list_then_quiet("NetpolEndpointList", "netpol.io/v1alpha1", json!([])),
         )
         .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", post(record_event))
-        .with_state(st)
 }
 
 #[test]
@@ -310,25 +325,9 @@ fn an_invalid_policy_is_reported_once_for_the_whole_cluster() {
     let namespaces = json!([{"metadata": {"name": "default", "resourceVersion": "1"}}]);
     let policies = json!([{"metadata": {"name": "bad", "namespace": "default", "resourceVersion": "7", "generation": 3, "uid": "u-bad"},
         "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 80, "endPort": 70}]}]}}]);
-    let app = Router::new()
-        .route("/api/v1/pods", list_then_quiet("PodList", "v1", empty.clone()))
-        .route("/api/v1/services", list_then_quiet("ServiceList", "v1", empty.clone()))
-        .route(
-            "/apis/discovery.k8s.io/v1/endpointslices",
-            list_then_quiet("EndpointSliceList", "discovery.k8s.io/v1", empty.clone()),
-        )
-        .route("/api/v1/namespaces", list_then_quiet("NamespaceList", "v1", namespaces))
-        .route("/api/v1/nodes", list_then_quiet("NodeList", "v1", empty))
-        .route(
-            "/apis/networking.k8s.io/v1/networkpolicies",
-            list_then_quiet("NetworkPolicyList", "networking.k8s.io/v1", policies),
-        )
-        .route(
-            "/apis/netpol.io/v1alpha1/netpolendpoints",
-            list_then_quiet("NetpolEndpointList", "netpol.io/v1alpha1", json!([])),
-        )
-        .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", post(record_event))
-        .with_state(script.clone());
+    let listed =
+        Listed { namespaces, nodes: empty.clone(), policies, services: empty.clone(), slices: empty.clone() };
+    let app = cluster(list_then_quiet("PodList", "v1", empty), listed).with_state(script.clone());
     rt.spawn(async move { axum::serve(listener, app).await });
 
     let mut dirs = Vec::new();
