@@ -30,6 +30,8 @@ kind get clusters 2>/dev/null | grep -qx "$CLUSTER" || kind create cluster --con
 "$ENGINE" save -o "$work/netpol.tar" "$IMAGE"
 kind load image-archive "$work/netpol.tar" --name "$CLUSTER"
 kubectl apply -k deploy/
+# CiliumNetworkPolicy's CRD unless Cilium's is there: create never replaces.
+kubectl get crd ciliumnetworkpolicies.cilium.io >/dev/null 2>&1 || kubectl create -f deploy/cilium/
 kubectl -n kube-system rollout status daemonset/netpol-agent --timeout=300s
 kubectl wait --for=condition=Ready nodes --all --timeout=300s
 kubectl -n kube-system rollout status deployment/coredns --timeout=300s

@@ -323,10 +323,7 @@ impl<E: Enforcer> Agent<E> {
     /// (a policy that does not validate is rejected and its last valid version kept), then
     /// the agent reconciles — always, so any change also retries a failed sync. Returns
     /// the rejections, and the reconcile's outcome.
-    pub fn handle(
-        &mut self,
-        changes: Vec<Change>,
-    ) -> (Vec<(Key, PolicyError)>, Result<SyncReport, AgentError>) {
+    pub fn handle(&mut self, changes: Vec<Change>) -> (Vec<PolicyError>, Result<SyncReport, AgentError>) {
         let mut rejected = Vec::new();
         for change in changes {
             match change {
@@ -336,12 +333,8 @@ impl<E: Enforcer> Agent<E> {
                             self.node.pod_cidr = node_pod_cidr(n).or(self.node.pod_cidr.take());
                         }
                     }
-                    let key = match &obj {
-                        Object::NetworkPolicy(np) => Some(model::key_of(&np.metadata)),
-                        _ => None,
-                    };
-                    if let (Err(e), Some(key)) = (self.upsert(obj), key) {
-                        rejected.push((key, e));
+                    if let Err(e) = self.upsert(obj) {
+                        rejected.push(e);
                     }
                 }
                 Change::Delete(kind, ns, name) => self.model.delete(kind, &ns, &name),
@@ -422,7 +415,7 @@ impl<E: Enforcer> Agent<E> {
         for (key, e) in
             compiled.over_budget.iter().filter(|(k, _)| !self.compiled.over_budget.contains_key(*k))
         {
-            warn!(policy = %format!("{}/{}", key.0, key.1), "{e}; it isolates the pods it selects and allows nothing");
+            warn!(policy = %key, "{e}; it isolates the pods it selects and allows nothing");
         }
         for (f, limit) in
             compiled.services_limited.iter().filter(|(f, _)| !self.compiled.services_limited.contains_key(*f))
@@ -647,11 +640,10 @@ impl<E: Enforcer> Agent<E> {
     /// Puts `obj` in the trial model unless it does not validate or would push a policy
     /// over its budget (then the trial model is left as it was).
     fn admit(&self, trial: &mut Model, obj: &Object) -> Result<(), AgentError> {
-        let Object::NetworkPolicy(np) = obj else {
+        let Some(key) = obj.policy_id() else {
             trial.upsert(obj.clone())?;
             return Ok(());
         };
-        let key = model::key_of(&np.metadata);
         let before = (trial.policies.get(&key).cloned(), trial.rejected.get(&key).cloned());
         trial.upsert(obj.clone())?;
         let (endpoints, _) = self.registry.local_endpoints();
@@ -662,7 +654,8 @@ impl<E: Enforcer> Agent<E> {
         else {
             return Ok(());
         };
-        trial.delete(Kind::NetworkPolicy, &key.0, &key.1);
+        trial.policies.remove(&key);
+        trial.rejected.remove(&key);
         let (policy, rejected) = before;
         if let Some(p) = policy {
             trial.policies.insert(key.clone(), p);
@@ -673,10 +666,7 @@ impl<E: Enforcer> Agent<E> {
         Err(AgentError::OverBudget(if *other == key {
             e.to_string()
         } else {
-            format!(
-                "NetworkPolicy {}/{}: refused, it would push another policy over budget: {e}",
-                key.0, key.1
-            )
+            format!("{key}: refused, it would push another policy over budget: {e}")
         }))
     }
 

@@ -64,7 +64,9 @@ fn a_policy_over_budget_is_refused_at_apply_and_the_rest_stays_enforced() {
     let err = r[0].error.as_deref().unwrap_or("");
     assert!(err.contains("x/big") && err.contains("10"), "{r:?}");
     assert!(r[1].error.is_none(), "{r:?}");
-    assert!(!a.model().policies.contains_key(&("x".into(), "big".into())));
+    let big =
+        netpol_policy::policy::PolicyId::new(netpol_policy::policy::PolicyKind::NetworkPolicy, "x", "big");
+    assert!(!a.model().policies.contains_key(&big));
     assert_eq!(flags(&a), EP_ISOLATED_INGRESS);
     assert_eq!(a.enforcer().state.policy.len(), 8, "fits' 2 × 4 keys");
     // 8 + 8 would pass the namespace's 15: the second one is refused, naming the namespace.

@@ -175,3 +175,26 @@ fn the_crd_manifest_is_what_the_types_define() {
         "deploy/crds.yaml differs from the NetpolEndpoint type (NETPOL_UPDATE_MANIFESTS=1 rewrites it)"
     );
 }
+
+/// The CiliumNetworkPolicy CRD for clusters without Cilium: what the agent watches, as
+/// Cilium names it (kind, group, version, plural, short names), kept out of kustomize so it
+/// is only ever created, never applied over Cilium's own.
+#[test]
+fn the_cilium_crd_serves_what_the_agent_watches_and_is_never_applied() {
+    use netpol_api::resources::ResourceKind;
+    let docs = documents("cilium/ciliumnetworkpolicies.yaml");
+    let crd: CustomResourceDefinition = strict(&docs, "CustomResourceDefinition");
+    let kind = ResourceKind::CiliumNetworkPolicy;
+    assert_eq!(crd.spec.names.kind, kind.kind());
+    assert_eq!(crd.spec.names.plural, kind.plural());
+    assert_eq!(crd.metadata.name.as_deref(), Some(kind.plural_resource().as_str()));
+    assert_eq!(format!("{}/{}", crd.spec.group, crd.spec.versions[0].name), kind.api_version());
+    assert_eq!(crd.spec.scope, "Namespaced");
+    for short in crd.spec.names.short_names.iter().flatten() {
+        assert_eq!(ResourceKind::parse(short), Some(kind), "{short}");
+    }
+    let k = &documents("kustomization.yaml")[0];
+    assert!(!k.to_string().contains("cilium"), "kustomize would apply over Cilium's CRD");
+    let script = deploy("kind/run-lab.sh");
+    assert!(script.contains("kubectl create -f deploy/cilium/"), "run-lab.sh does not install it");
+}

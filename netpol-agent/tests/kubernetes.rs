@@ -22,7 +22,10 @@ use netpol_agent::{
     controller::{Agent, Settings},
     enforcer::MemoryMaps,
 };
-use netpol_policy::model::Key;
+use netpol_policy::{
+    model::Key,
+    policy::{PolicyId, PolicyKind},
+};
 use netpol_tests::{objects, RemoveOnDrop};
 use serde_json::{json, Value};
 
@@ -204,6 +207,24 @@ fn cluster(pods: axum::routing::MethodRouter<Shared>, l: Listed) -> Router<Share
         .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", post(record_event))
 }
 
+/// Registers pod `default/NAME` at `ip`, the loopback standing in for its veth; its ifindex.
+fn register_on_lo(agent: &mut Agent<MemoryMaps>, name: &str, ip: &str) -> u32 {
+    let lo = netpol_agent::datapath::ifindex("lo").unwrap();
+    let request = netpol_api::EndpointRequest {
+        container_id: format!("c-{name}"),
+        ifname: "eth0".into(),
+        netns: "/proc/1/ns/net".into(),
+        pod_namespace: "default".into(),
+        pod_name: name.into(),
+        ip: ip.parse().unwrap(),
+        host_ifname: "lo".into(),
+        host_ifindex: lo,
+        pod_uid: None,
+    };
+    agent.register(request).unwrap();
+    lo
+}
+
 #[test]
 fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -220,20 +241,7 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
     let settings = Settings::new(state_dir.clone(), "n1", false);
     let mut agent = Agent::start(dp, &settings).unwrap();
     // Pod a runs here (the loopback stands in for its veth).
-    let lo = netpol_agent::datapath::ifindex("lo").unwrap();
-    agent
-        .register(netpol_api::EndpointRequest {
-            container_id: "c-a".into(),
-            ifname: "eth0".into(),
-            netns: "/proc/1/ns/net".into(),
-            pod_namespace: "default".into(),
-            pod_name: "a".into(),
-            ip: "10.1.0.2".parse().unwrap(),
-            host_ifname: "lo".into(),
-            host_ifindex: lo,
-            pod_uid: None,
-        })
-        .unwrap();
+    let lo = register_on_lo(&mut agent, "a", "10.1.0.2");
     let agent = Arc::new(Mutex::new(agent));
     // The client's buffer service needs a runtime to start in.
     let client = {
@@ -274,9 +282,9 @@ fn the_kubernetes_source_follows_list_watch_through_reconnects_and_410() {
     assert_eq!(a_app.as_deref(), Some("api"), "the relabel after the relist was missed");
     assert!(s.pod_lists >= 2, "no relist after 410 Gone");
     assert!(s.pod_watches >= 3, "no reconnect: {} watches", s.pod_watches);
-    let key = |n: &str| ("default".to_string(), n.to_string());
+    let key = |n: &str| PolicyId::new(PolicyKind::NetworkPolicy, "default", n);
     assert_eq!(policies, vec![key("good"), key("huge")]);
-    assert_eq!(rejected, vec![("default".to_string(), "bad".to_string())]);
+    assert_eq!(rejected, vec![key("bad")], "(and no CiliumNetworkPolicy CRD held the sync back)");
     assert_eq!(pod_cidr.as_deref(), Some("10.244.3.0/24"), "the Node's podCIDR was not taken");
     let of = |reason: &str| s.events.iter().filter(|e| e["reason"] == reason).collect::<Vec<_>>();
     let ev = of("InvalidNetworkPolicy")[0];
@@ -362,4 +370,63 @@ fn an_invalid_policy_is_reported_once_for_the_whole_cluster() {
     assert_eq!(ev["metadata"]["name"], "bad.netpol-invalid.g3");
     assert_eq!(ev["regarding"]["resourceVersion"], "7");
     assert!(ev["note"].as_str().unwrap().contains("endPort"), "{ev}");
+}
+
+/// CiliumNetworkPolicies come from their CRD's watch: with no CRD (a cluster without Cilium)
+/// the agent still syncs and enforces NetworkPolicies; once the CRD is served, a valid
+/// policy isolates and a deleted one stops, and an invalid one gets its Warning naming the
+/// field.
+#[test]
+fn cilium_policies_come_from_their_crd_once_it_is_served() {
+    use netpol_tests::apiserver::ApiServer;
+    let api = ApiServer::start("127.0.0.1:0".parse().unwrap());
+    api.serve("CiliumNetworkPolicy", false);
+    api.apply(objects::namespace("default").json());
+    api.apply(objects::pod("default", "backend", Some("10.1.0.2".parse().unwrap())).json());
+    let state_dir = std::env::temp_dir().join("netpol-test-k8s-cnp");
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let _cleanup = RemoveOnDrop(vec![state_dir.clone()]);
+    let mut agent = Agent::start(MemoryMaps::default(), &Settings::new(state_dir, "n1", false)).unwrap();
+    let lo = register_on_lo(&mut agent, "backend", "10.1.0.2");
+    let agent = Arc::new(Mutex::new(agent));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let client = {
+        let _rt = rt.enter();
+        kube::Client::try_from(kube::Config::new(format!("http://{}", api.addr).parse().unwrap())).unwrap()
+    };
+    rt.spawn(netpol_agent::sources::kubernetes::run(client, agent.clone(), "n1".into()));
+    let wait = |what: &str, done: &dyn Fn(&Agent<MemoryMaps>) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(&agent.lock().unwrap()) {
+            assert!(Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let flags = |a: &Agent<MemoryMaps>| a.enforcer().state.endpoints.get(&lo).map(|e| e.flags);
+    wait("synced without the CRD", &|a| a.is_synced() && flags(a) == Some(0));
+
+    api.serve("CiliumNetworkPolicy", true);
+    let spec = json!({"endpointSelector": {"matchLabels": {"app": "backend"}},
+                      "ingress": [{"fromEndpoints": [{"matchLabels": {"k8s:app": "frontend"}}]}]});
+    api.apply(objects::cilium_policy("default", "backend-ingress", spec).json());
+    wait("the CiliumNetworkPolicy isolates", &|a| flags(a) == Some(netpol_common::EP_ISOLATED_INGRESS));
+    let bad = json!({"endpointSelector": {}, "egress": [{"toCIDR": ["10.0.0.0/8"]}]});
+    api.apply(objects::cilium_policy("default", "bad", bad).json());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        let found = api.events().into_iter().find(|e| e["reason"] == "InvalidCiliumNetworkPolicy");
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no Warning for the invalid policy: {:?}", api.events());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(event["note"].as_str().unwrap().contains("spec.egress[0].toCIDR"), "{event}");
+    assert_eq!(event["regarding"]["kind"], "CiliumNetworkPolicy");
+    assert!(event["metadata"]["name"].as_str().unwrap().starts_with("bad.cnp-invalid."), "{event}");
+    assert_eq!(flags(&agent.lock().unwrap()), Some(netpol_common::EP_ISOLATED_INGRESS), "bad cost the rest");
+
+    assert!(api.delete("CiliumNetworkPolicy", "default", "backend-ingress"));
+    wait("the deleted policy stops isolating", &|a| flags(a) == Some(0));
+    rt.shutdown_background();
 }

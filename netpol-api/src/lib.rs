@@ -19,6 +19,8 @@
 //! Errors come back with a 4xx/5xx status and an [`ApiError`] body.
 
 pub mod cgroup;
+#[cfg(feature = "resources")]
+pub mod cilium;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "netlink")]

@@ -9,6 +9,7 @@
 
 use std::{any::TypeId, fmt};
 
+use crate::cilium::CiliumNetworkPolicy;
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
@@ -30,6 +31,7 @@ pub enum ResourceKind {
     Service,
     Deployment,
     NetworkPolicy,
+    CiliumNetworkPolicy,
 }
 
 /// One row of the table.
@@ -57,13 +59,14 @@ where
 }
 
 impl ResourceKind {
-    pub const ALL: [ResourceKind; 6] = [
+    pub const ALL: [ResourceKind; 7] = [
         ResourceKind::Namespace,
         ResourceKind::Node,
         ResourceKind::Pod,
         ResourceKind::Service,
         ResourceKind::Deployment,
         ResourceKind::NetworkPolicy,
+        ResourceKind::CiliumNetworkPolicy,
     ];
 
     fn info(self) -> Info {
@@ -74,6 +77,7 @@ impl ResourceKind {
             ResourceKind::Service => info_of::<Service>(&["svc"]),
             ResourceKind::Deployment => info_of::<Deployment>(&["deploy"]),
             ResourceKind::NetworkPolicy => info_of::<NetworkPolicy>(&["netpol"]),
+            ResourceKind::CiliumNetworkPolicy => info_of::<CiliumNetworkPolicy>(&["cnp", "ciliumnp"]),
         }
     }
 
@@ -161,6 +165,7 @@ pub enum Object {
     Service(Box<Service>),
     Deployment(Box<Deployment>),
     NetworkPolicy(Box<NetworkPolicy>),
+    CiliumNetworkPolicy(Box<CiliumNetworkPolicy>),
 }
 
 /// Why a JSON object is not an [`Object`]; the message names the object and the field.
@@ -203,6 +208,7 @@ impl Object {
             ResourceKind::Service => Object::Service(typed(v, &what)?),
             ResourceKind::Deployment => Object::Deployment(typed(v, &what)?),
             ResourceKind::NetworkPolicy => Object::NetworkPolicy(typed(v, &what)?),
+            ResourceKind::CiliumNetworkPolicy => Object::CiliumNetworkPolicy(typed(v, &what)?),
         })
     }
 
@@ -214,6 +220,7 @@ impl Object {
             Object::Service(_) => ResourceKind::Service,
             Object::Deployment(_) => ResourceKind::Deployment,
             Object::NetworkPolicy(_) => ResourceKind::NetworkPolicy,
+            Object::CiliumNetworkPolicy(_) => ResourceKind::CiliumNetworkPolicy,
         }
     }
 
@@ -225,6 +232,7 @@ impl Object {
             Object::Service(o) => o.metadata(),
             Object::Deployment(o) => o.metadata(),
             Object::NetworkPolicy(o) => o.metadata(),
+            Object::CiliumNetworkPolicy(o) => o.metadata(),
         }
     }
 
@@ -236,6 +244,7 @@ impl Object {
             Object::Service(o) => o.metadata_mut(),
             Object::Deployment(o) => o.metadata_mut(),
             Object::NetworkPolicy(o) => o.metadata_mut(),
+            Object::CiliumNetworkPolicy(o) => o.metadata_mut(),
         }
     }
 
@@ -293,6 +302,9 @@ mod tests {
             ("networkpolicy.networking.k8s.io", ResourceKind::NetworkPolicy),
             ("svc", ResourceKind::Service),
             ("ns", ResourceKind::Namespace),
+            ("cnp", ResourceKind::CiliumNetworkPolicy),
+            ("CiliumNetworkPolicy", ResourceKind::CiliumNetworkPolicy),
+            ("ciliumnetworkpolicies.cilium.io", ResourceKind::CiliumNetworkPolicy),
         ] {
             assert_eq!(ResourceKind::parse(typed), Some(kind), "{typed}");
         }

@@ -311,3 +311,89 @@ fn an_oversized_policy_is_refused_and_every_other_policy_stays_enforced() {
     drop(node);
     assert_eq!(leftovers(root), Vec::<String>::new());
 }
+
+/// CiliumNetworkPolicies as users write them, enforced on real connections next to
+/// NetworkPolicies (their allows are a union), listed and deleted as kubectl has them; one
+/// outside the subset is refused naming its field; DNS rules never pass as plain L4 allows.
+#[test]
+fn cilium_network_policies_are_enforced_beside_network_policies() {
+    if need_root() {
+        return;
+    }
+    let root = "test-cnp";
+    let node = Node::up(root, "10.244.205.0/24");
+    let dir = std::env::temp_dir().join("netpol-test-cnp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, body: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p.display().to_string()
+    };
+    node.ok(&["apply", "-f", "simple-app.yaml"]);
+    let pod = |sel: &str| {
+        node.ok(&["get", "pods", "-l", sel, "-o", "jsonpath={.items[0].metadata.name}"]).trim().to_string()
+    };
+    let (front, not_front, back) = (pod("app=frontend"), pod("app=not-frontend"), pod("app=backend"));
+    let probe = |from: &str| {
+        let to = format!("default/{back}:8080");
+        node.run(&["probe", &format!("default/{from}"), &to, "--timeout", "1s"]).status.success()
+    };
+    assert!(probe(&front) && probe(&not_front), "control: both reach the backend before any policy");
+
+    let ingress = file(
+        "ingress.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: backend-from-frontend\n\
+         spec:\n  endpointSelector:\n    matchLabels:\n      app: backend\n  ingress:\n  - fromEndpoints:\n\
+         \x20   - matchLabels:\n        k8s:app: frontend\n    toPorts:\n    - ports:\n      - port: \"8080\"\n\
+         \x20       protocol: TCP\n",
+    );
+    let out = node.ok(&["apply", "-f", &ingress]);
+    assert!(out.contains("ciliumnetworkpolicy.cilium.io/backend-from-frontend created"), "{out}");
+    assert!(probe(&front), "the allowed frontend is cut");
+    assert!(!probe(&not_front), "not-frontend passes the CiliumNetworkPolicy");
+    let table = node.ok(&["get", "cnp"]);
+    assert!(table.contains("backend-from-frontend"), "{table}");
+
+    // A NetworkPolicy's allow adds to the CiliumNetworkPolicy's.
+    let np = file(
+        "np.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: not-frontend-too}\n\
+         spec:\n  podSelector: {matchLabels: {app: backend}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: not-frontend}}}]\n",
+    );
+    node.ok(&["apply", "-f", &np]);
+    assert!(probe(&not_front) && probe(&front), "the union of both kinds' allows");
+    node.ok(&["delete", "netpol", "not-frontend-too"]);
+    assert!(!probe(&not_front));
+
+    // DNS rules filter names; until the DNS proxy takes their traffic they allow nothing —
+    // here the frontend's egress to the backend, allowed only under a DNS rule, is cut.
+    let dns = file(
+        "dns.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: frontend-dns}\n\
+         spec:\n  endpointSelector: {matchLabels: {app: frontend}}\n  egress:\n  - toEndpoints: [{matchLabels: {app: backend}}]\n\
+         \x20   toPorts:\n    - ports: [{port: \"8080\", protocol: ANY}]\n      rules:\n        dns: [{matchPattern: \"*\"}]\n",
+    );
+    node.ok(&["apply", "-f", &dns]);
+    assert!(!probe(&front), "a DNS rule passed as a plain L4 allow");
+    node.ok(&["delete", "CiliumNetworkPolicy", "frontend-dns"]);
+    assert!(probe(&front));
+
+    // Outside the subset: refused naming the field; what was enforced stays.
+    let bad = file(
+        "bad.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: bad}\n\
+         spec:\n  endpointSelector: {}\n  egress:\n  - toCIDR: [10.0.0.0/8]\n",
+    );
+    let out = node.run(&["apply", "-f", &bad]);
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains("spec.egress[0].toCIDR"), "{t}");
+    assert!(!node.ok(&["get", "cnp"]).contains("bad"));
+    assert!(probe(&front) && !probe(&not_front));
+
+    let out = node.ok(&["delete", "cnp", "backend-from-frontend"]);
+    assert!(out.contains("ciliumnetworkpolicy.cilium.io \"backend-from-frontend\" deleted"), "{out}");
+    assert!(probe(&not_front), "the deleted policy still isolates the backend");
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(node);
+    assert_eq!(leftovers(root), Vec::<String>::new());
+}

@@ -11,8 +11,8 @@
 //! Semantics, as Cilium has them:
 //! - selector keys may carry the `k8s:` or `any:` source prefix; `io.kubernetes.pod.namespace`
 //!   is the namespace (by name), `io.cilium.k8s.namespace.labels.KEY` a namespace label; a
-//!   peer selector without either means the policy's own namespace (and `{}` every pod
-//!   there);
+//!   peer selector that does not name `io.kubernetes.pod.namespace` matches pods of the
+//!   policy's own namespace only, as Cilium adds it (so `{}` is every pod there);
 //! - a non-empty `ingress` (`egress`) isolates the selected pods in that direction, and its
 //!   rules allow a union with every other policy's;
 //! - a rule with neither peers nor ports (`{}`) allows nothing (Cilium's way to write
@@ -22,54 +22,18 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
-use serde::{Deserialize, Serialize};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::{
     entries::Protocol,
     model::NS_NAME_LABEL,
     names::NameMatch,
-    policy::{Peer, Policy, PolicyError, PortRef, PortSpec, Rule, Selector},
+    policy::{Peer, Policy, PolicyError, PolicyId, PolicyKind, PortRef, PortSpec, Rule, Selector},
 };
 
-/// The API object as it comes: the rules stay JSON until [`CiliumNetworkPolicy::parse`],
-/// so a policy outside the subset is rejected with its field named instead of failing the
-/// watch that delivers it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CiliumNetworkPolicy {
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub specs: Option<Vec<Value>>,
-}
-
-impl kube::Resource for CiliumNetworkPolicy {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
-        "CiliumNetworkPolicy".into()
-    }
-    fn group(_: &()) -> std::borrow::Cow<'_, str> {
-        "cilium.io".into()
-    }
-    fn version(_: &()) -> std::borrow::Cow<'_, str> {
-        "v2".into()
-    }
-    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
-        "ciliumnetworkpolicies".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+pub use netpol_api::cilium::CiliumNetworkPolicy;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -147,45 +111,40 @@ type FieldError = (String, String);
 const NS_KEY: &str = "io.kubernetes.pod.namespace";
 const NS_LABELS: &str = "io.cilium.k8s.namespace.labels.";
 
-impl CiliumNetworkPolicy {
-    /// Its rules as normalized policies (named as the object), or the first field outside
-    /// the subset or invalid.
-    pub fn parse(&self) -> Result<Vec<Policy>, PolicyError> {
-        let namespace = self.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let name = self.metadata.name.clone().unwrap_or_default();
-        let err = |(field, msg): FieldError| PolicyError {
-            kind: "CiliumNetworkPolicy",
-            policy: format!("{namespace}/{name}"),
-            field,
-            msg,
-        };
-        if name.is_empty() {
-            return Err(err(("metadata.name".into(), "is required".into())));
-        }
-        let rules: Vec<(String, &Value)> = match (&self.spec, &self.specs) {
-            (None, None) => return Err(err(("spec".into(), "spec or specs is required".into()))),
-            (spec, specs) => spec
-                .iter()
-                .map(|s| ("spec".to_string(), s))
-                .chain(specs.iter().flatten().enumerate().map(|(i, s)| (format!("specs[{i}]"), s)))
-                .collect(),
-        };
-        rules
-            .into_iter()
-            .map(|(at, v)| {
-                let spec: RuleSpec = serde_path_to_error::deserialize(v).map_err(|e| {
-                    let path = e.path().to_string();
-                    let field = if path == "." { at.clone() } else { format!("{at}.{path}") };
-                    err((field, e.into_inner().to_string()))
-                })?;
-                lower(&spec, &at, &namespace, &name).map_err(err)
-            })
-            .collect()
+/// The policy's rules as normalized policies (named as the object), or the first field
+/// outside the subset or invalid.
+pub fn parse(cnp: &CiliumNetworkPolicy) -> Result<Vec<Policy>, PolicyError> {
+    let namespace = cnp.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = cnp.metadata.name.clone().unwrap_or_default();
+    let id = PolicyId::new(PolicyKind::CiliumNetworkPolicy, &namespace, &name);
+    let err = |(field, msg): FieldError| PolicyError { policy: id.clone(), field, msg };
+    if name.is_empty() {
+        return Err(err(("metadata.name".into(), "is required".into())));
     }
+    let rules: Vec<(String, &Value)> = match (&cnp.spec, &cnp.specs) {
+        (None, None) => return Err(err(("spec".into(), "spec or specs is required".into()))),
+        (spec, specs) => spec
+            .iter()
+            .map(|s| ("spec".to_string(), s))
+            .chain(specs.iter().flatten().enumerate().map(|(i, s)| (format!("specs[{i}]"), s)))
+            .collect(),
+    };
+    rules
+        .into_iter()
+        .map(|(at, v)| {
+            let spec: RuleSpec = serde_path_to_error::deserialize(v).map_err(|e| {
+                let path = e.path().to_string();
+                let field = if path == "." { at.clone() } else { format!("{at}.{path}") };
+                err((field, e.into_inner().to_string()))
+            })?;
+            lower(&spec, &at, &namespace, &name).map_err(err)
+        })
+        .collect()
 }
 
 fn lower(spec: &RuleSpec, at: &str, namespace: &str, name: &str) -> Result<Policy, FieldError> {
-    let (subject_ns, pod_selector) = selector(&spec.endpoint_selector, &format!("{at}.endpointSelector"))?;
+    let (subject_ns, pod_selector) =
+        selector(&spec.endpoint_selector, &format!("{at}.endpointSelector"), namespace)?;
     if subject_ns.is_some() {
         let msg = "selects on the namespace; a CiliumNetworkPolicy applies in its own namespace";
         return Err((format!("{at}.endpointSelector"), msg.into()));
@@ -193,7 +152,7 @@ fn lower(spec: &RuleSpec, at: &str, namespace: &str, name: &str) -> Result<Polic
     let mut ingress = Vec::new();
     for (i, r) in spec.ingress.iter().enumerate() {
         let at = format!("{at}.ingress[{i}]");
-        let peers = endpoints(&r.from_endpoints, &format!("{at}.fromEndpoints"))?;
+        let peers = endpoints(&r.from_endpoints, &format!("{at}.fromEndpoints"), namespace)?;
         let ports = port_rules(&r.to_ports, &at, false)?;
         ingress.extend(rules(peers, ports));
     }
@@ -201,7 +160,7 @@ fn lower(spec: &RuleSpec, at: &str, namespace: &str, name: &str) -> Result<Polic
     for (i, r) in spec.egress.iter().enumerate() {
         let at = format!("{at}.egress[{i}]");
         let peers = match (r.to_endpoints.is_empty(), r.to_fqdns.is_empty()) {
-            (_, true) => endpoints(&r.to_endpoints, &format!("{at}.toEndpoints"))?,
+            (_, true) => endpoints(&r.to_endpoints, &format!("{at}.toEndpoints"), namespace)?,
             (true, false) => Some(vec![Peer::Names(name_matches(&r.to_fqdns, &format!("{at}.toFQDNs"))?)]),
             (false, false) => {
                 return Err((
@@ -235,21 +194,26 @@ fn rules(peers: Option<Vec<Peer>>, ports: Vec<PortRuleSpec>) -> Vec<Rule> {
 }
 
 /// Peers of `fromEndpoints`/`toEndpoints` (None: the list is empty, so every peer).
-fn endpoints(list: &[LabelSelector], at: &str) -> Result<Option<Vec<Peer>>, FieldError> {
+fn endpoints(list: &[LabelSelector], at: &str, own: &str) -> Result<Option<Vec<Peer>>, FieldError> {
     if list.is_empty() {
         return Ok(None);
     }
     let peers = list.iter().enumerate().map(|(i, s)| {
-        let (namespaces, pods) = selector(s, &format!("{at}[{i}]"))?;
+        let (namespaces, pods) = selector(s, &format!("{at}[{i}]"), own)?;
         Ok(Peer::Pods { namespaces, pods })
     });
     peers.collect::<Result<Vec<_>, _>>().map(Some)
 }
 
 /// A Cilium endpoint selector split into its namespace part (None: no namespace key, the
-/// policy's own namespace) and its pod part, source prefixes removed.
-fn selector(s: &LabelSelector, at: &str) -> Result<(Option<Selector>, Selector), FieldError> {
+/// policy's own namespace) and its pod part, source prefixes removed. Namespace labels
+/// without `io.kubernetes.pod.namespace` still mean the policy's own namespace (`own`), as
+/// Cilium adds it to every selector that does not name the namespace.
+fn selector(s: &LabelSelector, at: &str, own: &str) -> Result<(Option<Selector>, Selector), FieldError> {
     let (mut ns, mut pod) = (LabelSelector::default(), LabelSelector::default());
+    let mut keys = s.match_labels.iter().flatten().map(|(k, _)| k);
+    let names_namespace = keys.any(|k| without_source(k) == NS_KEY)
+        || s.match_expressions.iter().flatten().any(|r| without_source(&r.key) == NS_KEY);
     for (k, v) in s.match_labels.iter().flatten() {
         let (target, key) = split_key(k).map_err(|m| (format!("{at}.matchLabels.{k}"), m))?;
         let side = if target { &mut ns } else { &mut pod };
@@ -262,14 +226,26 @@ fn selector(s: &LabelSelector, at: &str) -> Result<(Option<Selector>, Selector),
             .get_or_insert_with(Vec::new)
             .push(LabelSelectorRequirement { key, ..r.clone() });
     }
+    if ns != LabelSelector::default() && !names_namespace {
+        let own = LabelSelectorRequirement {
+            key: NS_NAME_LABEL.into(),
+            operator: "In".into(),
+            values: Some(vec![own.to_string()]),
+        };
+        ns.match_expressions.get_or_insert_with(Vec::new).push(own);
+    }
     let parse = |s: &LabelSelector| Selector::parse(s).map_err(|(f, m)| (format!("{at}.{f}"), m));
     let namespaces = if ns == LabelSelector::default() { None } else { Some(parse(&ns)?) };
     Ok((namespaces, parse(&pod)?))
 }
 
+fn without_source(key: &str) -> &str {
+    key.strip_prefix("k8s:").or_else(|| key.strip_prefix("any:")).unwrap_or(key)
+}
+
 /// (whether the key is a namespace's, the key as Kubernetes labels have it).
 fn split_key(key: &str) -> Result<(bool, String), String> {
-    let bare = key.strip_prefix("k8s:").or_else(|| key.strip_prefix("any:")).unwrap_or(key);
+    let bare = without_source(key);
     if let Some((source, _)) = bare.split_once(':').filter(|(s, _)| !s.contains('/')) {
         return Err(format!("the label source {source:?} is outside the subset (k8s: or any:)"));
     }
@@ -301,12 +277,10 @@ fn port_rules(list: &[PortRule], at: &str, egress: bool) -> Result<Vec<PortRuleS
     let mut out = Vec::new();
     for (i, r) in list.iter().enumerate() {
         let at = format!("{at}.toPorts[{i}]");
-        let ports: Vec<PortSpec> = r
-            .ports
-            .iter()
-            .enumerate()
-            .map(|(j, p)| port(p, &format!("{at}.ports[{j}]")))
-            .collect::<Result<_, _>>()?;
+        let mut ports = Vec::new();
+        for (j, p) in r.ports.iter().enumerate() {
+            ports.extend(port(p, &format!("{at}.ports[{j}]"))?);
+        }
         let dns = match &r.rules {
             None => None,
             Some(_) if !egress => {
@@ -319,7 +293,19 @@ fn port_rules(list: &[PortRule], at: &str, egress: bool) -> Result<Vec<PortRuleS
     Ok(out)
 }
 
-fn port(p: &PortProtocol, at: &str) -> Result<PortSpec, FieldError> {
+/// One `ports` entry. ANY with a port is that port of each protocol that has ports.
+fn port(p: &PortProtocol, at: &str) -> Result<Vec<PortSpec>, FieldError> {
+    let spec = port_spec(p, at)?;
+    Ok(match spec.port {
+        Some(_) if spec.protocol == Protocol::Any => [Protocol::Tcp, Protocol::Udp, Protocol::Sctp]
+            .into_iter()
+            .map(|protocol| PortSpec { protocol, ..spec.clone() })
+            .collect(),
+        _ => vec![spec],
+    })
+}
+
+fn port_spec(p: &PortProtocol, at: &str) -> Result<PortSpec, FieldError> {
     let protocol = match p.protocol.as_deref().map(str::to_ascii_uppercase).as_deref() {
         None | Some("ANY") => Protocol::Any,
         Some("TCP") => Protocol::Tcp,

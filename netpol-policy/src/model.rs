@@ -1,9 +1,10 @@
-//! What the agent knows of the cluster: Namespaces, Pods, NetworkPolicies, Nodes, Services
-//! and EndpointSlices, as the `k8s-openapi` objects the sources deliver. Policies are validated on the way in; a
-//! rejected update keeps the policy's last valid version enforced.
+//! What the agent knows of the cluster: Namespaces, Pods, NetworkPolicies and
+//! CiliumNetworkPolicies, Nodes, Services and EndpointSlices, as the objects the sources
+//! deliver. Policies are validated on the way in; a rejected update keeps the policy's last
+//! valid version enforced.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
 };
 
@@ -15,9 +16,11 @@ use k8s_openapi::api::{
 };
 
 use crate::{
+    cilium::{self, CiliumNetworkPolicy},
     crd::NetpolEndpoint,
     entries::Protocol,
-    policy::{NamedPorts, Policy, PolicyError},
+    names::{Name, NameMatch},
+    policy::{NamedPorts, Policy, PolicyError, PolicyId, PolicyKind},
 };
 
 pub type Key = (String, String);
@@ -35,6 +38,7 @@ pub enum Object {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     NetpolEndpoint(Box<NetpolEndpoint>),
+    CiliumNetworkPolicy(Box<CiliumNetworkPolicy>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -46,15 +50,88 @@ pub enum Kind {
     Service,
     EndpointSlice,
     NetpolEndpoint,
+    CiliumNetworkPolicy,
+}
+
+impl Object {
+    /// The policy id of a policy object (None for other kinds).
+    pub fn policy_id(&self) -> Option<PolicyId> {
+        match self {
+            Object::NetworkPolicy(np) => Some(policy_id(PolicyKind::NetworkPolicy, &np.metadata)),
+            Object::CiliumNetworkPolicy(cnp) => {
+                Some(policy_id(PolicyKind::CiliumNetworkPolicy, &cnp.metadata))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Kind {
+    /// The kind of policy objects of this kind are, if they are policies.
+    pub fn policy_kind(self) -> Option<PolicyKind> {
+        match self {
+            Kind::NetworkPolicy => Some(PolicyKind::NetworkPolicy),
+            Kind::CiliumNetworkPolicy => Some(PolicyKind::CiliumNetworkPolicy),
+            _ => None,
+        }
+    }
+}
+
+/// A policy's API object, as it came.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PolicyObject {
+    NetworkPolicy(NetworkPolicy),
+    Cilium(CiliumNetworkPolicy),
+}
+
+fn policy_id(
+    kind: PolicyKind,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> PolicyId {
+    let (namespace, name) = key_of(meta);
+    PolicyId { namespace, kind, name }
+}
+
+impl PolicyObject {
+    pub fn id(&self) -> PolicyId {
+        match self {
+            PolicyObject::NetworkPolicy(np) => policy_id(PolicyKind::NetworkPolicy, &np.metadata),
+            PolicyObject::Cilium(cnp) => policy_id(PolicyKind::CiliumNetworkPolicy, &cnp.metadata),
+        }
+    }
+
+    pub fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            PolicyObject::NetworkPolicy(np) => &np.metadata,
+            PolicyObject::Cilium(cnp) => &cnp.metadata,
+        }
+    }
+
+    /// The reference an Event about it names.
+    pub fn object_ref(&self) -> k8s_openapi::api::core::v1::ObjectReference {
+        use kube::Resource;
+        match self {
+            PolicyObject::NetworkPolicy(np) => np.object_ref(&()),
+            PolicyObject::Cilium(cnp) => cnp.object_ref(&()),
+        }
+    }
+}
+
+/// A policy's last valid version: its API object (for the reference evaluator) and its
+/// parsed parts (for the compiler: a NetworkPolicy is one, a CiliumNetworkPolicy one per
+/// rule of `spec` and `specs`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredPolicy {
+    pub object: PolicyObject,
+    pub parts: Vec<Policy>,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Model {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<Key, Pod>,
-    /// Each policy's last valid version: the API object (for the reference evaluator) and
-    /// its parsed form (for the compiler).
-    pub policies: BTreeMap<Key, (NetworkPolicy, Policy)>,
+    /// Each policy's last valid version.
+    pub policies: BTreeMap<PolicyId, StoredPolicy>,
     pub nodes: BTreeMap<String, Node>,
     pub services: BTreeMap<Key, Service>,
     pub endpoint_slices: BTreeMap<Key, EndpointSlice>,
@@ -62,10 +139,13 @@ pub struct Model {
     /// [`Model::pod_address`] says).
     pub announced: BTreeMap<Key, NetpolEndpoint>,
     /// The current rejection of each policy whose latest version was invalid.
-    pub rejected: BTreeMap<Key, PolicyError>,
+    pub rejected: BTreeMap<PolicyId, PolicyError>,
+    /// What this node's DNS proxy learned: the addresses DNS answers gave for each name,
+    /// while their TTLs last. `toFQDNs` allow these (and only these) addresses.
+    pub learned: BTreeMap<Name, BTreeSet<Ipv4Addr>>,
     /// Pod label keys left out of identities unless a policy selects on them (None: the
     /// known high-churn ones, [`crate::compiler::HIGH_CHURN_LABELS`]).
-    pub identity_exclusions: Option<std::collections::BTreeSet<String>>,
+    pub identity_exclusions: Option<BTreeSet<String>>,
 }
 
 fn ns_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
@@ -106,24 +186,59 @@ impl Model {
                 self.announced.insert(key_of(&ep.metadata), *ep);
             }
             Object::NetworkPolicy(np) => {
-                let key = key_of(&np.metadata);
-                match Policy::parse(&np) {
-                    Ok(p) => {
-                        self.rejected.remove(&key);
-                        self.policies.insert(key, (*np, p));
-                    }
-                    Err(e) => {
-                        self.rejected.insert(key, e.clone());
-                        return Err(e);
-                    }
-                }
+                let parsed = Policy::parse(&np).map(|p| vec![p]);
+                return self.store_policy(PolicyObject::NetworkPolicy(*np), parsed);
+            }
+            Object::CiliumNetworkPolicy(cnp) => {
+                let parsed = cilium::parse(&cnp);
+                return self.store_policy(PolicyObject::Cilium(*cnp), parsed);
             }
         }
         Ok(())
     }
 
+    fn store_policy(
+        &mut self,
+        object: PolicyObject,
+        parsed: Result<Vec<Policy>, PolicyError>,
+    ) -> Result<(), PolicyError> {
+        let (namespace, name) = key_of(object.meta());
+        let kind = match object {
+            PolicyObject::NetworkPolicy(_) => PolicyKind::NetworkPolicy,
+            PolicyObject::Cilium(_) => PolicyKind::CiliumNetworkPolicy,
+        };
+        let id = PolicyId { namespace, kind, name };
+        match parsed {
+            Ok(parts) => {
+                self.rejected.remove(&id);
+                self.policies.insert(id, StoredPolicy { object, parts });
+                Ok(())
+            }
+            Err(e) => {
+                self.rejected.insert(id, e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// The policies of one namespace.
+    pub fn policies_in<'a>(&'a self, ns: &'a str) -> impl Iterator<Item = (&'a PolicyId, &'a StoredPolicy)> {
+        self.policies.range(PolicyId::first_of(ns)..).take_while(move |(id, _)| id.namespace == ns)
+    }
+
+    /// Every parsed policy part.
+    pub fn policy_parts(&self) -> impl Iterator<Item = &Policy> {
+        self.policies.values().flat_map(|p| &p.parts)
+    }
+
     pub fn delete(&mut self, kind: Kind, namespace: &str, name: &str) {
         let key = (namespace.to_string(), name.to_string());
+        if let Some(kind) = kind.policy_kind() {
+            let id = PolicyId::new(kind, namespace, name);
+            self.policies.remove(&id);
+            self.rejected.remove(&id);
+            return;
+        }
         match kind {
             Kind::Namespace => {
                 self.namespaces.remove(name);
@@ -131,10 +246,8 @@ impl Model {
             Kind::Pod => {
                 self.pods.remove(&key);
             }
-            Kind::NetworkPolicy => {
-                self.policies.remove(&key);
-                self.rejected.remove(&key);
-            }
+            // Removed above, by their policy ids.
+            Kind::NetworkPolicy | Kind::CiliumNetworkPolicy => {}
             Kind::Node => {
                 self.nodes.remove(name);
             }
@@ -152,7 +265,7 @@ impl Model {
 
     /// Keeps only the objects of `kind` whose keys are in `keep` (after a full list;
     /// cluster-scoped objects have an empty namespace).
-    pub fn retain(&mut self, kind: Kind, keep: &std::collections::BTreeSet<Key>) {
+    pub fn retain(&mut self, kind: Kind, keep: &BTreeSet<Key>) {
         let cluster = |name: &String| keep.contains(&(String::new(), name.clone()));
         match kind {
             Kind::Namespace => self.namespaces.retain(|n, _| cluster(n)),
@@ -161,11 +274,21 @@ impl Model {
             Kind::Service => self.services.retain(|k, _| keep.contains(k)),
             Kind::EndpointSlice => self.endpoint_slices.retain(|k, _| keep.contains(k)),
             Kind::NetpolEndpoint => self.announced.retain(|k, _| keep.contains(k)),
-            Kind::NetworkPolicy => {
-                self.policies.retain(|k, _| keep.contains(k));
-                self.rejected.retain(|k, _| keep.contains(k));
+            Kind::NetworkPolicy | Kind::CiliumNetworkPolicy => {
+                let kept = |id: &PolicyId| {
+                    Some(id.kind) != kind.policy_kind()
+                        || keep.contains(&(id.namespace.clone(), id.name.clone()))
+                };
+                self.policies.retain(|id, _| kept(id));
+                self.rejected.retain(|id, _| kept(id));
             }
         }
+    }
+
+    /// The learned addresses of every name one of `matches` matches.
+    pub fn learned_addresses(&self, matches: &[NameMatch]) -> BTreeSet<Ipv4Addr> {
+        let matched = self.learned.iter().filter(|(name, _)| matches.iter().any(|m| m.matches(name)));
+        matched.flat_map(|(_, ips)| ips.iter().copied()).collect()
     }
 
     /// A namespace's labels; `kubernetes.io/metadata.name` is always there, as the API
@@ -180,7 +303,7 @@ impl Model {
     /// not host-network, not finished (a finished pod's address is free for the next pod
     /// the range hands it to).
     pub fn policy_pods(&self) -> impl Iterator<Item = (&Key, &Pod, Ipv4Addr)> {
-        let posted: std::collections::BTreeSet<Ipv4Addr> =
+        let posted: BTreeSet<Ipv4Addr> =
             self.pods.values().filter(|p| !pod_is_terminal(p)).filter_map(pod_ip).collect();
         self.pods.iter().filter(|(_, p)| !pod_is_terminal(p)).filter_map(move |(k, p)| {
             let ip = self.pod_address(k, p)?;

@@ -1,12 +1,14 @@
 //! Random clusters for the differential tests (here and in the agent's kernel tests):
 //! namespaces x, y, z; pods with random labels, named ports and nodes; policies drawn from
-//! every part of NetworkPolicy v1. Behind the `testing` feature.
+//! every part of NetworkPolicy v1 and of the CiliumNetworkPolicy subset. Behind the
+//! `testing` feature.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use crate::{
     compiler::{compile, Allocators, Compiled, LocalEndpoint},
     model::{Model, Object},
+    names::Name,
 };
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -24,6 +26,8 @@ pub struct Cluster {
     pub namespaces: Vec<Value>,
     pub pods: Vec<Value>,
     pub policies: Vec<Value>,
+    /// What the node's DNS proxy learned: name → addresses.
+    pub learned: Vec<(String, Vec<Ipv4Addr>)>,
 }
 
 pub fn labels() -> impl Strategy<Value = Value> {
@@ -180,13 +184,151 @@ pub fn policy(i: usize) -> impl Strategy<Value = Value> {
         })
 }
 
+/// A key with Cilium's source prefix, or without.
+fn sourced(key: &str) -> impl Strategy<Value = String> {
+    let key = key.to_string();
+    prop::sample::select(vec!["", "k8s:", "any:"]).prop_map(move |p| format!("{p}{key}"))
+}
+
+/// A pod selector as Cilium takes it (source prefixes on the keys).
+pub fn cilium_selector() -> impl Strategy<Value = Value> {
+    (selector(), sourced("app"), sourced("tier")).prop_map(|(mut sel, app, tier)| {
+        let rename = |k: &str| if k == "app" { app.clone() } else { tier.clone() };
+        if let Some(m) = sel.get_mut("matchLabels").and_then(Value::as_object_mut) {
+            *m = m.iter().map(|(k, v)| (rename(k), v.clone())).collect();
+        }
+        for e in sel.get_mut("matchExpressions").and_then(Value::as_array_mut).into_iter().flatten() {
+            let key = rename(e["key"].as_str().unwrap());
+            e["key"] = json!(key);
+        }
+        sel
+    })
+}
+
+/// A peer of `fromEndpoints`/`toEndpoints`: the policy's namespace, a named one, or
+/// namespace labels (which Cilium still limits to the policy's namespace).
+pub fn cilium_peer() -> impl Strategy<Value = Value> {
+    let ns = prop_oneof![
+        Just(None),
+        prop::sample::select(NAMESPACES.to_vec()).prop_map(|n| Some(("io.kubernetes.pod.namespace", n))),
+        Just(Some(("io.cilium.k8s.namespace.labels.team", "blue"))),
+    ];
+    (cilium_selector(), ns, sourced("")).prop_map(|(mut sel, ns, prefix)| {
+        if let Some((key, value)) = ns {
+            let labels = sel.as_object_mut().unwrap().entry("matchLabels").or_insert(json!({}));
+            labels[format!("{prefix}{key}")] = json!(value);
+        }
+        sel
+    })
+}
+
+/// A `toPorts` entry: ports as strings or numbers, TCP/UDP/ANY, ranges, named ports, 0.
+pub fn cilium_port_rule(egress: bool) -> impl Strategy<Value = Value> {
+    let port = prop_oneof![
+        Just(json!({})),
+        prop::sample::select(PORTS.to_vec()).prop_map(|p| json!({"port": p.to_string()})),
+        prop::sample::select(PORTS.to_vec()).prop_map(|p| json!({"port": p})),
+        prop::sample::select(vec!["http", "dns", "sctp", "0"]).prop_map(|n| json!({"port": n})),
+        Just(json!({"port": "80", "endPort": 5353})),
+    ];
+    let proto = prop::option::of(prop::sample::select(vec!["TCP", "UDP", "ANY", "any"]));
+    let entry = (port, proto).prop_map(|(mut p, proto)| {
+        if let Some(proto) = proto {
+            p["protocol"] = json!(proto);
+        }
+        p
+    });
+    let dns = prop::option::of(prop::sample::select(vec!["*", "songlaa.com"]));
+    (prop::collection::vec(entry, 0..3), dns).prop_map(move |(ports, dns)| match dns {
+        // DNS rules: on egress only (and nothing a plain flow can match).
+        Some(pattern) if egress => json!({"ports": ports, "rules": {"dns": [{"matchPattern": pattern}]}}),
+        _ => json!({"ports": ports}),
+    })
+}
+
+/// One `ingress`/`egress` item; egress items sometimes name DNS names instead of pods.
+pub fn cilium_item(egress: bool) -> impl Strategy<Value = Value> {
+    let peers = prop::option::of(prop::collection::vec(cilium_peer(), 0..3));
+    let ports = prop::option::of(prop::collection::vec(cilium_port_rule(egress), 0..3));
+    (peers, ports, any::<u8>()).prop_map(move |(peers, ports, r)| {
+        let mut m = serde_json::Map::new();
+        match peers {
+            Some(_) if egress && r < 48 => {
+                let names = [json!({"matchName": "songlaa.com"}), json!({"matchPattern": "*.songlaa.com"})];
+                m.insert("toFQDNs".into(), json!([names[r as usize % 2]]));
+            }
+            Some(p) => {
+                m.insert((if egress { "toEndpoints" } else { "fromEndpoints" }).into(), json!(p));
+            }
+            None => {}
+        }
+        if let Some(p) = ports {
+            m.insert("toPorts".into(), json!(p));
+        }
+        Value::Object(m)
+    })
+}
+
+pub fn cilium_rule() -> impl Strategy<Value = Value> {
+    (
+        cilium_selector(),
+        prop::option::of(prop::collection::vec(cilium_item(false), 0..3)),
+        prop::option::of(prop::collection::vec(cilium_item(true), 0..3)),
+    )
+        .prop_map(|(sel, ingress, egress)| {
+            let mut m = serde_json::Map::new();
+            m.insert("endpointSelector".into(), sel);
+            if let Some(i) = ingress {
+                m.insert("ingress".into(), json!(i));
+            }
+            if let Some(e) = egress {
+                m.insert("egress".into(), json!(e));
+            }
+            Value::Object(m)
+        })
+}
+
+/// A CiliumNetworkPolicy with `spec`, `specs` or both.
+pub fn cilium_policy(i: usize) -> impl Strategy<Value = Value> {
+    let specs = prop::option::of(prop::collection::vec(cilium_rule(), 1..3));
+    (prop::sample::select(NAMESPACES.to_vec()), prop::option::of(cilium_rule()), specs).prop_map(
+        move |(ns, spec, specs)| {
+            let mut v = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+                               "metadata": {"name": format!("c{i}"), "namespace": ns}});
+            match (spec, specs) {
+                (None, None) => v["spec"] = json!({"endpointSelector": {}, "ingress": [{}]}),
+                (spec, specs) => {
+                    if let Some(s) = spec {
+                        v["spec"] = s;
+                    }
+                    if let Some(s) = specs {
+                        v["specs"] = json!(s);
+                    }
+                }
+            }
+            v
+        },
+    )
+}
+
 pub fn cluster() -> impl Strategy<Value = Cluster> {
     let pods = prop::collection::vec(
         (1usize..4, prop::collection::vec((labels(), container_ports(), 0usize..2), 3)),
         3,
     );
     let policies = (0usize..6).prop_flat_map(|n| (0..n).map(policy).collect::<Vec<_>>());
-    (pods, policies, any::<bool>()).prop_map(|(per_ns, policies, blue)| {
+    let cilium = (0usize..3).prop_flat_map(|n| (0..n).map(cilium_policy).collect::<Vec<_>>());
+    // Names learned at outside addresses and at a pod's (10.0.1.2, when it exists).
+    let learned = prop::sample::subsequence(
+        vec![
+            ("songlaa.com".to_string(), vec![EXTERNAL[0], Ipv4Addr::new(10, 0, 1, 2)]),
+            ("www.songlaa.com".to_string(), vec![EXTERNAL[1]]),
+            ("www.zhaw.ch".to_string(), vec![EXTERNAL[2]]),
+        ],
+        0..=3,
+    );
+    (pods, policies, cilium, learned, any::<bool>()).prop_map(|(per_ns, mut policies, cilium, learned, blue)| {
+        policies.extend(cilium);
         let namespaces = NAMESPACES
             .iter()
             .map(|n| {
@@ -204,7 +346,7 @@ pub fn cluster() -> impl Strategy<Value = Cluster> {
                 }));
             }
         }
-        Cluster { namespaces, pods, policies }
+        Cluster { namespaces, pods, policies, learned }
     })
 }
 
@@ -220,8 +362,17 @@ pub fn model(c: &Cluster) -> Model {
         let node = json!({"metadata": {"name": name}, "status": {"addresses": [{"type": "InternalIP", "address": ip.to_string()}]}});
         m.upsert(Object::Node(Box::new(serde_json::from_value(node).unwrap()))).unwrap();
     }
+    for (name, ips) in &c.learned {
+        m.learned.insert(Name::parse(name).unwrap(), ips.iter().copied().collect());
+    }
     for p in &c.policies {
-        m.upsert(Object::NetworkPolicy(Box::new(serde_json::from_value(p.clone()).unwrap()))).unwrap();
+        let object = match p.get("kind").and_then(Value::as_str) {
+            Some("CiliumNetworkPolicy") => {
+                Object::CiliumNetworkPolicy(Box::new(serde_json::from_value(p.clone()).unwrap()))
+            }
+            _ => Object::NetworkPolicy(Box::new(serde_json::from_value(p.clone()).unwrap())),
+        };
+        m.upsert(object).unwrap();
     }
     m
 }

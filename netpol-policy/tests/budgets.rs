@@ -67,14 +67,14 @@ fn an_oversized_policy_is_rejected_whole_and_the_others_stay_enforced() {
     let t = Instant::now();
     let c = compile(&m, "n1", &eps, &mut Allocators::default());
     let took = t.elapsed();
-    let err = &c.over_budget[&("tenant".to_string(), "big".to_string())];
+    let err = &c.over_budget[&np_id("tenant", "big")];
     assert!(matches!(err, BudgetError::Policy { budget: 16384, .. }), "{err}");
     assert!(err.to_string().contains("tenant/big") && err.to_string().contains("16384"), "{err}");
     assert_eq!(c.over_budget.len(), 1);
     // The tenant pod stays isolated and keeps its other policy; the big one added nothing.
     assert_eq!(c.state.endpoints[&1].flags, EP_ISOLATED_INGRESS);
     assert_eq!(keys_of(&c, 1), 1, "only web's port 80");
-    assert!(c.rules.values().all(|r| r.policy != "big"));
+    assert!(c.rules.values().all(|r| r.policy.name != "big"));
     // The other namespace's deny is in force.
     assert_eq!(c.state.endpoints[&2].flags, EP_ISOLATED_INGRESS);
     assert!(took < Duration::from_secs(2), "a rejected compile took {took:?}");
@@ -110,15 +110,15 @@ fn a_namespace_of_many_policies_costs_a_bounded_count() {
         .over_budget
         .iter()
         .filter(|(_, e)| matches!(e, BudgetError::NamespaceUncounted { counted: 450, budget: 200, .. }))
-        .map(|((_, n), _)| n)
+        .map(|(id, _)| &id.name)
         .collect();
     assert_eq!(uncounted.len(), 25, "{:?}", c.over_budget);
     assert_eq!(uncounted[0], "np05", "the policies after the bound, in name order");
     let over_ns = c.over_budget.values().filter(|e| matches!(e, BudgetError::Namespace { .. })).count();
     assert_eq!(over_ns, 3, "of the 5 counted, the 2 that fit 200 are admitted");
     assert_eq!(c.over_budget.len(), 28);
-    assert!(c.over_budget.keys().all(|(ns, _)| ns == "t"));
-    let msg = c.over_budget[&("t".to_string(), "np29".to_string())].to_string();
+    assert!(c.over_budget.keys().all(|id| id.namespace == "t"));
+    let msg = c.over_budget[&np_id("t", "np29")].to_string();
     assert!(msg.contains("t/np29") && msg.contains("not expanded"), "{msg}");
     // Admitted policies write their keys; every policy of t still isolates p.
     assert_eq!(keys_of(&c, 1), 90, "two admitted policies with the same 90 keys");
@@ -154,4 +154,8 @@ fn an_endpoint_whose_pod_is_unknown_is_held_closed() {
     assert!(!peers.contains(&identity::INIT), "{peers:?}");
     let net = ipnet::Ipv4Net::new("10.0.0.7".parse().unwrap(), 32).unwrap();
     assert_eq!(c.state.ipcache[&net].identity, identity::INIT);
+}
+
+fn np_id(ns: &str, name: &str) -> netpol_policy::policy::PolicyId {
+    netpol_policy::policy::PolicyId::new(netpol_policy::policy::PolicyKind::NetworkPolicy, ns, name)
 }

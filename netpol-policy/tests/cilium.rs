@@ -2,10 +2,10 @@
 //! lowered to the normalized form, or rejected naming the field. No root needed.
 
 use netpol_policy::{
-    cilium::CiliumNetworkPolicy,
+    cilium::{self, CiliumNetworkPolicy},
     entries::Protocol,
     names::NameMatch,
-    policy::{Peer, Policy, PortRef, PortSpec, Rule, Selector},
+    policy::{Peer, Policy, PolicyKind, PortRef, PortSpec, Rule, Selector},
 };
 use serde_json::{json, Value};
 
@@ -17,13 +17,13 @@ fn cnp(body: Value) -> CiliumNetworkPolicy {
 }
 
 fn parse(body: Value) -> Vec<Policy> {
-    cnp(body).parse().unwrap()
+    cilium::parse(&cnp(body)).unwrap()
 }
 
 /// The rejection's field and message.
 fn refused(body: Value) -> (String, String) {
-    let e = cnp(body).parse().unwrap_err();
-    assert_eq!(e.kind, "CiliumNetworkPolicy");
+    let e = cilium::parse(&cnp(body)).unwrap_err();
+    assert_eq!(e.policy.kind, PolicyKind::CiliumNetworkPolicy);
     assert!(e.to_string().starts_with("CiliumNetworkPolicy default/songlaa: "), "{e}");
     (e.field, e.msg)
 }
@@ -67,7 +67,7 @@ fn the_labs_policy_is_taken_as_cilium_documents_it() {
     let want = vec![
         Rule {
             peers: Some(vec![kube_dns]),
-            ports: ports(&[(Protocol::Any, 53)]),
+            ports: ports(&[(Protocol::Tcp, 53), (Protocol::Udp, 53), (Protocol::Sctp, 53)]),
             dns: Some(vec![NameMatch::All]),
         },
         Rule {
@@ -100,7 +100,11 @@ fn specs_own_namespace_empty_rules_and_port_only_rules() {
     assert_eq!(p[1].egress, Some(vec![Rule { peers: Some(vec![]), ports: None, dns: None }]));
     assert_eq!(
         p[1].ingress,
-        Some(vec![Rule { peers: None, ports: ports(&[(Protocol::Any, 8080)]), dns: None }])
+        Some(vec![Rule {
+            peers: None,
+            ports: ports(&[(Protocol::Tcp, 8080), (Protocol::Udp, 8080), (Protocol::Sctp, 8080)]),
+            dns: None
+        }])
     );
 }
 
@@ -118,7 +122,10 @@ fn namespace_labels_expressions_ranges_and_named_ports() {
     assert_eq!(pods.exprs[0].key, "role");
     let want = vec![
         PortSpec { protocol: Protocol::Udp, port: Some(PortRef::Range(5000, 5010)) },
-        PortSpec { protocol: Protocol::Any, port: Some(PortRef::Named("http".into())) },
+        // ANY with a port: each protocol's.
+        PortSpec { protocol: Protocol::Tcp, port: Some(PortRef::Named("http".into())) },
+        PortSpec { protocol: Protocol::Udp, port: Some(PortRef::Named("http".into())) },
+        PortSpec { protocol: Protocol::Sctp, port: Some(PortRef::Named("http".into())) },
         PortSpec { protocol: Protocol::Tcp, port: None },
     ];
     assert_eq!(rule.ports, Some(want));

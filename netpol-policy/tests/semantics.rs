@@ -176,7 +176,7 @@ fn changes_touch_only_what_they_affect() {
             let r = added.state.policy[k].rule_id;
             let rule = &added.rules[&r];
             assert!(
-                (rule.namespace.as_str(), rule.policy.as_str()) == ("x", "added"),
+                (rule.policy.namespace.as_str(), rule.policy.name.as_str()) == ("x", "added"),
                 "new key {k:?} from {rule}"
             );
         }

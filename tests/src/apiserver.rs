@@ -4,7 +4,8 @@
 //! plain HTTP — enough for kube-runtime's watcher. Events are accepted and kept; clients
 //! may server-side apply (PATCH, the whole object) and delete single objects, as the agents
 //! do with their address announcements. The test changes the objects as a controller would
-//! (`apply`, `delete`).
+//! (`apply`, `delete`). A custom resource's kind may be left unserved, as on a cluster
+//! without its CRD ([`ApiServer::serve`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -23,7 +24,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 /// (apiVersion, kind, plural) of each kind served.
-const KINDS: [(&str, &str, &str); 7] = [
+const KINDS: [(&str, &str, &str); 8] = [
     ("v1", "Namespace", "namespaces"),
     ("v1", "Pod", "pods"),
     ("v1", "Node", "nodes"),
@@ -31,6 +32,7 @@ const KINDS: [(&str, &str, &str); 7] = [
     ("discovery.k8s.io/v1", "EndpointSlice", "endpointslices"),
     ("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
     ("netpol.io/v1alpha1", "NetpolEndpoint", "netpolendpoints"),
+    ("cilium.io/v2", "CiliumNetworkPolicy", "ciliumnetworkpolicies"),
 ];
 
 /// (plural, namespace, name)
@@ -43,6 +45,8 @@ struct Store {
     /// Every change: (resourceVersion, plural, watch event).
     history: Vec<(u64, String, Value)>,
     events: Vec<Value>,
+    /// Plurals answered with 404, as without their CRD.
+    unserved: std::collections::BTreeSet<String>,
 }
 
 #[derive(Clone)]
@@ -71,7 +75,8 @@ async fn list_or_watch(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let plural = path.rsplit('/').next().unwrap_or("").to_string();
-    let Some((api, kind, _)) = KINDS.iter().find(|k| k.2 == plural) else {
+    let served = !s.store.lock().unwrap().unserved.contains(&plural);
+    let Some((api, kind, _)) = KINDS.iter().find(|k| k.2 == plural).filter(|_| served) else {
         return (axum::http::StatusCode::NOT_FOUND, "not served").into_response();
     };
     let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
@@ -235,6 +240,17 @@ impl ApiServer {
     pub fn get(&self, kind: &str, ns: &str, name: &str) -> Option<Value> {
         let key = (plural_of(kind).to_string(), ns.to_string(), name.to_string());
         self.shared.store.lock().unwrap().objects.get(&key).cloned()
+    }
+
+    /// Serves `kind` or answers 404 for it, as with and without its CRD.
+    pub fn serve(&self, kind: &str, served: bool) {
+        let plural = plural_of(kind).to_string();
+        let mut st = self.shared.store.lock().unwrap();
+        if served {
+            st.unserved.remove(&plural);
+        } else {
+            st.unserved.insert(plural);
+        }
     }
 
     /// The Events posted so far.

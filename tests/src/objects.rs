@@ -74,6 +74,12 @@ pub fn policy(ns: &str, name: &str, spec: Value) -> Obj {
                "metadata": meta(Some(ns), name), "spec": spec}))
 }
 
+/// A CiliumNetworkPolicy with this (one rule) spec.
+pub fn cilium_policy(ns: &str, name: &str, spec: Value) -> Obj {
+    Obj(json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+               "metadata": meta(Some(ns), name), "spec": spec}))
+}
+
 /// Ingress to the pods `selector` picks from `blocks` /32 ipBlocks (in 172.16.0.0/12) on
 /// `ports` TCP ports from 1000: `blocks × ports` policy keys per selected pod — the
 /// oversized-policy attack when large.

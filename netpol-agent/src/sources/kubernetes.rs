@@ -1,6 +1,6 @@
 //! The Kubernetes source: kube-runtime watchers for Namespaces, Pods, NetworkPolicies,
-//! Nodes, Services, EndpointSlices and the agents' address announcements
-//! ([`NetpolEndpoint`], which this node also writes: [`super::announce`]). kube's watcher lists, then watches from the list's resourceVersion with bookmarks;
+//! CiliumNetworkPolicies, Nodes, Services, EndpointSlices and the agents' address
+//! announcements ([`NetpolEndpoint`], which this node also writes: [`super::announce`]). kube's watcher lists, then watches from the list's resourceVersion with bookmarks;
 //! on a dropped connection it resumes from the last version seen, and on `410 Gone` it
 //! lists again — so every relist is a full snapshot, and objects that vanished while the
 //! watch was down are deleted from the model when the snapshot completes. Errors back off
@@ -9,7 +9,11 @@
 //! The agent enforces the model only once every kind has listed
 //! ([`Agent::mark_synced`](crate::controller::Agent::mark_synced)): a restart against a slow
 //! or failing API server keeps the pinned state enforcing instead of compiling a partial
-//! model (policies without their peers, pods without their policies).
+//! model (policies without their peers, pods without their policies). One exception: where
+//! the API server does not serve CiliumNetworkPolicies (no CRD: a cluster without Cilium
+//! whose operator did not install `deploy/cilium/`), there are none, and the kind counts
+//! as listed empty; the watch keeps retrying, and the first list once the CRD is there
+//! brings them in.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -36,8 +40,10 @@ use kube::{
     Api, Client, Resource, ResourceExt,
 };
 use netpol_policy::{
+    cilium::CiliumNetworkPolicy,
     crd::NetpolEndpoint,
     model::{Key, Kind, Object},
+    policy::{PolicyId, PolicyKind},
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -50,16 +56,31 @@ fn key_of<K: Resource>(o: &K) -> Key {
     (o.namespace().unwrap_or_default(), o.name_any())
 }
 
-async fn watch<K>(api: Api<K>, kind: Kind, wrap: fn(K) -> Object, tx: mpsc::UnboundedSender<Change>)
-where
+/// Whether a kind the API server does not serve (404 on list) counts as listed empty.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Served {
+    Always,
+    /// A custom resource another project may or may not have installed.
+    MaybeNot,
+}
+
+async fn watch<K>(
+    api: Api<K>,
+    kind: Kind,
+    served: Served,
+    wrap: fn(K) -> Object,
+    tx: mpsc::UnboundedSender<Change>,
+) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
     let mut listing: Option<BTreeSet<Key>> = None;
+    let mut absent = false;
     while let Some(item) = stream.next().await {
         let change = match item {
             Ok(Event::Init) => {
                 listing = Some(BTreeSet::new());
+                absent = false;
                 continue;
             }
             Ok(Event::InitApply(o)) => {
@@ -76,11 +97,21 @@ where
                 let (ns, name) = key_of(&o);
                 Change::Delete(kind, ns, name)
             }
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(e)))
+                if e.code == 404 && served == Served::MaybeNot =>
+            {
+                if std::mem::replace(&mut absent, true) {
+                    continue;
+                }
+                warn!(?kind, "not served by the API server (CRD not installed): none to enforce");
+                Change::Relisted(kind, BTreeSet::new())
+            }
             Err(e) => {
                 warn!(?kind, "watch failed, retrying: {e}");
                 continue;
             }
         };
+
         if tx.send(change).is_err() {
             return;
         }
@@ -106,6 +137,7 @@ pub fn grants() -> Vec<Grant> {
         watched::<Namespace>(),
         watched::<Pod>(),
         watched::<NetworkPolicy>(),
+        watched::<CiliumNetworkPolicy>(),
         watched::<Node>(),
         watched::<Service>(),
         watched::<EndpointSlice>(),
@@ -138,32 +170,56 @@ pub fn start(client: &Client) -> mpsc::UnboundedReceiver<Change> {
     tokio::spawn(watch(
         all::<Namespace>(client),
         Kind::Namespace,
+        Served::Always,
         |o| Object::Namespace(Box::new(o)),
         tx.clone(),
     ));
-    tokio::spawn(watch(namespaced_all::<Pod>(client), Kind::Pod, |o| Object::Pod(Box::new(o)), tx.clone()));
+    tokio::spawn(watch(
+        namespaced_all::<Pod>(client),
+        Kind::Pod,
+        Served::Always,
+        |o| Object::Pod(Box::new(o)),
+        tx.clone(),
+    ));
     tokio::spawn(watch(
         namespaced_all::<NetworkPolicy>(client),
         Kind::NetworkPolicy,
+        Served::Always,
         |o| Object::NetworkPolicy(Box::new(o)),
         tx.clone(),
     ));
-    tokio::spawn(watch(all::<Node>(client), Kind::Node, |o| Object::Node(Box::new(o)), tx.clone()));
+    tokio::spawn(watch(
+        namespaced_all::<CiliumNetworkPolicy>(client),
+        Kind::CiliumNetworkPolicy,
+        Served::MaybeNot,
+        |o| Object::CiliumNetworkPolicy(Box::new(o)),
+        tx.clone(),
+    ));
+    tokio::spawn(watch(
+        all::<Node>(client),
+        Kind::Node,
+        Served::Always,
+        |o| Object::Node(Box::new(o)),
+        tx.clone(),
+    ));
     tokio::spawn(watch(
         namespaced_all::<Service>(client),
         Kind::Service,
+        Served::Always,
         |o| Object::Service(Box::new(o)),
         tx.clone(),
     ));
     tokio::spawn(watch(
         namespaced_all::<EndpointSlice>(client),
         Kind::EndpointSlice,
+        Served::Always,
         |o| Object::EndpointSlice(Box::new(o)),
         tx.clone(),
     ));
     tokio::spawn(watch(
         namespaced_all::<NetpolEndpoint>(client),
         Kind::NetpolEndpoint,
+        Served::Always,
         |o| Object::NetpolEndpoint(Box::new(o)),
         tx,
     ));
@@ -216,7 +272,7 @@ pub async fn run<E: Enforcer>(client: Client, agent: Arc<Mutex<Agent<E>>>, node_
 /// Where rejections are published, and the over-budget policies already reported.
 struct Reports {
     recorder: Recorder,
-    over_budget: BTreeSet<Key>,
+    over_budget: BTreeSet<PolicyId>,
 }
 
 /// One reconcile for `batch`, and a Warning event on every policy rejected as invalid (one
@@ -230,15 +286,10 @@ async fn handle_batch<E: Enforcer>(
 ) {
     // Where to publish a rejection: the policy object as this batch delivered it, and the
     // version of its spec.
-    let references: BTreeMap<Key, (ObjectReference, String)> = batch
+    let references: BTreeMap<PolicyId, (ObjectReference, String)> = batch
         .iter()
         .filter_map(|c| match c {
-            Change::Upsert(Object::NetworkPolicy(np)) => {
-                let meta = &np.metadata;
-                let reference =
-                    ObjectReference { resource_version: meta.resource_version.clone(), ..np.object_ref(&()) };
-                Some((key_of(np.as_ref()), (reference, spec_version(meta))))
-            }
+            Change::Upsert(o) => Some((o.policy_id()?, policy_reference(o)?)),
             _ => None,
         })
         .collect();
@@ -249,31 +300,46 @@ async fn handle_batch<E: Enforcer>(
         if let Err(e) = synced {
             warn!("reconcile failed (retrying with backoff): {e}");
         }
-        let rejected: Vec<(Key, String)> = rejected.into_iter().map(|(k, e)| (k, e.to_string())).collect();
-        let over_budget: Vec<(Key, ObjectReference, String)> = a
+        let rejected: Vec<(PolicyId, String)> =
+            rejected.into_iter().map(|e| (e.policy.clone(), e.to_string())).collect();
+        let over_budget: Vec<(PolicyId, ObjectReference, String)> = a
             .compiled()
             .over_budget
             .iter()
             .filter_map(|(k, e)| {
-                Some((k.clone(), a.model().policies.get(k)?.0.object_ref(&()), e.to_string()))
+                Some((k.clone(), a.model().policies.get(k)?.object.object_ref(), e.to_string()))
             })
             .collect();
         (rejected, over_budget)
     })
     .await
     .unwrap_or_default();
-    let rejected = rejected.into_iter().filter_map(|(k, msg)| Some((references.get(&k)?.clone(), msg)));
-    for ((reference, version), msg) in rejected {
-        publish_invalid(client, &reference, &version, msg).await;
+    let rejected =
+        rejected.into_iter().filter_map(|(k, msg)| Some((k.kind, references.get(&k)?.clone(), msg)));
+    for (kind, (reference, version), msg) in rejected {
+        publish_invalid(client, kind, &reference, &version, msg).await;
     }
     // Once per policy and rejection: again only after it fitted in between.
     reports.over_budget.retain(|k| over_budget.iter().any(|(o, _, _)| o == k));
     for (key, reference, msg) in over_budget {
+        let reason = format!("{}OverBudget", key.kind);
         if reports.over_budget.insert(key) {
             let msg = format!("{msg}; it isolates the pods it selects and allows nothing");
-            publish_rejection(&reports.recorder, &reference, "NetworkPolicyOverBudget", msg).await;
+            publish_rejection(&reports.recorder, &reference, &reason, msg).await;
         }
     }
+}
+
+/// Where to publish a policy's rejection: the object as delivered (with its
+/// resourceVersion), and the version of its spec.
+fn policy_reference(o: &Object) -> Option<(ObjectReference, String)> {
+    let (reference, meta) = match o {
+        Object::NetworkPolicy(np) => (np.object_ref(&()), &np.metadata),
+        Object::CiliumNetworkPolicy(cnp) => (cnp.object_ref(&()), &cnp.metadata),
+        _ => return None,
+    };
+    let reference = ObjectReference { resource_version: meta.resource_version.clone(), ..reference };
+    Some((reference, spec_version(meta)))
 }
 
 /// Which version of a policy's spec this is: its generation (a label or annotation edit
@@ -289,24 +355,34 @@ fn spec_version(meta: &kube::api::ObjectMeta) -> String {
 /// The event name for an invalid version of a policy's spec: the same on every node, so
 /// the first node's create wins and the others meet `AlreadyExists` — one Warning per
 /// version for the cluster, not one per node.
-pub fn invalid_event_name(policy: &str, version: &str) -> String {
+pub fn invalid_event_name(kind: PolicyKind, policy: &str, version: &str) -> String {
     let name: String = policy.chars().take(200).collect();
-    format!("{name}.netpol-invalid.{version}")
+    let tag = match kind {
+        PolicyKind::NetworkPolicy => "netpol",
+        PolicyKind::CiliumNetworkPolicy => "cnp",
+    };
+    format!("{name}.{tag}-invalid.{version}")
 }
 
-/// Publishes `InvalidNetworkPolicy` on the policy under [`invalid_event_name`].
-async fn publish_invalid(client: &Client, reference: &ObjectReference, version: &str, msg: String) {
+/// Publishes `Invalid<Kind>` on the policy under [`invalid_event_name`].
+async fn publish_invalid(
+    client: &Client,
+    kind: PolicyKind,
+    reference: &ObjectReference,
+    version: &str,
+    msg: String,
+) {
     use k8s_openapi::{api::events::v1::Event as K8sEvent, apimachinery::pkg::apis::meta::v1::MicroTime};
     let ns = reference.namespace.clone().unwrap_or_else(|| "default".into());
     let event = K8sEvent {
         metadata: kube::api::ObjectMeta {
-            name: Some(invalid_event_name(reference.name.as_deref().unwrap_or(""), version)),
+            name: Some(invalid_event_name(kind, reference.name.as_deref().unwrap_or(""), version)),
             namespace: Some(ns.clone()),
             ..Default::default()
         },
         event_time: Some(MicroTime(k8s_openapi::chrono::Utc::now())),
         type_: Some("Warning".into()),
-        reason: Some("InvalidNetworkPolicy".into()),
+        reason: Some(format!("Invalid{kind}")),
         action: Some("Compile".into()),
         note: Some(msg),
         regarding: Some(reference.clone()),

@@ -20,10 +20,11 @@ pub enum Change {
 }
 
 /// The kinds the model needs before it may be enforced.
-pub const WATCHED: [Kind; 7] = [
+pub const WATCHED: [Kind; 8] = [
     Kind::Namespace,
     Kind::Pod,
     Kind::NetworkPolicy,
+    Kind::CiliumNetworkPolicy,
     Kind::Node,
     Kind::Service,
     Kind::EndpointSlice,

@@ -88,6 +88,7 @@ fn header(kind: ResourceKind, wide: bool) -> Vec<&'static str> {
         ResourceKind::Deployment => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
         ResourceKind::Service => vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
         ResourceKind::NetworkPolicy => vec!["NAME", "POD-SELECTOR", "AGE"],
+        ResourceKind::CiliumNetworkPolicy => vec!["NAME", "AGE"],
         ResourceKind::Namespace | ResourceKind::Node => vec!["NAME", "STATUS", "AGE"],
     }
 }
@@ -146,6 +147,7 @@ fn columns(o: &Object, wide: bool, pods: &[Pod]) -> Vec<String> {
                 .unwrap_or_else(|| "<none>".into());
             vec![selector, created]
         }
+        Object::CiliumNetworkPolicy(_) => vec![created],
         Object::Namespace(_) | Object::Node(_) => vec!["Active".into(), created],
     }
 }

@@ -3,8 +3,9 @@
 //! whole state is persisted so an agent restart compiles the same numbers again — which
 //! keeps the restart's sync a no-op.
 //!
-//! Keys are typed ([`IdentityInfo`], [`RuleKey`], prefixes). Numbering saved in the older
-//! string-keyed format is not migrated key by key: [`Allocators::restore`] starts every
+//! Keys are typed ([`IdentityInfo`], [`RuleKey`], prefixes). Numbering saved in an older
+//! format (string keys; or format 2, whose rule keys had no policy kind) is not migrated
+//! key by key: [`Allocators::restore`] starts every
 //! allocator above the last number the old one handed out, so the first compile renumbers
 //! (one full sync, adds before deletes, so nothing allowed is cut) and no number is reused.
 
@@ -18,7 +19,7 @@ use netpol_common::identity;
 use serde::{Deserialize, Serialize};
 
 use super::identities::IdentityInfo;
-use crate::entries::Direction;
+use crate::{entries::Direction, policy::PolicyId};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(bound(serialize = "K: Serialize", deserialize = "K: Deserialize<'de> + Ord"))]
@@ -80,20 +81,28 @@ pub const FIRST_POD_IN_BLOCK: u32 = identity::FIRST_CIDR + (1 << 23);
 /// One rule of one policy: what a rule id stands for.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RuleKey {
-    pub namespace: String,
-    pub policy: String,
+    pub policy: PolicyId,
+    /// Which part of the policy (a CiliumNetworkPolicy's rule in `spec` and `specs`; 0 for
+    /// a NetworkPolicy).
+    pub part: u32,
     pub direction: Direction,
+    /// The rule's index in its part's rules of that direction.
     pub index: u32,
 }
 
+/// `NetworkPolicy ns/name ingress[0]`, `CiliumNetworkPolicy ns/name #1 egress[2]`
 impl fmt::Display for RuleKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{} {}[{}]", self.namespace, self.policy, self.direction, self.index)
+        write!(f, "{}", self.policy)?;
+        if self.part > 0 {
+            write!(f, " #{}", self.part)?;
+        }
+        write!(f, " {}[{}]", self.direction, self.index)
     }
 }
 
-/// The saved numbering's format.
-const FORMAT: u32 = 2;
+/// The saved numbering's format (3: rules keyed by policy kind and part).
+const FORMAT: u32 = 3;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocators {
@@ -161,8 +170,7 @@ mod tests {
     #[test]
     fn typed_numbering_round_trips_and_old_numbering_is_continued() {
         let mut a = Allocators::default();
-        let rule =
-            RuleKey { namespace: "x".into(), policy: "p".into(), direction: Direction::Egress, index: 1 };
+        let rule = RuleKey { policy: np("x", "p"), part: 0, direction: Direction::Egress, index: 1 };
         let info = IdentityInfo { namespace: "x".into(), ..Default::default() };
         let (r, l) = (a.rules.id(rule.clone()), a.labels.id(info.clone()));
         let mut b = Allocators::restore(&serde_json::to_string(&a).unwrap()).unwrap();
@@ -177,11 +185,22 @@ mod tests {
         assert_eq!(c.cidrs.id("10.0.0.0/8".parse().unwrap()), identity::FIRST_CIDR + 3);
         assert_eq!(c.rules.id(RuleKey { index: 0, ..RuleKey::default_for_test() }), 41);
         assert!(Allocators::restore(r#"{"labels":{}}"#).is_err());
+        // Format 2: rules keyed without the policy's kind.
+        let two = r#"{"format":2,"labels":{"base":256,"next":2,"entries":[]},
+            "cidrs":{"base":16777216,"next":0,"entries":[]},
+            "pod_in_block":{"base":25165824,"next":0,"entries":[]},
+            "rules":{"base":1,"next":9,"entries":[[{"namespace":"x","policy":"p","direction":"Ingress","index":0},9]]}}"#;
+        let mut d = Allocators::restore(two).unwrap();
+        assert_eq!(d.rules.id(RuleKey::default_for_test()), 10);
+    }
+
+    fn np(ns: &str, name: &str) -> PolicyId {
+        PolicyId::new(crate::policy::PolicyKind::NetworkPolicy, ns, name)
     }
 
     impl RuleKey {
         fn default_for_test() -> RuleKey {
-            RuleKey { namespace: "x".into(), policy: "p".into(), direction: Direction::Ingress, index: 0 }
+            RuleKey { policy: np("x", "p"), part: 0, direction: Direction::Ingress, index: 0 }
         }
     }
 }

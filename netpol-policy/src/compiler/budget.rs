@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use netpol_common::sizes;
 use serde::{Deserialize, Serialize};
 
-use crate::{entries::PolicyMapKey, model::Key};
+use crate::{entries::PolicyMapKey, policy::PolicyId};
 
 /// Policy-map keys policies may add on one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,34 +45,34 @@ pub const NODE_RANGE_KEYS: usize = sizes::POLICY_RANGES as usize / 16 * 15;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BudgetError {
     #[error(
-        "NetworkPolicy {policy}: expands to more than {budget} policy map entries on this node \
+        "{policy}: expands to more than {budget} policy map entries on this node \
          (the per-policy budget); rejected whole"
     )]
-    Policy { policy: String, budget: usize },
+    Policy { policy: PolicyId, budget: usize },
     #[error(
-        "NetworkPolicy {policy}: with it, namespace {namespace}'s policies would expand to \
+        "{policy}: with it, namespace {namespace}'s policies would expand to \
          {total} policy map entries on this node, over the per-namespace budget of {budget}; \
          rejected whole"
     )]
-    Namespace { policy: String, namespace: String, total: usize, budget: usize },
+    Namespace { policy: PolicyId, namespace: String, total: usize, budget: usize },
     #[error(
-        "NetworkPolicy {policy}: its {cost} policy map entries do not fit in this node's maps \
+        "{policy}: its {cost} policy map entries do not fit in this node's maps \
          beside the other policies' ({used} of {capacity} in use); rejected whole"
     )]
-    Node { policy: String, cost: usize, used: usize, capacity: usize },
+    Node { policy: PolicyId, cost: usize, used: usize, capacity: usize },
     #[error(
-        "NetworkPolicy {policy}: namespace {namespace}'s other policies already expand to \
+        "{policy}: namespace {namespace}'s other policies already expand to \
          {counted} policy map entries on this node, past twice the per-namespace budget of \
          {budget}; not expanded, rejected whole"
     )]
-    NamespaceUncounted { policy: String, namespace: String, counted: usize, budget: usize },
+    NamespaceUncounted { policy: PolicyId, namespace: String, counted: usize, budget: usize },
 }
 
 /// The bound on counting: keys counted per namespace, and the policies left uncounted.
 pub struct Counting<'a> {
     budgets: &'a Budgets,
     per_namespace: BTreeMap<String, usize>,
-    uncounted: Vec<Key>,
+    uncounted: Vec<PolicyId>,
 }
 
 impl<'a> Counting<'a> {
@@ -85,8 +85,8 @@ impl<'a> Counting<'a> {
     }
 
     /// Whether `key` may still be expanded; if not, it is rejected uncounted.
-    pub fn may_count(&mut self, key: &Key) -> bool {
-        let counted = self.per_namespace.get(&key.0).copied().unwrap_or(0);
+    pub fn may_count(&mut self, key: &PolicyId) -> bool {
+        let counted = self.per_namespace.get(&key.namespace).copied().unwrap_or(0);
         let may = counted <= self.limit();
         if !may {
             self.uncounted.push(key.clone());
@@ -94,17 +94,17 @@ impl<'a> Counting<'a> {
         may
     }
 
-    pub fn counted(&mut self, key: &Key, cost: &Cost) {
-        *self.per_namespace.entry(key.0.clone()).or_default() += cost.total();
+    pub fn counted(&mut self, key: &PolicyId, cost: &Cost) {
+        *self.per_namespace.entry(key.namespace.clone()).or_default() += cost.total();
     }
 
-    pub fn uncounted(self) -> impl Iterator<Item = (Key, BudgetError)> {
+    pub fn uncounted(self) -> impl Iterator<Item = (PolicyId, BudgetError)> {
         let (per_namespace, budget) = (self.per_namespace, self.budgets.per_namespace);
         self.uncounted.into_iter().map(move |key| {
             let err = BudgetError::NamespaceUncounted {
-                policy: name(&key),
-                namespace: key.0.clone(),
-                counted: per_namespace[&key.0],
+                policy: key.clone(),
+                namespace: key.namespace.clone(),
+                counted: per_namespace[&key.namespace],
                 budget,
             };
             (key, err)
@@ -134,20 +134,16 @@ impl Cost {
     }
 }
 
-fn name(key: &Key) -> String {
-    format!("{}/{}", key.0, key.1)
-}
-
 /// The policies to reject, given every selecting policy's cost.
-pub fn admit(costs: &BTreeMap<Key, Cost>, budgets: &Budgets) -> BTreeMap<Key, BudgetError> {
+pub fn admit(costs: &BTreeMap<PolicyId, Cost>, budgets: &Budgets) -> BTreeMap<PolicyId, BudgetError> {
     let mut rejected = BTreeMap::new();
-    let mut by_ns: BTreeMap<&str, Vec<(&Key, Cost)>> = BTreeMap::new();
+    let mut by_ns: BTreeMap<&str, Vec<(&PolicyId, Cost)>> = BTreeMap::new();
     for (key, cost) in costs {
         if cost.total() > budgets.per_policy {
             rejected
-                .insert(key.clone(), BudgetError::Policy { policy: name(key), budget: budgets.per_policy });
+                .insert(key.clone(), BudgetError::Policy { policy: key.clone(), budget: budgets.per_policy });
         } else {
-            by_ns.entry(key.0.as_str()).or_default().push((key, *cost));
+            by_ns.entry(key.namespace.as_str()).or_default().push((key, *cost));
         }
     }
     // Smallest first: a namespace's largest policies are the ones past its budget.
@@ -158,7 +154,7 @@ pub fn admit(costs: &BTreeMap<Key, Cost>, budgets: &Budgets) -> BTreeMap<Key, Bu
         for (key, cost) in list {
             if total + cost.total() > budgets.per_namespace {
                 let err = BudgetError::Namespace {
-                    policy: name(key),
+                    policy: key.clone(),
                     namespace: ns.to_string(),
                     total: total + cost.total(),
                     budget: budgets.per_namespace,
@@ -179,7 +175,7 @@ pub fn admit(costs: &BTreeMap<Key, Cost>, budgets: &Budgets) -> BTreeMap<Key, Bu
             ranges += cost.ranges;
         } else {
             let err = BudgetError::Node {
-                policy: name(key),
+                policy: key.clone(),
                 cost: cost.total(),
                 used: exact + ranges,
                 capacity: NODE_EXACT_KEYS + NODE_RANGE_KEYS,
@@ -194,8 +190,8 @@ pub fn admit(costs: &BTreeMap<Key, Cost>, budgets: &Budgets) -> BTreeMap<Key, Bu
 mod tests {
     use super::*;
 
-    fn key(ns: &str, n: &str) -> Key {
-        (ns.into(), n.into())
+    fn key(ns: &str, n: &str) -> PolicyId {
+        PolicyId::new(crate::policy::PolicyKind::NetworkPolicy, ns, n)
     }
 
     #[test]
@@ -224,7 +220,7 @@ mod tests {
     #[test]
     fn the_node_total_never_exceeds_the_maps() {
         let b = Budgets { per_policy: usize::MAX, per_namespace: usize::MAX };
-        let costs: BTreeMap<Key, Cost> = (0..20)
+        let costs: BTreeMap<PolicyId, Cost> = (0..20)
             .map(|i| (key(&format!("ns{i}"), "p"), Cost { exact: NODE_EXACT_KEYS / 8, ranges: 0 }))
             .collect();
         let r = admit(&costs, &b);

@@ -63,13 +63,22 @@ fn host32(ip: Ipv4Addr) -> Ipv4Net {
 
 pub(super) fn cidrs(model: &Model, node: &str, ids: &Identities, alloc: &mut Allocators) -> Cidrs {
     let mut out = Cidrs::default();
-    for (_, p) in model.policies.values() {
+    for p in model.policy_parts() {
         let rules = [Direction::Ingress, Direction::Egress].into_iter().filter_map(|d| p.rules(d));
         for peer in rules.flatten().flat_map(|r| r.peers.iter().flatten()) {
-            if let Peer::Block { cidr, except } = peer {
-                for net in std::iter::once(cidr).chain(except) {
-                    out.ids.entry(*net).or_insert_with(|| alloc.cidrs.id(*net));
+            match peer {
+                Peer::Block { cidr, except } => {
+                    for net in std::iter::once(cidr).chain(except) {
+                        out.ids.entry(*net).or_insert_with(|| alloc.cidrs.id(*net));
+                    }
                 }
+                // Learned addresses are /32 blocks of their own.
+                Peer::Names(matches) => {
+                    for net in model.learned_addresses(matches).into_iter().map(host32) {
+                        out.ids.entry(net).or_insert_with(|| alloc.cidrs.id(net));
+                    }
+                }
+                Peer::Pods { .. } | Peer::NoIpv4 => {}
             }
         }
     }

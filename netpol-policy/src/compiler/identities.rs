@@ -46,7 +46,7 @@ fn selector_keys(s: &Selector) -> impl Iterator<Item = &String> {
 /// The pod-label keys some policy's pod selectors name (its own, and its peers').
 fn selected_keys(model: &Model) -> BTreeSet<&String> {
     let mut keys = BTreeSet::new();
-    for (_, p) in model.policies.values() {
+    for p in model.policy_parts() {
         keys.extend(selector_keys(&p.pod_selector));
         let rules = p.ingress.iter().chain(p.egress.iter()).flatten();
         for peer in rules.flat_map(|r| r.peers.iter().flatten()) {

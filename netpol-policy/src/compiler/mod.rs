@@ -28,8 +28,8 @@ pub use identities::IdentityInfo;
 use self::{identities::Identities, rules::Expander};
 use crate::{
     entries::{Direction, PolicyMapKey},
-    model::{Key, Model},
-    policy::Policy,
+    model::{Model, StoredPolicy},
+    policy::PolicyId,
     services,
     state::MapState,
 };
@@ -53,7 +53,7 @@ pub struct Compiled {
     pub cidrs: BTreeMap<u32, Ipv4Net>,
     /// Policies that select local endpoints but do not fit the budgets: they isolate, and
     /// add no entries.
-    pub over_budget: BTreeMap<Key, BudgetError>,
+    pub over_budget: BTreeMap<PolicyId, BudgetError>,
     /// Local endpoints held closed because their pod is not known yet (ifindex).
     pub held_closed: BTreeSet<u32>,
     /// Service frontends written with fewer backends than their Service has.
@@ -75,7 +75,7 @@ pub fn compile_with(
     let ids = identities::identities(model, endpoints, &mut alloc.labels);
     let cidrs = cidrs::cidrs(model, node, &ids, alloc);
     let (selected, flags) = selection(model, endpoints, &ids);
-    let mut expander = Expander::new(&ids.info, &cidrs);
+    let mut expander = Expander::new(&ids.info, &cidrs, model);
     // Each policy's keys are kept from the budget pass while they fit in what the node's maps
     // hold (so memory stays bounded by the maps plus one policy's budget); past that, an
     // admitted policy is expanded again below. Counting itself is bounded per namespace.
@@ -87,7 +87,7 @@ pub fn compile_with(
         if !counting.may_count(key) {
             continue;
         }
-        let (cost, keys) = expand_within(&mut expander, &model.policies[key].1, eps, &ids, budgets);
+        let (cost, keys) = expand_within(&mut expander, &model.policies[key], eps, &ids, budgets);
         counting.counted(key, &cost);
         costs.insert(key.clone(), cost);
         let keep = held + keys.len() <= NODE_EXACT_KEYS + NODE_RANGE_KEYS;
@@ -99,10 +99,10 @@ pub fn compile_with(
 
     let mut out = Compiled { over_budget, ..Compiled::default() };
     for (key, keys) in expanded.into_iter().filter(|(k, _)| !out.over_budget.contains_key(*k)) {
-        let policy = &model.policies[key].1;
+        let policy = &model.policies[key];
         let keys =
             keys.unwrap_or_else(|| expand_within(&mut expander, policy, &selected[key], &ids, budgets).1);
-        let rule_ids = rule_ids(policy, &mut alloc.rules, &mut out.rules);
+        let rule_ids = rule_ids(key, policy, &mut alloc.rules, &mut out.rules);
         for (at, k) in keys {
             let v = out.state.policy.entry(k).or_insert(PolicyValue { rule_id: rule_ids[&at] });
             v.rule_id = v.rule_id.min(rule_ids[&at]);
@@ -144,6 +144,9 @@ pub fn compile_with(
     out
 }
 
+/// A local endpoint a policy selects, and which part of the policy selects it.
+type Selected<'e> = (&'e LocalEndpoint, usize);
+
 /// Which local endpoints each policy selects, and every endpoint's isolation flags (from
 /// all selecting policies, whatever the budgets say). Held-closed endpoints are isolated
 /// both ways and selected by nothing.
@@ -151,8 +154,8 @@ fn selection<'e>(
     model: &Model,
     endpoints: &'e [LocalEndpoint],
     ids: &Identities,
-) -> (BTreeMap<Key, Vec<&'e LocalEndpoint>>, BTreeMap<u32, u32>) {
-    let mut selected: BTreeMap<Key, Vec<&LocalEndpoint>> = BTreeMap::new();
+) -> (BTreeMap<PolicyId, Vec<Selected<'e>>>, BTreeMap<u32, u32>) {
+    let mut selected: BTreeMap<PolicyId, Vec<Selected<'e>>> = BTreeMap::new();
     let mut flags = BTreeMap::new();
     for ep in endpoints {
         let id = ids.of_endpoint[&ep.ifindex];
@@ -161,17 +164,18 @@ fn selection<'e>(
             continue;
         };
         let mut f = 0;
-        let in_ns = model.policies.range((ep.namespace.clone(), String::new())..);
-        for (key, (_, policy)) in in_ns.take_while(|((ns, _), _)| *ns == ep.namespace) {
-            if !policy.pod_selector.matches(&own.pod_labels) {
-                continue;
-            }
-            for dir in [Direction::Ingress, Direction::Egress] {
-                if policy.rules(dir).is_some() {
-                    f |= dir.isolation_flag();
+        for (key, stored) in model.policies_in(&ep.namespace) {
+            for (part, policy) in stored.parts.iter().enumerate() {
+                if !policy.pod_selector.matches(&own.pod_labels) {
+                    continue;
                 }
+                for dir in [Direction::Ingress, Direction::Egress] {
+                    if policy.rules(dir).is_some() {
+                        f |= dir.isolation_flag();
+                    }
+                }
+                selected.entry(key.clone()).or_default().push((ep, part));
             }
-            selected.entry(key.clone()).or_default().push(ep);
         }
         flags.insert(ep.ifindex, f);
     }
@@ -182,19 +186,19 @@ fn selection<'e>(
 /// (and the keys are dropped) once they pass the per-policy budget.
 fn expand_within(
     expander: &mut Expander,
-    policy: &Policy,
-    eps: &[&LocalEndpoint],
+    policy: &StoredPolicy,
+    eps: &[Selected],
     ids: &Identities,
     b: &Budgets,
-) -> (Cost, Vec<(rules::RuleAt, PolicyMapKey)>) {
+) -> (Cost, Vec<(RuleAt, PolicyMapKey)>) {
     let mut cost = Cost::default();
     let mut keys = Vec::new();
-    for ep in eps {
+    for (ep, part) in eps {
         let own = &ids.info[&ids.of_endpoint[&ep.ifindex]];
-        let within = expander.expand(policy, ep, own, &mut |at, e| {
+        let within = expander.expand(&policy.parts[*part], ep, own, &mut |(dir, index), e| {
             let ks = e.map_keys().expect("validated ports");
             cost.add(&ks);
-            keys.extend(ks.into_iter().map(|k| (at, k)));
+            keys.extend(ks.into_iter().map(|k| ((*part, dir, index), k)));
             cost.total() <= b.per_policy
         });
         if !within {
@@ -204,24 +208,25 @@ fn expand_within(
     (cost, keys)
 }
 
+/// Where an entry came from: the policy part, the rule's direction and its index there.
+type RuleAt = (usize, Direction, usize);
+
 /// The rule id of each rule of `policy`, recorded in `names`.
 fn rule_ids(
-    policy: &Policy,
+    id: &PolicyId,
+    policy: &StoredPolicy,
     alloc: &mut Allocator<RuleKey>,
     names: &mut BTreeMap<u32, RuleKey>,
-) -> BTreeMap<rules::RuleAt, u32> {
+) -> BTreeMap<RuleAt, u32> {
     let mut out = BTreeMap::new();
-    for direction in [Direction::Ingress, Direction::Egress] {
-        for index in 0..policy.rules(direction).map_or(0, Vec::len) {
-            let key = RuleKey {
-                namespace: policy.namespace.clone(),
-                policy: policy.name.clone(),
-                direction,
-                index: index as u32,
-            };
-            let id = alloc.id(key.clone());
-            names.insert(id, key);
-            out.insert((direction, index), id);
+    for (part, p) in policy.parts.iter().enumerate() {
+        for direction in [Direction::Ingress, Direction::Egress] {
+            for index in 0..p.rules(direction).map_or(0, Vec::len) {
+                let key = RuleKey { policy: id.clone(), part: part as u32, direction, index: index as u32 };
+                let rule_id = alloc.id(key.clone());
+                names.insert(rule_id, key);
+                out.insert((part, direction, index), rule_id);
+            }
         }
     }
     out

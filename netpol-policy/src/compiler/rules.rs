@@ -11,6 +11,7 @@ use netpol_common::identity;
 use super::{cidrs::Cidrs, identities::IdentityInfo, LocalEndpoint};
 use crate::{
     entries::{Direction, PolicyEntry},
+    model::Model,
     policy::{Peer, Policy, PortRef, PortSpec, Rule, Selector},
 };
 
@@ -38,19 +39,25 @@ impl PeerId {
     }
 }
 
-/// Where an entry came from: the rule's direction and index in its policy.
+/// Where an entry came from: the rule's direction and index in its policy (part).
 pub(super) type RuleAt = (Direction, usize);
 
 pub(super) struct Expander<'a> {
     identities: &'a std::collections::BTreeMap<u32, IdentityInfo>,
     cidrs: &'a Cidrs,
+    /// For the learned addresses of `toFQDNs`.
+    model: &'a Model,
     /// Pod selections, memoized: (policy namespace, namespace selector, pod selector).
     selected: HashMap<(String, Option<Selector>, Selector), Vec<u32>>,
 }
 
 impl<'a> Expander<'a> {
-    pub fn new(identities: &'a std::collections::BTreeMap<u32, IdentityInfo>, cidrs: &'a Cidrs) -> Self {
-        Expander { identities, cidrs, selected: HashMap::new() }
+    pub fn new(
+        identities: &'a std::collections::BTreeMap<u32, IdentityInfo>,
+        cidrs: &'a Cidrs,
+        model: &'a Model,
+    ) -> Self {
+        Expander { identities, cidrs, model, selected: HashMap::new() }
     }
 
     /// Hands every allow entry `policy` gives `ep` (whose identity is `own`) to `sink`, until
@@ -64,6 +71,11 @@ impl<'a> Expander<'a> {
     ) -> bool {
         for dir in [Direction::Ingress, Direction::Egress] {
             for (i, rule) in policy.rules(dir).into_iter().flatten().enumerate() {
+                // DNS rules filter names, which only the DNS proxy sees: until it takes the
+                // rule's traffic, the rule allows nothing (it never passes as a plain L4 allow).
+                if rule.dns.is_some() {
+                    continue;
+                }
                 let peers = self.peers(&policy.namespace, rule);
                 for peer in peers {
                     let mut emit = |e: PolicyEntry| sink((dir, i), PolicyEntry { endpoint: ep.ep_id, ..e });
@@ -86,9 +98,14 @@ impl<'a> Expander<'a> {
                     peers.extend(ids.iter().map(|id| PeerId::Pod(*id)));
                 }
                 Peer::Block { cidr, except } => peers.extend(self.block(cidr, except)),
-                // No name has been resolved for a policy yet (learned addresses arrive
-                // with the DNS proxy): nothing to allow.
-                Peer::NoIpv4 | Peer::Names(_) => {}
+                // Each learned address of a matching name, as a /32 block.
+                Peer::Names(matches) => {
+                    for ip in self.model.learned_addresses(matches) {
+                        let net = Ipv4Net::new(ip, 32).expect("/32");
+                        peers.extend(self.block(&net, &[]));
+                    }
+                }
+                Peer::NoIpv4 => {}
             }
         }
         peers

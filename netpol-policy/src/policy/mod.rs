@@ -6,7 +6,10 @@
 
 mod selector;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
 
 use ipnet::{IpNet, Ipv4Net};
 use k8s_openapi::{
@@ -15,18 +18,62 @@ use k8s_openapi::{
 };
 
 pub use selector::{Op, Requirement, Selector};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     entries::{Direction, Protocol},
     names::NameMatch,
 };
 
-/// A rejected policy: which one (its kind, `namespace/name`), which field, what is wrong.
+/// The kinds of policy netpol enforces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PolicyKind {
+    #[default]
+    NetworkPolicy,
+    CiliumNetworkPolicy,
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PolicyKind::NetworkPolicy => "NetworkPolicy",
+            PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
+        })
+    }
+}
+
+/// Which policy: kind, namespace, name. Ordered by namespace first, so the policies of one
+/// namespace are one range of a map keyed by it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PolicyId {
+    pub namespace: String,
+    pub kind: PolicyKind,
+    pub name: String,
+}
+
+impl PolicyId {
+    pub fn new(kind: PolicyKind, namespace: &str, name: &str) -> PolicyId {
+        PolicyId { namespace: namespace.into(), kind, name: name.into() }
+    }
+
+    /// The first id of `namespace` in [`PolicyId`] order.
+    pub fn first_of(namespace: &str) -> PolicyId {
+        PolicyId { namespace: namespace.into(), kind: PolicyKind::NetworkPolicy, name: String::new() }
+    }
+}
+
+/// `CiliumNetworkPolicy ns/name`
+impl fmt::Display for PolicyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// A rejected policy: which one, which field, what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{kind} {policy}: {field}: {msg}")]
+#[error("{policy}: {field}: {msg}")]
 pub struct PolicyError {
-    pub kind: &'static str,
-    pub policy: String,
+    pub policy: PolicyId,
     pub field: String,
     pub msg: String,
 }
@@ -85,10 +132,6 @@ pub enum PortRef {
 }
 
 impl Policy {
-    pub fn key(&self) -> (String, String) {
-        (self.namespace.clone(), self.name.clone())
-    }
-
     pub fn rules(&self, dir: Direction) -> Option<&Vec<Rule>> {
         match dir {
             Direction::Ingress => self.ingress.as_ref(),
@@ -99,13 +142,8 @@ impl Policy {
     pub fn parse(np: &NetworkPolicy) -> Result<Policy, PolicyError> {
         let namespace = np.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let name = np.metadata.name.clone().unwrap_or_default();
-        let id = format!("{namespace}/{name}");
-        let err = |field: String, msg: String| PolicyError {
-            kind: "NetworkPolicy",
-            policy: id.clone(),
-            field,
-            msg,
-        };
+        let id = PolicyId::new(PolicyKind::NetworkPolicy, &namespace, &name);
+        let err = |field: String, msg: String| PolicyError { policy: id.clone(), field, msg };
         if name.is_empty() {
             return Err(err("metadata.name".into(), "is required".into()));
         }
@@ -372,7 +410,7 @@ mod tests {
         for (spec, field) in cases {
             let e = bad(spec.clone());
             assert_eq!(e.field, field, "{spec}: {e}");
-            assert_eq!(e.policy, "ns/p");
+            assert_eq!(e.policy, PolicyId::new(PolicyKind::NetworkPolicy, "ns", "p"));
             assert!(e.to_string().starts_with("NetworkPolicy ns/p: "), "{e}");
         }
     }

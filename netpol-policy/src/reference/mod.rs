@@ -1,7 +1,10 @@
-//! NetworkPolicy v1 semantics, written plainly over the API objects: the tests' oracle.
+//! NetworkPolicy v1 and CiliumNetworkPolicy semantics, written plainly over the API objects
+//! as users write them: the tests' oracle.
 //!
-//! It deliberately shares no code with the policy parser, the compiler or the datapath (it
+//! It deliberately shares no code with the policy parsers, the compiler or the datapath (it
 //! even matches label selectors itself), so that it can disagree with them.
+
+mod cilium;
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -14,7 +17,7 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 
-use crate::model::{pod_labels, pod_node, Key, Model};
+use crate::model::{pod_labels, pod_node, Key, Model, PolicyObject};
 
 /// A flow to judge. `protocol` is "TCP", "UDP", "SCTP" or anything else (e.g. "ICMP",
 /// which no port rule can match).
@@ -91,7 +94,32 @@ fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> b
 /// A rule's peers (from/to) and ports.
 type RuleParts<'a> = (Option<&'a Vec<NetworkPolicyPeer>>, Option<&'a Vec<NetworkPolicyPort>>);
 
-/// Whether the policies of `pod`'s namespace allow this flow on `pod`'s `side`.
+/// What a side's verdict looks at: the pod whose side it is, the peer, the flow.
+struct Side<'a> {
+    m: &'a Model,
+    key: &'a Key,
+    pod: &'a Pod,
+    /// "Ingress" or "Egress".
+    side: &'a str,
+    peer_ip: Ipv4Addr,
+    peer_pod: Option<&'a Pod>,
+    f: &'a Flow,
+}
+
+impl Side<'_> {
+    /// The pod whose named ports apply: the selected pod itself for ingress, the peer for
+    /// egress.
+    fn port_owner(&self) -> Option<&Pod> {
+        if self.side == "Ingress" {
+            Some(self.pod)
+        } else {
+            self.peer_pod
+        }
+    }
+}
+
+/// Whether the policies of `pod`'s namespace allow this flow on `pod`'s `side`: not
+/// isolated by any, or allowed by one rule of any.
 fn side_allows(
     m: &Model,
     key: &Key,
@@ -101,43 +129,56 @@ fn side_allows(
     peer_pod: Option<&Pod>,
     f: &Flow,
 ) -> bool {
+    let s = Side { m, key, pod, side, peer_ip, peer_pod, f };
     let labels = pod_labels(pod);
-    let applying: Vec<&NetworkPolicy> = m
-        .policies
-        .iter()
-        .filter(|((ns, _), _)| *ns == key.0)
-        .map(|(_, (np, _))| np)
-        .filter(|np| {
-            let sel = np.spec.as_ref().and_then(|s| s.pod_selector.clone()).unwrap_or_default();
-            selector_matches(&sel, &labels) && policy_types(np).iter().any(|t| t == side)
-        })
-        .collect();
-    if applying.is_empty() {
-        return true; // not isolated on this side
+    let mut isolated = false;
+    for stored in m.policies.values() {
+        match &stored.object {
+            PolicyObject::NetworkPolicy(np)
+                if np.metadata.namespace.as_deref().unwrap_or("default") == key.0 =>
+            {
+                let sel = np.spec.as_ref().and_then(|s| s.pod_selector.clone()).unwrap_or_default();
+                if selector_matches(&sel, &labels) && policy_types(np).iter().any(|t| t == side) {
+                    isolated = true;
+                    if np_allows(&s, np) {
+                        return true;
+                    }
+                }
+            }
+            PolicyObject::NetworkPolicy(_) => {}
+            PolicyObject::Cilium(cnp) => {
+                for items in cilium::isolating(cnp, &key.0, &labels, side) {
+                    isolated = true;
+                    if items.iter().any(|item| cilium::allows(&s, cnp, item)) {
+                        return true;
+                    }
+                }
+            }
+        }
     }
-    // Named ports are the destination pod's: the selected pod itself for ingress, the peer
-    // for egress.
-    let port_owner = if side == "Ingress" { Some(pod) } else { peer_pod };
-    applying.iter().any(|np| {
-        let spec = np.spec.as_ref().unwrap();
-        let rules: Vec<RuleParts> = if side == "Ingress" {
-            spec.ingress.iter().flatten().map(|r| (r.from.as_ref(), r.ports.as_ref())).collect()
-        } else {
-            spec.egress.iter().flatten().map(|r| (r.to.as_ref(), r.ports.as_ref())).collect()
+    !isolated
+}
+
+/// Whether one rule of a NetworkPolicy that isolates the side allows the flow.
+fn np_allows(s: &Side, np: &NetworkPolicy) -> bool {
+    let spec = np.spec.as_ref().unwrap();
+    let rules: Vec<RuleParts> = if s.side == "Ingress" {
+        spec.ingress.iter().flatten().map(|r| (r.from.as_ref(), r.ports.as_ref())).collect()
+    } else {
+        spec.egress.iter().flatten().map(|r| (r.to.as_ref(), r.ports.as_ref())).collect()
+    };
+    rules.iter().any(|(peers, ports)| {
+        let peer_ok = match peers {
+            None => true,
+            Some(ps) if ps.is_empty() => true,
+            Some(ps) => ps.iter().any(|p| peer_matches(s.m, &s.key.0, p, s.peer_ip, s.peer_pod)),
         };
-        rules.iter().any(|(peers, ports)| {
-            let peer_ok = match peers {
-                None => true,
-                Some(ps) if ps.is_empty() => true,
-                Some(ps) => ps.iter().any(|p| peer_matches(m, &key.0, p, peer_ip, peer_pod)),
-            };
-            let port_ok = match ports {
-                None => true,
-                Some(ps) if ps.is_empty() => true,
-                Some(ps) => ps.iter().any(|p| port_matches(p, f, port_owner)),
-            };
-            peer_ok && port_ok
-        })
+        let port_ok = match ports {
+            None => true,
+            Some(ps) if ps.is_empty() => true,
+            Some(ps) => ps.iter().any(|p| port_matches(p, s.f, s.port_owner())),
+        };
+        peer_ok && port_ok
     })
 }
 
@@ -172,14 +213,16 @@ fn port_matches(p: &NetworkPolicyPort, f: &Flow, owner: Option<&Pod>) -> bool {
             let last = p.end_port.unwrap_or(*n);
             (*n..=last).contains(&(f.port as i32))
         }
-        Some(IntOrString::String(name)) => owner.is_some_and(|pod| {
-            pod.spec.iter().flat_map(|s| s.containers.iter()).flat_map(|c| c.ports.iter().flatten()).any(
-                |cp| {
-                    cp.name.as_deref() == Some(name.as_str())
-                        && cp.protocol.clone().unwrap_or_else(|| "TCP".into()) == f.protocol
-                        && cp.container_port == f.port as i32
-                },
-            )
-        }),
+        Some(IntOrString::String(name)) => owner.is_some_and(|pod| has_named_port(pod, name, f)),
     }
+}
+
+/// Whether a container of `pod` names port `f.port` of `f.protocol` `name`.
+fn has_named_port(pod: &Pod, name: &str, f: &Flow) -> bool {
+    let mut ports = pod.spec.iter().flat_map(|s| s.containers.iter()).flat_map(|c| c.ports.iter().flatten());
+    ports.any(|cp| {
+        cp.name.as_deref() == Some(name)
+            && cp.protocol.clone().unwrap_or_else(|| "TCP".into()) == f.protocol
+            && cp.container_port == f.port as i32
+    })
 }
