@@ -21,6 +21,7 @@ pub mod cgroup;
 pub mod cni_config;
 pub mod controller;
 pub mod datapath;
+pub mod dnsproxy;
 pub mod endpoints;
 pub mod enforcer;
 pub mod masquerade;
