@@ -718,7 +718,7 @@ fn a_full_policy_map_costs_an_allow_never_the_isolation() {
     let junk =
         |i: u32| PolicyMapKey::Exact(PolicyKey { ep_id: 99, peer: i, port: 1, proto: IPPROTO_TCP, dir: 0 });
     for i in 0..netpol_common::sizes::POLICY {
-        desired.policy.insert(junk(i), PolicyValue { rule_id: 1 });
+        desired.policy.insert(junk(i), PolicyValue { rule_id: 1, flags: 0 });
     }
     f.dp().sync(&desired).unwrap();
     // Now one more allow, and the isolation it comes with.
@@ -733,7 +733,7 @@ fn a_full_policy_map_costs_an_allow_never_the_isolation() {
         end_port: None,
     };
     for k in allow.map_keys().unwrap() {
-        desired.policy.insert(k, PolicyValue { rule_id: 2 });
+        desired.policy.insert(k, PolicyValue { rule_id: 2, flags: 0 });
     }
     let err = f.dp().sync(&desired).unwrap_err();
     assert!(matches!(err, DatapathError::Incomplete { missing: 1, tried: 1, .. }), "{err}");

@@ -359,3 +359,101 @@ fn clsact_attachment_enforces_and_survives_a_reopen() {
     let after = String::from_utf8_lossy(&after.stdout);
     assert_eq!(after.matches(" handle ").count(), 1, "one filter, replaced in place: {after}");
 }
+
+/// DNS a rule filters by name goes to the proxy socket, addressed as the pod sent it, and
+/// nowhere else: dropped while no proxy listens, never delivered to the server itself; the
+/// proxy's answer in the server's name reaches the pod (also for a local server); over TCP
+/// the proxy accepts the connection as the server.
+#[test]
+fn dns_for_the_proxy_reaches_its_transparent_sockets_or_nothing() {
+    use netpol_agent::dnsproxy::sockets;
+    use netpol_common::{DnsProxy, PolicyValue, POLICY_DNS_PROXY};
+    use std::io::{Read, Write};
+    let Some(mut lab) = Lab::new("nfdns", AttachMode::Auto) else { return };
+    lab.udp_servers("b", &[53]);
+    lab.tcp_servers("b", &[53]);
+    lab.isolate("a", EP_A, A, ID_A, false, true);
+    let proxied = PolicyValue { rule_id: 7, flags: POLICY_DNS_PROXY };
+    for proto in [Protocol::Udp, Protocol::Tcp] {
+        let e = entry(EP_A, Direction::Egress, ID_B, proto, Some(53), None);
+        lab.dp().add_policy_value(&e, proxied).unwrap();
+    }
+    // No proxy: dropped, with its own reason.
+    lab.udp("a", B, 53, false);
+    lab.tcp("a", B, 53, false);
+    assert!(lab.counter(reason::DROP_DNS_PROXY_UNAVAILABLE) > 0);
+
+    // The proxy: its sockets in the node's namespace, the node routing marked packets
+    // locally (this thread is in the node namespace).
+    let mark = 0x4e50_0000;
+    lab.node.ns.ip(&["rule", "add", "fwmark", &format!("{mark:#x}/0xffffffff"), "lookup", "4950"]);
+    lab.node.ns.ip(&["route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "4950"]);
+    let (udp, tcp) = sockets::listen(0, mark).unwrap();
+    let port = udp.local_addr().unwrap().port();
+    lab.dp().set_dns_proxy(DnsProxy { port, _pad: 0, mark }).unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+
+    let a_ns = lab.ns("a");
+    let client = std::thread::spawn(move || {
+        netpol_tests::netns::in_netns(&a_ns, move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s.send_to(b"query", SocketAddrV4::new(B, 53)).unwrap();
+            let mut buf = [0u8; 64];
+            let (n, from) = s.recv_from(&mut buf).unwrap();
+            (buf[..n].to_vec(), from)
+        })
+    });
+    let got = sockets::recv(&udp).unwrap();
+    assert_eq!((got.data.as_slice(), got.to), (&b"query"[..], SocketAddrV4::new(B, 53)));
+    assert_eq!(*got.from.ip(), A);
+    sockets::reply(got.to, got.from, b"answer", mark).unwrap();
+    let (answer, from) = client.join().unwrap();
+    assert_eq!(answer, b"answer", "the proxy's answer, not b's echo");
+    assert_eq!(from, std::net::SocketAddr::V4(SocketAddrV4::new(B, 53)));
+    assert!(lab.counter(reason::ALLOW_DNS_PROXY) > 0);
+
+    // TCP: the proxy accepts the connection as b:53.
+    let a_ns = lab.ns("a");
+    let client = std::thread::spawn(move || {
+        netpol_tests::netns::in_netns(&a_ns, move || {
+            let mut c = std::net::TcpStream::connect_timeout(
+                &SocketAddrV4::new(B, 53).into(),
+                Duration::from_secs(3),
+            )
+            .unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            c.write_all(b"tcp-query").unwrap();
+            let mut buf = [0u8; 64];
+            let n = c.read(&mut buf).unwrap();
+            buf[..n].to_vec()
+        })
+    });
+    let (mut conn, peer) = accept_within(&tcp, Duration::from_secs(3));
+    assert_eq!(conn.local_addr().unwrap(), std::net::SocketAddr::V4(SocketAddrV4::new(B, 53)));
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(A));
+    let mut buf = [0u8; 64];
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let n = conn.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"tcp-query");
+    conn.write_all(b"tcp-answer").unwrap();
+    assert_eq!(client.join().unwrap(), b"tcp-answer");
+}
+
+/// A connection on `l` within `t` (a test must fail, not hang).
+fn accept_within(l: &std::net::TcpListener, t: Duration) -> (std::net::TcpStream, std::net::SocketAddr) {
+    l.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + t;
+    loop {
+        match l.accept() {
+            Ok((c, peer)) => {
+                c.set_nonblocking(false).unwrap();
+                return (c, peer);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("no connection: {e}"),
+        }
+    }
+}

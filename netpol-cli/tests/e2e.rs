@@ -316,6 +316,7 @@ fn the_e2e_model_matches_the_reference_in_every_case() {
                 dst: ip[to],
                 protocol: c["protocol"].as_str().unwrap().into(),
                 port: c["port"].as_u64().unwrap() as u16,
+                dns_name: None,
             };
             let want = allowed(&model, &flow);
             if c["connected"].as_bool().unwrap() != want {

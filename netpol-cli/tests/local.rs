@@ -365,8 +365,8 @@ fn cilium_network_policies_are_enforced_beside_network_policies() {
     node.ok(&["delete", "netpol", "not-frontend-too"]);
     assert!(!probe(&not_front));
 
-    // DNS rules filter names; until the DNS proxy takes their traffic they allow nothing —
-    // here the frontend's egress to the backend, allowed only under a DNS rule, is cut.
+    // DNS rules filter names: their port goes to the DNS proxy whole, never as a plain
+    // allow — here the frontend's HTTP to the backend's port under a DNS rule is cut.
     let dns = file(
         "dns.yaml",
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: frontend-dns}\n\

@@ -11,7 +11,7 @@
 /// Bumped whenever a key, value or map definition below changes. The pin directory is
 /// versioned with it, because the kernel would otherwise silently reuse an old pinned map with
 /// a different layout (aya does not compare key/value sizes when it reuses a pin).
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Program names in the object.
 pub mod programs {
@@ -56,7 +56,9 @@ pub mod maps {
     /// (socket cookie, backend) → the frontend that socket asked for
     /// ([`RevNatKey`](super::RevNatKey)): how replies and getpeername get the ClusterIP back.
     pub const SOCK_REV_NAT: &str = "SOCK_REV_NAT";
-    pub const ALL: [&str; 14] = [
+    /// One [`DnsProxy`](super::DnsProxy): where the agent's DNS proxy listens.
+    pub const DNS_PROXY: &str = "DNS_PROXY";
+    pub const ALL: [&str; 15] = [
         ENDPOINTS,
         ENDPOINT_IPS,
         LOCAL_SLOTS,
@@ -71,6 +73,7 @@ pub mod maps {
         EVENT_BUCKETS,
         SERVICES,
         SOCK_REV_NAT,
+        DNS_PROXY,
     ];
 }
 
@@ -199,7 +202,31 @@ pub struct PolicyKey {
 pub struct PolicyValue {
     /// The id of the policy rule that allowed it, reported in events.
     pub rule_id: u32,
+    /// `POLICY_DNS_PROXY`.
+    pub flags: u32,
 }
+
+/// `DNS_PROXY[0]`: the agent's DNS proxy, for flows `POLICY_DNS_PROXY` sends to it. Its
+/// UDP socket and TCP listener are bound to `port` on any address, transparent; a packet
+/// handed to them carries `mark`, which the node's routing delivers locally (`ip rule
+/// fwmark MARK/0xffffffff`); the proxy's answers carry `mark | 1` (`PROXY_ANSWER_BIT`, so
+/// they are routed as usual), by which the to-pod program knows them. `port == 0`: no
+/// proxy — such flows are dropped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsProxy {
+    /// Host order.
+    pub port: u16,
+    pub _pad: u16,
+    pub mark: u32,
+}
+
+/// Set in the mark of the DNS proxy's answers (`DnsProxy::mark` has it clear).
+pub const PROXY_ANSWER_BIT: u32 = 1;
+
+/// `PolicyValue::flags`: the flow is DNS the rule filters by name: allowed only through the
+/// agent's DNS proxy, to which the program hands it (never passed on as it is).
+pub const POLICY_DNS_PROXY: u32 = 1;
 
 /// `POLICY_RANGES` LPM key data (port ranges from `endPort`, as port/prefix blocks).
 /// The fixed part (ep_id, peer, dir, proto) is always fully matched.
@@ -260,6 +287,8 @@ pub const CT_CLOSING: u16 = 1;
 /// direction (and dropped while it is not allowed), so neither side's mid-stream segments
 /// can adopt the flow again from the other direction.
 pub const CT_REVOKED: u16 = 2;
+/// `CtValue::flags`: the flow goes to the DNS proxy (from the pod) and back from it.
+pub const CT_DNS_PROXY: u16 = 4;
 
 pub const CT_TOUCH_NS: u64 = 1_000_000_000;
 pub const CT_TIMEOUT_TCP_NS: u64 = 6 * 3600 * 1_000_000_000;
@@ -328,32 +357,38 @@ pub mod reason {
     pub const ALLOW_ARP: u8 = 6;
     /// A later fragment of a datagram whose first fragment this endpoint let through.
     pub const ALLOW_FRAGMENT: u8 = 7;
-    pub const DROP_POLICY: u8 = 8;
+    /// DNS a rule filters by name, handed to the agent's DNS proxy (which forwards it or
+    /// answers REFUSED).
+    pub const ALLOW_DNS_PROXY: u8 = 8;
+    pub const DROP_POLICY: u8 = 9;
     /// An established flow whose allowing entry was withdrawn.
-    pub const DROP_POLICY_REVOKED: u8 = 9;
+    pub const DROP_POLICY_REVOKED: u8 = 10;
     /// From a pod: an IPv4 source address that is not the pod's own.
-    pub const DROP_SPOOFED: u8 = 10;
-    pub const DROP_MALFORMED: u8 = 11;
-    pub const DROP_FRAGMENT: u8 = 12;
-    pub const DROP_IP_OPTIONS: u8 = 13;
+    pub const DROP_SPOOFED: u8 = 11;
+    pub const DROP_MALFORMED: u8 = 12;
+    pub const DROP_FRAGMENT: u8 = 13;
+    pub const DROP_IP_OPTIONS: u8 = 14;
     /// IPv6 is not enforced: dropped both ways (the CNI disables it on both veth ends).
-    pub const DROP_IPV6: u8 = 14;
-    pub const DROP_UNSUPPORTED_L3: u8 = 15;
-    pub const DROP_NO_ENDPOINT: u8 = 16;
+    pub const DROP_IPV6: u8 = 15;
+    pub const DROP_UNSUPPORTED_L3: u8 = 16;
+    pub const DROP_NO_ENDPOINT: u8 = 17;
     /// An 802.1Q / 802.1ad tagged frame (a tag in the frame or already taken off by the kernel).
-    pub const DROP_VLAN: u8 = 17;
+    pub const DROP_VLAN: u8 = 18;
     /// From a pod: ARP whose sender protocol address is not the pod's own, or not IPv4 over
     /// Ethernet.
-    pub const DROP_ARP_SPOOFED: u8 = 18;
+    pub const DROP_ARP_SPOOFED: u8 = 19;
     /// From a pod: ICMP redirect or router advertisement (a pod is nobody's router).
-    pub const DROP_ICMP_ROUTING: u8 = 19;
+    pub const DROP_ICMP_ROUTING: u8 = 20;
     /// To a pod: the source is a local pod's address, but the packet did not come from that
     /// pod's interface.
-    pub const DROP_SPOOFED_LOCAL: u8 = 20;
+    pub const DROP_SPOOFED_LOCAL: u8 = 21;
     /// From an egress-isolated pod, to a ClusterIP the socket hooks did not translate (a
     /// raw socket, a process outside the hooked cgroup).
-    pub const DROP_SERVICE_UNTRANSLATED: u8 = 21;
-    pub const COUNT: usize = 22;
+    pub const DROP_SERVICE_UNTRANSLATED: u8 = 22;
+    /// DNS a rule filters by name, while no DNS proxy takes it (not running yet, or gone):
+    /// never passed unfiltered.
+    pub const DROP_DNS_PROXY_UNAVAILABLE: u8 = 23;
+    pub const COUNT: usize = 24;
     pub const FIRST_DROP: u8 = DROP_POLICY;
 
     pub const NAMES: [&str; COUNT] = [
@@ -365,6 +400,7 @@ pub mod reason {
         "allow-host",
         "allow-arp",
         "allow-fragment",
+        "allow-dns-proxy",
         "drop-policy",
         "drop-policy-revoked",
         "drop-spoofed",
@@ -379,6 +415,7 @@ pub mod reason {
         "drop-icmp-routing",
         "drop-spoofed-local",
         "drop-service-untranslated",
+        "drop-dns-proxy-unavailable",
     ];
 
     pub fn name(r: u8) -> &'static str {
@@ -498,6 +535,8 @@ const _: () = {
     assert!(core::mem::size_of::<Endpoint>() == 24);
     assert!(core::mem::size_of::<IpcacheEntry>() == 8);
     assert!(core::mem::size_of::<PolicyKey>() == 12);
+    assert!(core::mem::size_of::<PolicyValue>() == 8);
+    assert!(core::mem::size_of::<DnsProxy>() == 8);
     assert!(core::mem::size_of::<RangeKey>() == 12);
     assert!(RANGE_FIXED_BITS as usize == (core::mem::size_of::<RangeKey>() - 2) * 8);
     assert!(core::mem::size_of::<CtKey>() == 20);
@@ -530,4 +569,5 @@ mod user {
     unsafe impl aya::Pod for RevNatKey {}
     unsafe impl aya::Pod for RevNatValue {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for DnsProxy {}
 }

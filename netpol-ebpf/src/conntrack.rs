@@ -16,8 +16,8 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use netpol_common::{
-    counter, CtKey, CtValue, Endpoint, CT_CLOSING, CT_REVOKED, CT_TIMEOUT_CLOSING_NS, CT_TIMEOUT_OTHER_NS,
-    CT_TIMEOUT_TCP_NS, CT_TOUCH_NS, DIR_EGRESS, IPPROTO_TCP,
+    counter, CtKey, CtValue, Endpoint, CT_CLOSING, CT_DNS_PROXY, CT_REVOKED, CT_TIMEOUT_CLOSING_NS,
+    CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_TCP_NS, CT_TOUCH_NS, DIR_EGRESS, IPPROTO_TCP, POLICY_DNS_PROXY,
 };
 
 use crate::{
@@ -71,9 +71,11 @@ fn touch(ct: *mut CtValue, now: u64, tcp_flags: u8) {
 
 pub enum CtHit {
     Miss,
-    /// A packet of a tracked flow, going the way the flow started (true) or back.
+    /// A packet of a tracked flow, going the way the flow started (true) or back, and
+    /// whether the flow goes to the DNS proxy.
     Pass {
         forward: bool,
+        proxy: bool,
     },
     Revoked(u32),
 }
@@ -102,29 +104,33 @@ pub fn check(ep: &Endpoint, dir: u8, key: &CtKey, now: u64, tcp_flags: u8) -> Ct
         }
     }
     touch(ct, now, tcp_flags);
-    CtHit::Pass { forward: started == dir }
+    let proxy = unsafe { (*ct).flags } & CT_DNS_PROXY != 0;
+    CtHit::Pass { forward: started == dir, proxy }
 }
 
 /// Re-judges a tracked flow against the policy of the direction it started in: still
 /// allowed → the entry is brought up to date; not → the peer's identity.
 #[inline(always)]
 fn rejudge(ep: &Endpoint, key: &CtKey, ct: *mut CtValue, started: u8) -> Result<(), u32> {
-    let (rule_id, peer_id) = if isolated(ep, started) {
+    let (rule_id, peer_id, proxy) = if isolated(ep, started) {
         let peer = resolve(key.remote_addr);
         // The port the flow's first packet went to.
         let port = if started == DIR_EGRESS { key.remote_port } else { key.local_port };
         match admits(ep, started, &peer, key.proto, port) {
-            Some((_, rule_id)) => (rule_id, peer.identity),
+            Some((_, v)) => (v.rule_id, peer.identity, v.flags & POLICY_DNS_PROXY != 0),
             None => return Err(peer.identity),
         }
     } else {
-        (0, unsafe { (*ct).peer })
+        (0, unsafe { (*ct).peer }, false)
     };
     unsafe {
         (*ct).policy_gen = ep.policy_gen;
         (*ct).rule_id = rule_id;
         (*ct).peer = peer_id;
-        (*ct).flags &= !CT_REVOKED;
+        (*ct).flags &= !(CT_REVOKED | CT_DNS_PROXY);
+        if proxy {
+            (*ct).flags |= CT_DNS_PROXY;
+        }
     }
     Ok(())
 }
@@ -135,15 +141,24 @@ pub fn live(key: &CtKey) -> bool {
     matches!(unsafe { CONNTRACK.get(key) }, Some(v) if v.flags & CT_REVOKED == 0)
 }
 
+/// What a new tracked flow records: the rule and peer that allowed it, and whether it goes
+/// to the DNS proxy.
+pub struct Allowed {
+    pub rule_id: u32,
+    pub peer: u32,
+    pub proxy: bool,
+}
+
 /// Tracks a flow its direction just allowed. A full table is counted, the packet passes.
 #[inline(always)]
-pub fn create(ep: &Endpoint, dir: u8, key: &CtKey, now: u64, rule_id: u32, peer: u32, tcp_flags: u8) {
+pub fn create(ep: &Endpoint, dir: u8, key: &CtKey, now: u64, a: &Allowed, tcp_flags: u8) {
+    let closing = if closing(tcp_flags) { CT_CLOSING } else { 0 };
     let v = CtValue {
         last_seen: now,
-        rule_id,
+        rule_id: a.rule_id,
         policy_gen: ep.policy_gen,
-        peer,
-        flags: if closing(tcp_flags) { CT_CLOSING } else { 0 },
+        peer: a.peer,
+        flags: closing | if a.proxy { CT_DNS_PROXY } else { 0 },
         dir,
         _pad: 0,
     };

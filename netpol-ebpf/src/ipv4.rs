@@ -4,15 +4,16 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use netpol_common::{
     counter, identity, local_slot, reason, Endpoint, FragKey, FragValue, DIR_EGRESS, IPPROTO_ICMP,
-    IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, LOCAL_SLOT_SHARED,
+    IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, LOCAL_SLOT_SHARED, POLICY_DNS_PROXY,
 };
 
 use crate::{
-    conntrack::{self, CtHit},
+    conntrack::{self, Allowed, CtHit},
     headers::*,
     icmp::{self, IcmpError},
     maps::{ENDPOINT_IPS, FRAGMENTS, LOCAL_SLOTS},
     policy::{admits, isolated, resolve},
+    proxy,
     verdict::{count, finish, verdict, Decision, Flow, NO_FLOW},
 };
 
@@ -73,11 +74,11 @@ pub fn enforce(ctx: &TcContext, ep: &Endpoint, dir: u8) -> i32 {
         ensure_linear(ctx, l4 + 20);
     }
     let (d, event) = match parse_l4(ctx, dir, l4, &mut f) {
-        L4::Tracked => judge(ep, dir, &f, true),
-        L4::Untracked => judge(ep, dir, &f, false),
+        L4::Tracked => judge(ctx, ep, dir, &f, true),
+        L4::Untracked => judge(ctx, ep, dir, &f, false),
         L4::Error(e) => match icmp::related(ctx, ep, dir, &f, tot_len, &e) {
             Some(true) => (verdict(false, reason::ALLOW_RELATED), false),
-            Some(false) => judge(ep, dir, &f, false),
+            Some(false) => judge(ctx, ep, dir, &f, false),
             None => (verdict(true, reason::DROP_MALFORMED), true),
         },
         L4::Malformed => return refuse(ctx, ep, dir, &f, reason::DROP_MALFORMED),
@@ -95,13 +96,17 @@ fn refuse(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow, r: u8) -> i32 {
 }
 
 /// From a pod: only its own address. To a pod: a local pod's address only from that pod's
-/// own interface (a packet from outside the node cannot pose as a local pod).
+/// own interface (a packet from outside the node cannot pose as a local pod), or from the
+/// node's DNS proxy answering for it.
 #[inline(always)]
 fn source_check(ctx: &TcContext, ep: &Endpoint, dir: u8, saddr: u32) -> Option<u8> {
     if dir == DIR_EGRESS {
         return (saddr != ep.ip).then_some(reason::DROP_SPOOFED);
     }
     match local_ifindex(saddr) {
+        // The DNS proxy answers in the name of the server a pod asked (conntrack still
+        // has to know the flow).
+        Some(_) if ingress_ifindex(ctx) == 0 && proxy::from_proxy(ctx) => None,
         Some(ifx) if ifx != ingress_ifindex(ctx) => Some(reason::DROP_SPOOFED_LOCAL),
         _ => None,
     }
@@ -194,15 +199,30 @@ fn parse_l4(ctx: &TcContext, dir: u8, l4: usize, f: &mut Flow) -> L4 {
     }
 }
 
+/// A packet of a flow that goes to the DNS proxy: handed to it, or dropped without one.
+#[inline(always)]
+fn to_proxy(ctx: &TcContext, f: &Flow, rule_id: u32) -> Decision {
+    let dns_transport = f.proto == IPPROTO_TCP || f.proto == IPPROTO_UDP;
+    if dns_transport && proxy::redirect(ctx, f) {
+        Decision { drop: false, reason: reason::ALLOW_DNS_PROXY, rule_id, peer: 0 }
+    } else {
+        verdict(true, reason::DROP_DNS_PROXY_UNAVAILABLE)
+    }
+}
+
 /// The verdict for a parsed IPv4 packet, and whether it is worth an event.
 #[inline(always)]
-fn judge(ep: &Endpoint, dir: u8, f: &Flow, tracked: bool) -> (Decision, bool) {
+fn judge(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow, tracked: bool) -> (Decision, bool) {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let key = conntrack::key(ep.ep_id, dir, f);
     if tracked {
         match conntrack::check(ep, dir, &key, now, f.tcp_flags) {
-            CtHit::Pass { forward: true } => return (verdict(false, reason::ALLOW_ESTABLISHED), false),
-            CtHit::Pass { forward: false } => return (verdict(false, reason::ALLOW_REPLY), false),
+            // Every packet the pod sends on a proxied flow goes to the proxy.
+            CtHit::Pass { forward: true, proxy: true } => return (to_proxy(ctx, f, 0), false),
+            CtHit::Pass { forward: true, proxy: false } => {
+                return (verdict(false, reason::ALLOW_ESTABLISHED), false)
+            }
+            CtHit::Pass { forward: false, .. } => return (verdict(false, reason::ALLOW_REPLY), false),
             CtHit::Revoked(peer) => {
                 let d = Decision { drop: true, reason: reason::DROP_POLICY_REVOKED, rule_id: 0, peer };
                 return (d, true);
@@ -228,18 +248,29 @@ fn judge(ep: &Endpoint, dir: u8, f: &Flow, tracked: bool) -> (Decision, bool) {
         }
         count(counter::SERVICE_UNTRANSLATED);
     }
+    let mut proxy = false;
     let mut d = if !isolated(ep, dir) {
         verdict(false, reason::ALLOW_NOT_ISOLATED)
     } else {
         match admits(ep, dir, &peer, f.proto, f.dport) {
-            Some((reason, rule_id)) => Decision { drop: false, reason, rule_id, peer: 0 },
+            // Only a tracked flow from the pod can go to the proxy.
+            Some((_, v)) if v.flags & POLICY_DNS_PROXY != 0 => {
+                proxy = tracked && dir == DIR_EGRESS;
+                if proxy {
+                    to_proxy(ctx, f, v.rule_id)
+                } else {
+                    verdict(true, reason::DROP_DNS_PROXY_UNAVAILABLE)
+                }
+            }
+            Some((reason, v)) => Decision { drop: false, reason, rule_id: v.rule_id, peer: 0 },
             None => verdict(true, reason::DROP_POLICY),
         }
     };
     d.peer = peer.identity;
     let track = tracked && !d.drop;
     if track {
-        conntrack::create(ep, dir, &key, now, d.rule_id, peer.identity, f.tcp_flags);
+        let allowed = Allowed { rule_id: d.rule_id, peer: peer.identity, proxy };
+        conntrack::create(ep, dir, &key, now, &allowed, f.tcp_flags);
     }
     // Untracked packets (ICMP errors, other protocols) are judged one by one; an event for
     // each allowed one would flood the ring, so only their drops are reported.

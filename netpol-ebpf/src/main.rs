@@ -44,6 +44,7 @@ mod ipv4;
 mod l2;
 mod maps;
 mod policy;
+mod proxy;
 mod service;
 mod verdict;
 

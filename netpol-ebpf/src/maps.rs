@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use netpol_common::{
-    counter, sizes, CtKey, CtValue, Endpoint, EventBucket, EventBucketKey, FragKey, FragValue, IpcacheEntry,
-    LocalSlot, PolicyKey, PolicyValue, RangeKey, RevNatKey, RevNatValue, ServiceKey, ServiceValue,
+    counter, sizes, CtKey, CtValue, DnsProxy, Endpoint, EventBucket, EventBucketKey, FragKey, FragValue,
+    IpcacheEntry, LocalSlot, PolicyKey, PolicyValue, RangeKey, RevNatKey, RevNatValue, ServiceKey,
+    ServiceValue,
 };
 
 #[map]
@@ -39,3 +40,5 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(sizes::SERVICES, 0);
 #[map]
 pub static SOCK_REV_NAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::pinned(sizes::SOCK_REV_NAT, 0);
+#[map]
+pub static DNS_PROXY: Array<DnsProxy> = Array::pinned(1, 0);

@@ -2,7 +2,7 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use netpol_common::{
-    identity, reason, Endpoint, IpcacheEntry, PolicyKey, RangeKey, DIR_EGRESS, DIR_INGRESS,
+    identity, reason, Endpoint, IpcacheEntry, PolicyKey, PolicyValue, RangeKey, DIR_EGRESS, DIR_INGRESS,
     EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, PORT_ANY, PROTO_ANY,
     RANGE_FIXED_BITS,
 };
@@ -40,30 +40,37 @@ pub fn resolve(addr: u32) -> IpcacheEntry {
 }
 
 #[inline(always)]
-fn lookup_peer(ep_id: u32, dir: u8, peer: u32, proto: u8, port_be: u16) -> Option<u32> {
+fn lookup_peer(ep_id: u32, dir: u8, peer: u32, proto: u8, port_be: u16) -> Option<PolicyValue> {
     let mut key = PolicyKey { ep_id, peer, port: u16::from_be(port_be), proto, dir };
     if has_ports(proto) {
         if let Some(v) = unsafe { POLICY.get(&key) } {
-            return Some(v.rule_id);
+            return Some(*v);
         }
         let rk = RangeKey { ep_id, peer, dir, proto, port_be };
         if let Some(v) = POLICY_RANGES.get(Key::new(RANGE_FIXED_BITS + 16, rk)) {
-            return Some(v.rule_id);
+            return Some(*v);
         }
         key.port = PORT_ANY;
         if let Some(v) = unsafe { POLICY.get(&key) } {
-            return Some(v.rule_id);
+            return Some(*v);
         }
     }
     key.port = PORT_ANY;
     key.proto = PROTO_ANY;
-    unsafe { POLICY.get(&key) }.map(|v| v.rule_id)
+    unsafe { POLICY.get(&key) }.copied()
 }
 
-/// The rule that allows this flow for the endpoint in `dir`, if any. NetworkPolicy has only
-/// allow rules, so the first hit decides; the order only picks the most specific rule id.
+/// The entry that allows this flow for the endpoint in `dir`, if any. Policies have only
+/// allow rules, so the first hit decides; the order picks the most specific entry (its
+/// rule id, and whether it sends the flow to the DNS proxy).
 #[inline(always)]
-pub fn policy_lookup(ep_id: u32, dir: u8, peer: &IpcacheEntry, proto: u8, port_be: u16) -> Option<u32> {
+pub fn policy_lookup(
+    ep_id: u32,
+    dir: u8,
+    peer: &IpcacheEntry,
+    proto: u8,
+    port_be: u16,
+) -> Option<PolicyValue> {
     if let Some(r) = lookup_peer(ep_id, dir, peer.identity, proto, port_be) {
         return Some(r);
     }
@@ -81,12 +88,18 @@ pub fn policy_lookup(ep_id: u32, dir: u8, peer: &IpcacheEntry, proto: u8, port_b
 /// them and no policy can judge the backend it would reach — for new flows and re-judged
 /// tracked ones alike); anything else needs a policy entry.
 #[inline(always)]
-pub fn admits(ep: &Endpoint, dir: u8, peer: &IpcacheEntry, proto: u8, port_be: u16) -> Option<(u8, u32)> {
+pub fn admits(
+    ep: &Endpoint,
+    dir: u8,
+    peer: &IpcacheEntry,
+    proto: u8,
+    port_be: u16,
+) -> Option<(u8, PolicyValue)> {
     if dir == DIR_INGRESS && peer.identity == identity::HOST {
-        return Some((reason::ALLOW_HOST, 0));
+        return Some((reason::ALLOW_HOST, PolicyValue::default()));
     }
     if dir == DIR_EGRESS && peer.identity == identity::SERVICE {
         return None;
     }
-    policy_lookup(ep.ep_id, dir, peer, proto, port_be).map(|rule| (reason::ALLOW_POLICY, rule))
+    policy_lookup(ep.ep_id, dir, peer, proto, port_be).map(|v| (reason::ALLOW_POLICY, v))
 }

@@ -18,7 +18,8 @@
 //! - a rule with neither peers nor ports (`{}`) allows nothing (Cilium's way to write
 //!   default deny); with ports only, it allows those ports from (to) everyone;
 //! - each `toPorts` entry is a rule of its own, with its DNS rules: DNS on those ports must
-//!   ask for a name they match.
+//!   ask for a name they match. DNS rules need single ports given by number (the DNS proxy
+//!   takes everything on them).
 
 use std::collections::BTreeMap;
 
@@ -286,11 +287,28 @@ fn port_rules(list: &[PortRule], at: &str, egress: bool) -> Result<Vec<PortRuleS
             Some(_) if !egress => {
                 return Err((format!("{at}.rules"), "DNS rules apply to egress only".into()))
             }
-            Some(l7) => Some(name_matches(&l7.dns, &format!("{at}.rules.dns"))?),
+            Some(l7) => {
+                single_ports(&ports, &at)?;
+                // DNS is UDP and TCP: ANY means those two here.
+                ports.retain(|p| p.protocol != Protocol::Sctp);
+                Some(name_matches(&l7.dns, &format!("{at}.rules.dns"))?)
+            }
         };
         out.push(((!ports.is_empty()).then_some(ports), dns));
     }
     Ok(out)
+}
+
+/// DNS rules apply to ports given by number, one each: the DNS proxy takes those ports'
+/// traffic whole (all of it is DNS to it), so a wildcard, a range or a name would hand it
+/// traffic that is not DNS.
+fn single_ports(ports: &[PortSpec], at: &str) -> Result<(), FieldError> {
+    let single = |p: &PortSpec| matches!(p.port, Some(PortRef::Range(a, b)) if a == b);
+    if ports.is_empty() || !ports.iter().all(single) {
+        let msg = "DNS rules need ports given by number, each a single port (such as \"53\")";
+        return Err((format!("{at}.ports"), msg.into()));
+    }
+    Ok(())
 }
 
 /// One `ports` entry. ANY with a port is that port of each protocol that has ports.

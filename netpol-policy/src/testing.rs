@@ -238,10 +238,14 @@ pub fn cilium_port_rule(egress: bool) -> impl Strategy<Value = Value> {
         }
         p
     });
-    let dns = prop::option::of(prop::sample::select(vec!["*", "songlaa.com"]));
-    (prop::collection::vec(entry, 0..3), dns).prop_map(move |(ports, dns)| match dns {
-        // DNS rules: on egress only (and nothing a plain flow can match).
-        Some(pattern) if egress => json!({"ports": ports, "rules": {"dns": [{"matchPattern": pattern}]}}),
+    let dns = prop::option::of(prop::sample::select(vec!["*", "songlaa.com", "*.com"]));
+    // DNS rules take single ports given by number.
+    let dns_port =
+        (prop::sample::select(vec!["53", "5353"]), prop::sample::select(vec!["TCP", "UDP", "ANY"]))
+            .prop_map(|(port, proto)| json!({"port": port, "protocol": proto}));
+    let dns_ports = prop::collection::vec(dns_port, 1..3);
+    (prop::collection::vec(entry, 0..3), dns, dns_ports).prop_map(move |(ports, dns, dns_ports)| match dns {
+        Some(pattern) if egress => json!({"ports": dns_ports, "rules": {"dns": [{"matchPattern": pattern}]}}),
         _ => json!({"ports": ports}),
     })
 }

@@ -85,7 +85,7 @@ fn an_announced_address_a_posted_pod_holds_stays_the_posted_pods() {
         "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "claims"}}}]}]}),
     );
     m.upsert(Object::NetworkPolicy(Box::new(serde_json::from_value(only_claims.json()).unwrap()))).unwrap();
-    let flow = Flow { src: W1, dst: target, protocol: "TCP".into(), port: 80 };
+    let flow = Flow { src: W1, dst: target, protocol: "TCP".into(), port: 80, dns_name: None };
     assert!(!allowed(&m, &flow), "the announcement took a posted pod's address");
     m.delete(netpol_policy::model::Kind::Pod, "default", "posted");
     assert!(allowed(&m, &flow), "the announced pod is not seen at its address");

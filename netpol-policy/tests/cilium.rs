@@ -67,7 +67,7 @@ fn the_labs_policy_is_taken_as_cilium_documents_it() {
     let want = vec![
         Rule {
             peers: Some(vec![kube_dns]),
-            ports: ports(&[(Protocol::Tcp, 53), (Protocol::Udp, 53), (Protocol::Sctp, 53)]),
+            ports: ports(&[(Protocol::Tcp, 53), (Protocol::Udp, 53)]),
             dns: Some(vec![NameMatch::All]),
         },
         Rule {
@@ -144,6 +144,16 @@ fn everything_outside_the_subset_is_refused_naming_the_field() {
             json!({"spec": {"endpointSelector": sel, "egress": [{"toPorts": [{"ports": [{"port": "80"}], "rules": {"http": [{}]}}]}]}}),
             "spec.egress[0].toPorts[0].rules.http",
             "unknown field",
+        ),
+        (
+            json!({"spec": {"endpointSelector": sel, "egress": [{"toPorts": [{"ports": [{"port": "0"}], "rules": {"dns": [{"matchPattern": "*"}]}}]}]}}),
+            "spec.egress[0].toPorts[0].ports",
+            "single port",
+        ),
+        (
+            json!({"spec": {"endpointSelector": sel, "egress": [{"toPorts": [{"ports": [{"port": "53", "endPort": 54}], "rules": {"dns": [{"matchPattern": "*"}]}}]}]}}),
+            "spec.egress[0].toPorts[0].ports",
+            "single port",
         ),
         (
             json!({"spec": {"endpointSelector": sel, "ingressDeny": [{}]}}),

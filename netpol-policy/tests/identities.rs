@@ -62,6 +62,7 @@ fn a_finished_pod_gives_its_address_to_the_next_pod() {
         dst: "10.0.0.9".parse().unwrap(),
         protocol: "TCP".into(),
         port: 80,
+        dns_name: None,
     };
     assert!(!allowed(&m, &flow), "the reference agrees: the new pod is not app=a");
     // A finished pod with no successor leaves no entry at all.
@@ -133,6 +134,7 @@ fn rollout_labels_stay_out_of_identities_unless_a_policy_selects_on_them() {
             dst: "10.0.0.9".parse().unwrap(),
             protocol: "TCP".into(),
             port: 80,
+            dns_name: None,
         };
         assert_eq!(allowed(&m, &flow), want, "reference for {src}");
         let dir = netpol_common::DIR_INGRESS;

@@ -7,7 +7,8 @@ use std::net::Ipv4Addr;
 use netpol_common::{DIR_EGRESS, DIR_INGRESS};
 use netpol_policy::testing::*;
 use netpol_policy::{
-    lookup::decide,
+    lookup::{decide, dns_names, outcome, Outcome},
+    names::Name,
     reference::{allowed, Flow},
 };
 use proptest::prelude::*;
@@ -15,6 +16,11 @@ use proptest::prelude::*;
 /// Checks every flow; returns the first disagreement.
 fn disagreement(c: &Cluster) -> Option<String> {
     check(c, &mut [0; 2])
+}
+
+/// Each flow as plain traffic and as DNS queries for names the generated rules tell apart.
+fn asked() -> [Option<Name>; 3] {
+    [None, Some(Name::parse("songlaa.com").unwrap()), Some(Name::parse("www.zhaw.ch").unwrap())]
 }
 
 /// Checks every flow, counting denied and allowed ones.
@@ -32,19 +38,29 @@ fn check(c: &Cluster, counts: &mut [usize; 2]) -> Option<String> {
             for proto in PROTOS {
                 let ports: &[u16] = if proto == "ICMP" { &[0] } else { &PORTS };
                 for &port in ports {
-                    let egress = at.get(&src).is_none_or(|(n, i)| {
-                        decide(&states[n].state, *i, DIR_EGRESS, dst, proto_num(proto), port).is_some()
-                    });
-                    let ingress = at.get(&dst).is_none_or(|(n, i)| {
-                        decide(&states[n].state, *i, DIR_INGRESS, src, proto_num(proto), port).is_some()
-                    });
-                    let flow = Flow { src, dst, protocol: proto.into(), port };
-                    let want = allowed(&m, &flow);
-                    counts[want as usize] += 1;
-                    if want != (egress && ingress) {
-                        return Some(format!(
-                            "{flow:?}: reference says {want}, datapath egress={egress} ingress={ingress}"
-                        ));
+                    for dns_name in asked() {
+                        let egress = at.get(&src).is_none_or(|(n, i)| {
+                            let c = &states[n];
+                            match outcome(&c.state, *i, DIR_EGRESS, dst, proto_num(proto), port) {
+                                Outcome::Pass(_) => true,
+                                Outcome::Proxy(_) => dns_name.as_ref().is_some_and(|n| {
+                                    let names = dns_names(&c.state, &c.dns, *i, dst, proto_num(proto), port);
+                                    names.iter().any(|m| m.matches(n))
+                                }),
+                                Outcome::Drop => false,
+                            }
+                        });
+                        let ingress = at.get(&dst).is_none_or(|(n, i)| {
+                            decide(&states[n].state, *i, DIR_INGRESS, src, proto_num(proto), port).is_some()
+                        });
+                        let flow = Flow { src, dst, protocol: proto.into(), port, dns_name };
+                        let want = allowed(&m, &flow);
+                        counts[want as usize] += 1;
+                        if want != (egress && ingress) {
+                            return Some(format!(
+                                "{flow:?}: reference says {want}, datapath egress={egress} ingress={ingress}"
+                            ));
+                        }
                     }
                 }
             }

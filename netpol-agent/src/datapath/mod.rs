@@ -127,6 +127,7 @@ fn expected_layout(name: &str) -> (u32, u32, u32) {
         maps::COUNTERS => s(4, 8, counter::COUNT),
         maps::SERVICES => s(size_of::<ServiceKey>(), size_of::<ServiceValue>(), sizes::SERVICES),
         maps::SOCK_REV_NAT => s(size_of::<RevNatKey>(), size_of::<RevNatValue>(), sizes::SOCK_REV_NAT),
+        maps::DNS_PROXY => s(4, size_of::<netpol_common::DnsProxy>(), 1),
         maps::EVENT_BUCKETS => s(
             size_of::<netpol_common::EventBucketKey>(),
             size_of::<netpol_common::EventBucket>(),
@@ -179,6 +180,7 @@ pub struct Datapath {
     events: Option<RingBuf<MapData>>,
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     rev_nat: HashMap<MapData, RevNatKey, RevNatValue>,
+    dns_proxy: Array<MapData, netpol_common::DnsProxy>,
     /// The cgroup2 directory the socket hooks were attached to by this process.
     cgroup: Option<PathBuf>,
 }
@@ -252,6 +254,7 @@ impl Datapath {
         let events = Some(RingBuf::try_from(take(maps::EVENTS)?).map_err(map_err(maps::EVENTS))?);
         let services = HashMap::try_from(take(maps::SERVICES)?).map_err(map_err(maps::SERVICES))?;
         let rev_nat = HashMap::try_from(take(maps::SOCK_REV_NAT)?).map_err(map_err(maps::SOCK_REV_NAT))?;
+        let dns_proxy = Array::try_from(take(maps::DNS_PROXY)?).map_err(map_err(maps::DNS_PROXY))?;
         Ok(Datapath {
             cfg,
             pin_dir,
@@ -268,8 +271,18 @@ impl Datapath {
             events,
             services,
             rev_nat,
+            dns_proxy,
             cgroup: None,
         })
+    }
+
+    /// Where the DNS proxy listens (port 0: none; flows for it are then dropped).
+    pub fn set_dns_proxy(&mut self, proxy: netpol_common::DnsProxy) -> Result<()> {
+        self.dns_proxy.set(0, proxy, 0).map_err(map_err(maps::DNS_PROXY))
+    }
+
+    pub fn dns_proxy(&self) -> Result<netpol_common::DnsProxy> {
+        self.dns_proxy.get(&0, 0).map_err(map_err(maps::DNS_PROXY))
     }
 
     pub fn config(&self) -> &Config {
@@ -502,8 +515,13 @@ impl Datapath {
 
     /// Adds (or re-labels with `rule_id`) an allow entry.
     pub fn add_policy(&mut self, entry: &PolicyEntry, rule_id: u32) -> Result<()> {
+        self.add_policy_value(entry, PolicyValue { rule_id, flags: 0 })
+    }
+
+    /// Adds an entry with its whole value (`flags`: `POLICY_DNS_PROXY`).
+    pub fn add_policy_value(&mut self, entry: &PolicyEntry, value: PolicyValue) -> Result<()> {
         for k in entry.map_keys()? {
-            self.put_policy_key(k, PolicyValue { rule_id })?;
+            self.put_policy_key(k, value)?;
         }
         Ok(())
     }

@@ -87,7 +87,7 @@ impl DesiredState {
         }
         for r in &self.policy {
             for k in r.entry.map_keys()? {
-                st.policy.insert(k, PolicyValue { rule_id: r.rule_id });
+                st.policy.insert(k, PolicyValue { rule_id: r.rule_id, flags: 0 });
             }
         }
         Ok(st)

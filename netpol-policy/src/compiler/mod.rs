@@ -2,8 +2,8 @@
 //!
 //! In stages, one module each: [`identities`] (label identities, `INIT` for endpoints whose
 //! pod is unknown), [`cidrs`] (CIDR and pod-in-block identities, the ipcache), [`rules`]
-//! (rule expansion and named ports), [`budget`] (what fits), with stable numbering from
-//! [`alloc`].
+//! (rule expansion and named ports), [`budget`] (what fits), [`dns`] (what goes to the DNS
+//! proxy), with stable numbering from [`alloc`].
 //!
 //! Isolation comes from every stored policy that selects an endpoint; entries only from the
 //! policies the budgets admit. An endpoint held closed (`INIT`) is isolated both ways and
@@ -12,6 +12,7 @@
 mod alloc;
 mod budget;
 mod cidrs;
+mod dns;
 mod identities;
 pub use identities::HIGH_CHURN_LABELS;
 mod rules;
@@ -19,7 +20,9 @@ mod rules;
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
-use netpol_common::{identity, Endpoint, IpcacheEntry, PolicyValue, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
+use netpol_common::{
+    identity, Endpoint, IpcacheEntry, PolicyValue, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, POLICY_DNS_PROXY,
+};
 
 pub use alloc::{Allocator, Allocators, RuleKey, FIRST_POD_IN_BLOCK};
 pub use budget::{BudgetError, Budgets, Cost, NODE_EXACT_KEYS, NODE_RANGE_KEYS};
@@ -29,6 +32,7 @@ use self::{identities::Identities, rules::Expander};
 use crate::{
     entries::{Direction, PolicyMapKey},
     model::{Model, StoredPolicy},
+    names::NameMatch,
     policy::PolicyId,
     services,
     state::MapState,
@@ -56,6 +60,10 @@ pub struct Compiled {
     pub over_budget: BTreeMap<PolicyId, BudgetError>,
     /// Local endpoints held closed because their pod is not known yet (ifindex).
     pub held_closed: BTreeSet<u32>,
+    /// The names the rules behind each DNS-proxied key (`POLICY_DNS_PROXY`) allow (the
+    /// proxy allows a query the union of every key taking its flow allows:
+    /// [`crate::lookup::dns_names`]).
+    pub dns: BTreeMap<PolicyMapKey, BTreeSet<NameMatch>>,
     /// Service frontends written with fewer backends than their Service has.
     pub services_limited: BTreeMap<services::Frontend, services::FrontendLimit>,
 }
@@ -104,10 +112,11 @@ pub fn compile_with(
             keys.unwrap_or_else(|| expand_within(&mut expander, policy, &selected[key], &ids, budgets).1);
         let rule_ids = rule_ids(key, policy, &mut alloc.rules, &mut out.rules);
         for (at, k) in keys {
-            let v = out.state.policy.entry(k).or_insert(PolicyValue { rule_id: rule_ids[&at] });
-            v.rule_id = v.rule_id.min(rule_ids[&at]);
+            add_entry(&mut out.state.policy, &mut out.dns, k, rule_ids[&at], dns_rules(policy, at));
         }
     }
+    out.state.ipcache = cidrs.ipcache;
+    dns::proxy_wins(&mut out.state, &mut out.dns);
     for ep in endpoints {
         let identity = ids.of_endpoint[&ep.ifindex];
         if identity == identity::INIT {
@@ -123,7 +132,6 @@ pub fn compile_with(
         };
         out.state.endpoints.insert(ep.ifindex, ep_entry);
     }
-    out.state.ipcache = cidrs.ipcache;
     // ClusterIPs: never a pod's or a node's address; what reaches a pod addressed to one
     // bypassed the socket hooks.
     let service = IpcacheEntry { identity: identity::SERVICE, cidr_identity: identity::SERVICE };
@@ -206,6 +214,41 @@ fn expand_within(
         }
     }
     (cost, keys)
+}
+
+/// The DNS rules of the rule at `at` (None: it filters no names).
+fn dns_rules(policy: &StoredPolicy, (part, dir, index): RuleAt) -> Option<&Vec<NameMatch>> {
+    policy.parts[part].rules(dir)?[index].dns.as_ref()
+}
+
+/// Writes one key of a rule; the lowest rule id names it. A key any DNS rule writes goes to
+/// the DNS proxy (DNS rules' ports go to it whole) with those rules' names — and every name
+/// when a rule without DNS rules writes it too (allows are a union).
+fn add_entry(
+    entries: &mut BTreeMap<PolicyMapKey, PolicyValue>,
+    proxied: &mut BTreeMap<PolicyMapKey, BTreeSet<NameMatch>>,
+    k: PolicyMapKey,
+    rule_id: u32,
+    dns: Option<&Vec<NameMatch>>,
+) {
+    let existed = entries.contains_key(&k);
+    let v = entries.entry(k).or_insert(PolicyValue { rule_id, flags: 0 });
+    let was_plain = existed && v.flags & POLICY_DNS_PROXY == 0;
+    v.rule_id = v.rule_id.min(rule_id);
+    match dns {
+        Some(names) => {
+            v.flags |= POLICY_DNS_PROXY;
+            let allowed = proxied.entry(k).or_default();
+            allowed.extend(names.iter().cloned());
+            if was_plain {
+                allowed.insert(NameMatch::All);
+            }
+        }
+        None if v.flags & POLICY_DNS_PROXY != 0 => {
+            proxied.entry(k).or_default().insert(NameMatch::All);
+        }
+        None => {}
+    }
 }
 
 /// Where an entry came from: the policy part, the rule's direction and its index there.

@@ -71,11 +71,6 @@ impl<'a> Expander<'a> {
     ) -> bool {
         for dir in [Direction::Ingress, Direction::Egress] {
             for (i, rule) in policy.rules(dir).into_iter().flatten().enumerate() {
-                // DNS rules filter names, which only the DNS proxy sees: until it takes the
-                // rule's traffic, the rule allows nothing (it never passes as a plain L4 allow).
-                if rule.dns.is_some() {
-                    continue;
-                }
                 let peers = self.peers(&policy.namespace, rule);
                 for peer in peers {
                     let mut emit = |e: PolicyEntry| sink((dir, i), PolicyEntry { endpoint: ep.ep_id, ..e });

@@ -12,9 +12,10 @@
 //! - `protocol` absent or ANY: with a port, that port of TCP, UDP and SCTP; port 0 or absent,
 //!   everything. A port that is not a number names a container port.
 //! - `toFQDNs` allow the addresses DNS answers gave for matching names (the model's learned
-//!   names, matched with [`crate::names`], the one matcher for every part); `rules.dns`
-//!   allow DNS asking for matching names, which a flow of addresses and ports does not
-//!   carry, so here they allow nothing.
+//!   names, matched with [`crate::names`], the one matcher for every part);
+//! - a flow a DNS rule (`rules.dns`) covers is DNS, whatever else allows it: it passes only
+//!   as a query for a name one of the covering DNS rules matches — or any name, when a rule
+//!   without DNS rules also allows the flow (allows are a union).
 
 use std::collections::BTreeMap;
 
@@ -46,8 +47,15 @@ pub(super) fn isolating<'a>(
         .collect()
 }
 
-/// Whether one item of an isolating rule allows the flow.
-pub(super) fn allows(s: &Side, cnp: &CiliumNetworkPolicy, item: &Value) -> bool {
+/// What one item of an isolating rule says of the flow: whether it allows it as it is, and
+/// the names it allows if the flow is DNS one of its DNS rules covers.
+#[derive(Default)]
+pub(super) struct ItemVerdict {
+    pub plain: bool,
+    pub dns: Option<Vec<NameMatch>>,
+}
+
+pub(super) fn judge(s: &Side, cnp: &CiliumNetworkPolicy, item: &Value) -> ItemVerdict {
     let list = |name: &str| item.get(name).and_then(Value::as_array).cloned().unwrap_or_default();
     let (endpoints, names) = if s.side == "Ingress" {
         (list("fromEndpoints"), Vec::new())
@@ -56,16 +64,29 @@ pub(super) fn allows(s: &Side, cnp: &CiliumNetworkPolicy, item: &Value) -> bool 
     };
     let to_ports = list("toPorts");
     if endpoints.is_empty() && names.is_empty() && to_ports.is_empty() {
-        return false;
+        return ItemVerdict::default();
     }
     let policy_ns = cnp.metadata.namespace.as_deref().unwrap_or("default");
     let peer_ok = (endpoints.is_empty() && names.is_empty())
         || endpoints.iter().any(|sel| peer_selected(s, policy_ns, sel))
         || names.iter().any(|sel| name_selected(s, sel));
-    let ports_ok = to_ports.is_empty() || to_ports.iter().any(|pr| port_rule_allows(s, pr));
-    peer_ok && ports_ok
+    if !peer_ok {
+        return ItemVerdict::default();
+    }
+    if to_ports.is_empty() {
+        return ItemVerdict { plain: true, dns: None };
+    }
+    let mut v = ItemVerdict::default();
+    for pr in to_ports.iter().filter(|pr| ports_allow(s, pr)) {
+        match pr.pointer("/rules/dns").and_then(Value::as_array) {
+            // DNS is UDP and TCP: a DNS rule covers those two only.
+            Some(_) if s.f.protocol == "SCTP" => {}
+            Some(rules) => v.dns.get_or_insert_with(Vec::new).extend(rules.iter().filter_map(name_match)),
+            None => v.plain = true,
+        }
+    }
+    v
 }
-
 /// The labels a selected pod is matched with: its own and its namespace's name.
 fn subject_labels(ns: &str, labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut out = labels.clone();
@@ -87,14 +108,18 @@ fn peer_selected(s: &Side, policy_ns: &str, sel: &Value) -> bool {
 
 /// A `toFQDNs` entry: some name it matches was learned at the peer's address.
 fn name_selected(s: &Side, sel: &Value) -> bool {
-    let text = |k: &str| sel.get(k).and_then(Value::as_str);
-    let m = match (text("matchName"), text("matchPattern")) {
-        (Some(n), None) => NameMatch::name(n),
-        (None, Some(p)) => NameMatch::pattern(p),
-        _ => return false,
-    };
-    let Ok(m) = m else { return false };
+    let Some(m) = name_match(sel) else { return false };
     s.m.learned.iter().any(|(name, ips)| ips.contains(&s.peer_ip) && m.matches(name))
+}
+
+/// A `matchName` or `matchPattern`.
+fn name_match(sel: &Value) -> Option<NameMatch> {
+    let text = |k: &str| sel.get(k).and_then(Value::as_str);
+    match (text("matchName"), text("matchPattern")) {
+        (Some(n), None) => NameMatch::name(n).ok(),
+        (None, Some(p)) => NameMatch::pattern(p).ok(),
+        _ => None,
+    }
 }
 
 /// A selector's keys, without their sources.
@@ -135,11 +160,8 @@ fn matches(sel: &Value, labels: &BTreeMap<String, String>) -> bool {
         })
 }
 
-/// One `toPorts` entry: DNS rules allow no plain flow; no ports, every port.
-fn port_rule_allows(s: &Side, pr: &Value) -> bool {
-    if pr.pointer("/rules/dns").is_some() {
-        return false;
-    }
+/// Whether one `toPorts` entry's ports take the flow (no ports: every port).
+fn ports_allow(s: &Side, pr: &Value) -> bool {
     let ports = pr.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
     ports.is_empty() || ports.iter().any(|p| port_allows(s, p))
 }

@@ -17,7 +17,10 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 
-use crate::model::{pod_labels, pod_node, Key, Model, PolicyObject};
+use crate::{
+    model::{pod_labels, pod_node, Key, Model, PolicyObject},
+    names::{Name, NameMatch},
+};
 
 /// A flow to judge. `protocol` is "TCP", "UDP", "SCTP" or anything else (e.g. "ICMP",
 /// which no port rule can match).
@@ -27,6 +30,8 @@ pub struct Flow {
     pub dst: Ipv4Addr,
     pub protocol: String,
     pub port: u16,
+    /// The name asked, when the flow is a DNS query.
+    pub dns_name: Option<Name>,
 }
 
 /// Is the flow allowed? Egress of the source (if it is a pod) AND ingress of the
@@ -131,7 +136,8 @@ fn side_allows(
 ) -> bool {
     let s = Side { m, key, pod, side, peer_ip, peer_pod, f };
     let labels = pod_labels(pod);
-    let mut isolated = false;
+    let (mut isolated, mut plain) = (false, false);
+    let mut dns: Option<Vec<NameMatch>> = None;
     for stored in m.policies.values() {
         match &stored.object {
             PolicyObject::NetworkPolicy(np)
@@ -140,23 +146,31 @@ fn side_allows(
                 let sel = np.spec.as_ref().and_then(|s| s.pod_selector.clone()).unwrap_or_default();
                 if selector_matches(&sel, &labels) && policy_types(np).iter().any(|t| t == side) {
                     isolated = true;
-                    if np_allows(&s, np) {
-                        return true;
-                    }
+                    plain |= np_allows(&s, np);
                 }
             }
             PolicyObject::NetworkPolicy(_) => {}
             PolicyObject::Cilium(cnp) => {
                 for items in cilium::isolating(cnp, &key.0, &labels, side) {
                     isolated = true;
-                    if items.iter().any(|item| cilium::allows(&s, cnp, item)) {
-                        return true;
+                    for v in items.iter().map(|item| cilium::judge(&s, cnp, item)) {
+                        plain |= v.plain;
+                        if let Some(names) = v.dns {
+                            dns.get_or_insert_with(Vec::new).extend(names);
+                        }
                     }
                 }
             }
         }
     }
-    !isolated
+    match (isolated, dns) {
+        (false, _) => true,
+        (true, None) => plain,
+        // DNS a DNS rule covers: only as a query for a name allowed.
+        (true, Some(names)) => {
+            f.dns_name.as_ref().is_some_and(|n| plain || names.iter().any(|m| m.matches(n)))
+        }
+    }
 }
 
 /// Whether one rule of a NetworkPolicy that isolates the side allows the flow.
