@@ -385,9 +385,11 @@ fn dns_for_the_proxy_reaches_its_transparent_sockets_or_nothing() {
 
     // The proxy: its sockets in the node's namespace, the node routing marked packets
     // locally (this thread is in the node namespace).
-    let mark = 0x4e50_0000;
-    lab.node.ns.ip(&["rule", "add", "fwmark", &format!("{mark:#x}/0xffffffff"), "lookup", "4950"]);
-    lab.node.ns.ip(&["route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "4950"]);
+    let routing = netpol_agent::dnsproxy::routing::ProxyRouting::of_agent("test-nf-nfdns");
+    routing.install().unwrap();
+    routing.install().unwrap();
+    assert!(routing.installed().unwrap());
+    let mark = routing.mark;
     let (udp, tcp) = sockets::listen(0, mark).unwrap();
     let port = udp.local_addr().unwrap().port();
     lab.dp().set_dns_proxy(DnsProxy { port, _pad: 0, mark }).unwrap();
@@ -438,6 +440,12 @@ fn dns_for_the_proxy_reaches_its_transparent_sockets_or_nothing() {
     assert_eq!(&buf[..n], b"tcp-query");
     conn.write_all(b"tcp-answer").unwrap();
     assert_eq!(client.join().unwrap(), b"tcp-answer");
+    // Without the node's routing nothing reaches b in the proxy's place: the kernel does
+    // not forward a packet assigned to a socket, so the query goes unanswered.
+    routing.remove().unwrap();
+    assert!(!routing.installed().unwrap());
+    assert!(lab.node.ns.ip(&["route", "show", "table", &routing.table.to_string()]).trim().is_empty());
+    lab.udp("a", B, 53, false);
 }
 
 /// A connection on `l` within `t` (a test must fail, not hang).
