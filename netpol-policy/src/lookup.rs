@@ -67,18 +67,6 @@ pub fn entries_taking(
     out
 }
 
-/// The first entry of `peer` that takes the flow.
-pub fn lookup_peer(
-    st: &MapState,
-    ep_id: u32,
-    dir: u8,
-    peer: u32,
-    proto: u8,
-    port: u16,
-) -> Option<(PolicyMapKey, PolicyValue)> {
-    entries_taking(st, ep_id, dir, peer, proto, port).into_iter().next()
-}
-
 /// The names the DNS proxy allows a query from the endpoint on `ifindex` to `remote`
 /// (`proto`, `port`) to ask: the union over every entry taking the flow at each of the
 /// server's peers (its identity, its CIDR identity, any peer) — every name when one of
@@ -127,13 +115,11 @@ pub fn outcome(st: &MapState, ifindex: u32, dir: u8, remote: Ipv4Addr, proto: u8
     if dir == DIR_INGRESS && peer.identity == identity::HOST {
         return Outcome::Pass(0);
     }
-    let hit = lookup_peer(st, ep.ep_id, dir, peer.identity, proto, port)
-        .or_else(|| {
-            (peer.cidr_identity != peer.identity)
-                .then(|| lookup_peer(st, ep.ep_id, dir, peer.cidr_identity, proto, port))
-                .flatten()
-        })
-        .or_else(|| lookup_peer(st, ep.ep_id, dir, identity::ANY, proto, port));
+    // The first entry that takes the flow, most specific peer first.
+    let first = |p: u32| entries_taking(st, ep.ep_id, dir, p, proto, port).into_iter().next();
+    let hit = first(peer.identity)
+        .or_else(|| (peer.cidr_identity != peer.identity).then(|| first(peer.cidr_identity)).flatten())
+        .or_else(|| first(identity::ANY));
     match hit {
         None => Outcome::Drop,
         // Only TCP and UDP flows from the pod can go to the proxy.

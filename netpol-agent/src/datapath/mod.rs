@@ -281,10 +281,6 @@ impl Datapath {
         self.dns_proxy.set(0, proxy, 0).map_err(map_err(maps::DNS_PROXY))
     }
 
-    pub fn dns_proxy(&self) -> Result<netpol_common::DnsProxy> {
-        self.dns_proxy.get(&0, 0).map_err(map_err(maps::DNS_PROXY))
-    }
-
     pub fn config(&self) -> &Config {
         &self.cfg
     }
