@@ -87,7 +87,7 @@ fn every_manifest_parses_strictly_and_the_role_grants_exactly_what_the_agent_use
         .map(|(g, r, v)| (g, r, v.to_string()))
         .collect();
     assert_eq!(granted, used, "the ClusterRole must grant exactly what the agent uses");
-    assert_eq!(used.len(), netpol_agent::sources::WATCHED.len() * 2 + 4, "a watched kind has no grant");
+    assert_eq!(used.len(), netpol_agent::sources::WATCHED.len() * 2 + 5, "a watched kind has no grant");
 }
 
 #[test]

@@ -185,7 +185,8 @@ struct Listed {
 }
 
 /// A scripted API server: pods served by `pods`, every other watched kind by
-/// [`list_then_quiet`] (no announcements), events recorded.
+/// [`list_then_quiet`] (no announcements), events recorded; no CRD for
+/// CiliumNetworkPolicies (their list and the CRD answer 404).
 fn cluster(pods: axum::routing::MethodRouter<Shared>, l: Listed) -> Router<Shared> {
     Router::new()
         .route("/api/v1/pods", pods)
@@ -205,6 +206,7 @@ fn cluster(pods: axum::routing::MethodRouter<Shared>, l: Listed) -> Router<Share
             list_then_quiet("NetpolEndpointList", "netpol.io/v1alpha1", json!([])),
         )
         .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", post(record_event))
+        .route(netpol_tests::apiserver::CRD_PATH, netpol_tests::apiserver::no_crd())
 }
 
 /// Registers pod `default/NAME` at `ip`, the loopback standing in for its veth; its ifindex.
@@ -372,15 +374,16 @@ fn an_invalid_policy_is_reported_once_for_the_whole_cluster() {
     assert!(ev["note"].as_str().unwrap().contains("endPort"), "{ev}");
 }
 
-/// CiliumNetworkPolicies come from their CRD's watch: with no CRD (a cluster without Cilium)
-/// the agent still syncs and enforces NetworkPolicies; once the CRD is served, a valid
-/// policy isolates and a deleted one stops, and an invalid one gets its Warning naming the
-/// field.
+/// CiliumNetworkPolicies come from their CRD's watch: while the CRD is installed but its kind
+/// not served (an API server starting) the agent does not sync — it cannot know the
+/// policies; with no CRD (a cluster without Cilium) it syncs and enforces NetworkPolicies;
+/// once the CRD is served, a valid policy isolates and a deleted one stops, and an invalid
+/// one gets its Warning naming the field.
 #[test]
 fn cilium_policies_come_from_their_crd_once_it_is_served() {
-    use netpol_tests::apiserver::ApiServer;
+    use netpol_tests::apiserver::{ApiServer, Crd};
     let api = ApiServer::start("127.0.0.1:0".parse().unwrap());
-    api.serve("CiliumNetworkPolicy", false);
+    api.crd("CiliumNetworkPolicy", Crd::NotYetServed);
     api.apply(objects::namespace("default").json());
     api.apply(objects::pod("default", "backend", Some("10.1.0.2".parse().unwrap())).json());
     let state_dir = std::env::temp_dir().join("netpol-test-k8s-cnp");
@@ -403,9 +406,12 @@ fn cilium_policies_come_from_their_crd_once_it_is_served() {
         }
     };
     let flags = |a: &Agent<MemoryMaps>| a.enforcer().state.endpoints.get(&lo).map(|e| e.flags);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!agent.lock().unwrap().is_synced(), "synced while the CRD's policies could not be listed");
+    api.crd("CiliumNetworkPolicy", Crd::Absent);
     wait("synced without the CRD", &|a| a.is_synced() && flags(a) == Some(0));
 
-    api.serve("CiliumNetworkPolicy", true);
+    api.crd("CiliumNetworkPolicy", Crd::Served);
     let spec = json!({"endpointSelector": {"matchLabels": {"app": "backend"}},
                       "ingress": [{"fromEndpoints": [{"matchLabels": {"k8s:app": "frontend"}}]}]});
     api.apply(objects::cilium_policy("default", "backend-ingress", spec).json());

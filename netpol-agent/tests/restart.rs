@@ -107,6 +107,7 @@ fn server(policies_down: Arc<AtomicBool>) -> Router {
             kind("NetpolEndpointList", "netpol.io/v1alpha1", json!([])),
         )
         .route("/apis/events.k8s.io/v1/namespaces/{ns}/events", post(|| async { StatusCode::CREATED }))
+        .route(netpol_tests::apiserver::CRD_PATH, netpol_tests::apiserver::no_crd())
 }
 
 /// Hands pod `name` (namespace default) to the agent as netpol-cni would.

@@ -5,7 +5,8 @@
 //! may server-side apply (PATCH, the whole object) and delete single objects, as the agents
 //! do with their address announcements. The test changes the objects as a controller would
 //! (`apply`, `delete`). A custom resource's kind may be left unserved, as on a cluster
-//! without its CRD ([`ApiServer::serve`]).
+//! without its CRD or one whose API server has not started serving it yet
+//! ([`ApiServer::crd`]); a GET of the CRD answers whether it is installed.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -45,8 +46,19 @@ struct Store {
     /// Every change: (resourceVersion, plural, watch event).
     history: Vec<(u64, String, Value)>,
     events: Vec<Value>,
-    /// Plurals answered with 404, as without their CRD.
-    unserved: std::collections::BTreeSet<String>,
+    /// Plurals answered with 404, and whether their CRD is installed all the same.
+    unserved: BTreeMap<String, Crd>,
+}
+
+/// How a custom resource's kind is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Crd {
+    /// Installed and served.
+    Served,
+    /// Not installed: its kind and the CRD itself answer 404.
+    Absent,
+    /// Installed, but its kind answers 404 (an API server starting its CRD handlers).
+    NotYetServed,
 }
 
 #[derive(Clone)]
@@ -74,8 +86,11 @@ async fn list_or_watch(
     Path(path): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    if let Some(name) = path.strip_prefix("apiextensions.k8s.io/v1/customresourcedefinitions/") {
+        return get_crd(&s, name);
+    }
     let plural = path.rsplit('/').next().unwrap_or("").to_string();
-    let served = !s.store.lock().unwrap().unserved.contains(&plural);
+    let served = !s.store.lock().unwrap().unserved.contains_key(&plural);
     let Some((api, kind, _)) = KINDS.iter().find(|k| k.2 == plural).filter(|_| served) else {
         return (axum::http::StatusCode::NOT_FOUND, "not served").into_response();
     };
@@ -112,6 +127,35 @@ async fn list_or_watch(
     });
     let stream = futures::StreamExt::chain(futures::stream::iter(lines(replay)), live);
     Body::from_stream(stream).into_response()
+}
+
+/// The API server's answer for an object that does not exist.
+pub fn not_found(name: &str) -> (axum::http::StatusCode, Json<Value>) {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                        "code": 404, "message": format!("\"{name}\" not found")});
+    (axum::http::StatusCode::NOT_FOUND, Json(status))
+}
+
+/// The route of a cluster without CRD `PLURAL.GROUP`, for scripted servers of their own.
+pub fn no_crd<S: Clone + Send + Sync + 'static>() -> axum::routing::MethodRouter<S> {
+    get(|Path(name): Path<String>| async move { not_found(&name) })
+}
+
+/// The path of a CRD, `{name}` its `PLURAL.GROUP`.
+pub const CRD_PATH: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}";
+
+/// A CRD (`PLURAL.GROUP`) as far as the agent reads one: it exists or not.
+fn get_crd(s: &Shared, name: &str) -> Response {
+    let plural = name.split('.').next().unwrap_or("");
+    let known = KINDS.iter().any(|k| k.2 == plural);
+    let absent = s.store.lock().unwrap().unserved.get(plural) == Some(&Crd::Absent);
+    if !known || absent {
+        return not_found(name).into_response();
+    }
+    Json(json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                "metadata": {"name": name}, "spec": {"group": name.split_once('.').map_or("", |g| g.1),
+                "names": {"plural": plural, "kind": ""}, "scope": "Namespaced", "versions": []}}))
+    .into_response()
 }
 
 /// (namespace, plural, name) of an object's path: `.../namespaces/NS/PLURAL/NAME`.
@@ -243,13 +287,13 @@ impl ApiServer {
     }
 
     /// Serves `kind` or answers 404 for it, as with and without its CRD.
-    pub fn serve(&self, kind: &str, served: bool) {
+    pub fn crd(&self, kind: &str, crd: Crd) {
         let plural = plural_of(kind).to_string();
         let mut st = self.shared.store.lock().unwrap();
-        if served {
+        if crd == Crd::Served {
             st.unserved.remove(&plural);
         } else {
-            st.unserved.insert(plural);
+            st.unserved.insert(plural, crd);
         }
     }
 

@@ -13,7 +13,9 @@
 //! the API server does not serve CiliumNetworkPolicies (no CRD: a cluster without Cilium
 //! whose operator did not install `deploy/cilium/`), there are none, and the kind counts
 //! as listed empty; the watch keeps retrying, and the first list once the CRD is there
-//! brings them in.
+//! brings them in. A 404 alone does not prove the CRD absent (an API server answers 404
+//! while its CRD handlers start): the absence counts only when a GET of the CRD itself
+//! answers 404 too; otherwise the kind stays unlisted (fail closed) and the watch retries.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -29,6 +31,7 @@ use k8s_openapi::{
         discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     NamespaceResourceScope,
 };
 use kube::{
@@ -57,11 +60,34 @@ fn key_of<K: Resource>(o: &K) -> Key {
 }
 
 /// Whether a kind the API server does not serve (404 on list) counts as listed empty.
-#[derive(Clone, Copy, PartialEq, Eq)]
 enum Served {
     Always,
-    /// A custom resource another project may or may not have installed.
-    MaybeNot,
+    /// A custom resource another project may or may not have installed: absent (listed
+    /// empty) when its CRD, named here, is absent too.
+    IfCrd(Api<CustomResourceDefinition>, String),
+}
+
+impl Served {
+    /// A custom resource `K` whose CRD may be missing.
+    fn if_crd<K: Resource<DynamicType = ()>>(client: &Client) -> Served {
+        Served::IfCrd(Api::all(client.clone()), format!("{}.{}", K::plural(&()), K::group(&())))
+    }
+
+    /// After a 404 on list: whether the kind provably does not exist on this server.
+    async fn provably_absent(&self) -> bool {
+        let Served::IfCrd(crds, name) = self else { return false };
+        match crds.get_opt(name).await {
+            Ok(None) => true,
+            Ok(Some(_)) => {
+                warn!(crd = %name, "CRD installed but its kind not served yet: waiting");
+                false
+            }
+            Err(e) => {
+                warn!(crd = %name, "could not tell whether the CRD is installed, retrying: {e}");
+                false
+            }
+        }
+    }
 }
 
 async fn watch<K>(
@@ -97,12 +123,11 @@ async fn watch<K>(
                 let (ns, name) = key_of(&o);
                 Change::Delete(kind, ns, name)
             }
-            Err(watcher::Error::InitialListFailed(kube::Error::Api(e)))
-                if e.code == 404 && served == Served::MaybeNot =>
-            {
-                if std::mem::replace(&mut absent, true) {
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(e))) if e.code == 404 => {
+                if absent || !served.provably_absent().await {
                     continue;
                 }
+                absent = true;
                 warn!(?kind, "not served by the API server (CRD not installed): none to enforce");
                 Change::Relisted(kind, BTreeSet::new())
             }
@@ -128,7 +153,8 @@ fn watched<K: Resource<DynamicType = ()>>() -> [Grant; 2] {
 
 /// Everything the agent asks of the API server, as RBAC grants — the one source of truth
 /// for the ClusterRole in `deploy/netpol.yaml` (its test checks they are equal): list and
-/// watch for each kind [`start`] watches (kube's watcher does nothing else), patch (a
+/// watch for each kind [`start`] watches (kube's watcher does nothing else), get on CRDs
+/// (whether an optional kind's CRD is installed: [`Served::IfCrd`]), patch (a
 /// server-side apply) and delete on address announcements, and create and patch on events
 /// (invalid policies are created; the event recorder patches a repeated over-budget
 /// event's series).
@@ -146,6 +172,9 @@ pub fn grants() -> Vec<Grant> {
     .into_iter()
     .flatten()
     .collect();
+    let (group, plural) =
+        (CustomResourceDefinition::group(&()).to_string(), CustomResourceDefinition::plural(&()).to_string());
+    out.push((group, plural, "get"));
     let (group, plural) = (NetpolEndpoint::group(&()).to_string(), NetpolEndpoint::plural(&()).to_string());
     out.push((group.clone(), plural.clone(), "patch"));
     out.push((group, plural, "delete"));
@@ -191,7 +220,7 @@ pub fn start(client: &Client) -> mpsc::UnboundedReceiver<Change> {
     tokio::spawn(watch(
         namespaced_all::<CiliumNetworkPolicy>(client),
         Kind::CiliumNetworkPolicy,
-        Served::MaybeNot,
+        Served::if_crd::<CiliumNetworkPolicy>(client),
         |o| Object::CiliumNetworkPolicy(Box::new(o)),
         tx.clone(),
     ));
