@@ -16,6 +16,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -33,14 +34,20 @@ use tracing::{info, warn};
 
 use netpol_common::{identity, Endpoint, IpcacheEntry, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
 use netpol_policy::{
-    compiler::{compile_with, Allocators, Budgets, Compiled},
+    compiler::{compile_with, Allocators, Budgets, Compiled, LocalEndpoint},
+    lookup,
     model::{self, node_pod_cidr, Key, Kind, Model, Object},
+    names::NameMatch,
     policy::PolicyError,
     services,
 };
 
 use crate::{
     datapath::{state::SyncReport, Datapath, DatapathError, SOCKET_HOOKS},
+    dnsproxy::{
+        learned::{now_ms, Learned},
+        message::Learning,
+    },
     endpoints::{EndpointError, Registry},
     enforcer::Enforcer,
     metrics::{self, Metrics, Snapshot},
@@ -157,7 +164,13 @@ pub struct Agent<E: Enforcer = Datapath> {
     taken_routes: Vec<ipnet::Ipv4Net>,
     /// Woken when an endpoint is registered or removed (its announcement is due).
     endpoints_changed: std::sync::Arc<tokio::sync::Notify>,
+    /// What the DNS proxy learned (persisted in `learned.json`); the model's `learned` is
+    /// its snapshot.
+    learned: Learned,
 }
+
+/// Where the learned names persist, in the state directory.
+const LEARNED_FILE: &str = "learned.json";
 
 /// This machine's IPv4 addresses (not loopback): the node's addresses in local mode.
 pub fn host_addresses() -> Vec<std::net::Ipv4Addr> {
@@ -250,7 +263,12 @@ impl<E: Enforcer> Agent<E> {
             refused_routes: BTreeMap::new(),
             taken_routes: Vec::new(),
             endpoints_changed: Default::default(),
+            learned: Learned::default(),
         };
+        let learned_path = state_dir.join(LEARNED_FILE);
+        agent.learned =
+            Learned::load(&learned_path).map_err(|msg| AgentError::State { path: learned_path, msg })?;
+        agent.model.learned = agent.learned.snapshot();
         agent.node.socket_lb_cgroup = settings.cgroup.as_ref().map(|c| c.display().to_string());
         // Services are translated from the start: before the model is enforced, the
         // pinned SERVICES map (or none) is what the hooks read.
@@ -380,6 +398,64 @@ impl<E: Enforcer> Agent<E> {
         } else {
             Err(problems.join("; "))
         }
+    }
+
+    /// Enforces what a DNS answer taught (its chain's names have its addresses): returns
+    /// once the datapath allows them, so the answer may be released. Before the sources
+    /// are synced nothing is enforced, and that is an error.
+    pub fn learn(&mut self, l: &Learning) -> Result<(), AgentError> {
+        let now = now_ms();
+        let mut new = false;
+        for name in &l.names {
+            new |= self.learned.learn(name, &l.addresses, l.ttl, now);
+        }
+        self.save_learned()?;
+        if new || self.stats.last_sync_failed {
+            self.model.learned = self.learned.snapshot();
+            self.reconcile()?;
+        }
+        if !self.is_synced() {
+            return Err(AgentError::Invalid("the agent is not enforcing yet (sources not synced)".into()));
+        }
+        Ok(())
+    }
+
+    /// Forgets learned addresses past their TTL that no live connection uses (those stop
+    /// new connections; established ones keep theirs); the next expiry due.
+    pub fn expire_learned(&mut self) -> Result<Option<u64>, AgentError> {
+        let in_use = self.dp.remotes_in_use()?;
+        if self.learned.expire(now_ms(), &|ip| in_use.contains(&ip)) {
+            self.save_learned()?;
+            self.model.learned = self.learned.snapshot();
+            self.reconcile()?;
+        }
+        Ok(self.learned.next_expiry())
+    }
+
+    fn save_learned(&self) -> Result<(), AgentError> {
+        let path = self.state_dir.join(LEARNED_FILE);
+        self.learned.save(&path).map_err(|msg| AgentError::State { path, msg })
+    }
+
+    /// The names the pod at `from` may ask the DNS server `to` (over `proto`) through the
+    /// proxy, by the compiled state, with the pod's endpoint (None: no local pod has that
+    /// address).
+    pub fn dns_names(
+        &self,
+        from: Ipv4Addr,
+        to: SocketAddrV4,
+        proto: u8,
+    ) -> Option<(LocalEndpoint, BTreeSet<NameMatch>)> {
+        let (endpoints, _) = self.registry.local_endpoints();
+        let ep = endpoints.into_iter().find(|e| e.ip == from)?;
+        let st = &self.compiled.state;
+        let names = lookup::dns_names(st, &self.compiled.dns, ep.ifindex, *to.ip(), proto, to.port());
+        Some((ep, names))
+    }
+
+    /// Tells the datapath where the DNS proxy listens (port 0: nowhere).
+    pub fn set_dns_proxy(&mut self, proxy: netpol_common::DnsProxy) -> Result<(), AgentError> {
+        Ok(self.dp.set_dns_proxy(proxy)?)
     }
 
     /// Whether every watched kind has been listed.

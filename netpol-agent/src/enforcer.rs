@@ -9,7 +9,7 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
-use netpol_common::Endpoint;
+use netpol_common::{DnsProxy, Endpoint};
 use netpol_policy::state::MapState;
 
 use crate::{
@@ -44,6 +44,10 @@ pub trait Enforcer: Send + 'static {
     fn sync_routes(&mut self, routes: &BTreeMap<Ipv4Net, Ipv4Addr>) -> Result<RouteChanges, RouteError>;
     /// Masquerades pod traffic from `cluster` that leaves it.
     fn masquerade(&mut self, cluster: Ipv4Net) -> Result<(), MasqueradeError>;
+    /// Tells the programs where the DNS proxy listens (port 0: nowhere).
+    fn set_dns_proxy(&mut self, proxy: DnsProxy) -> Result<(), DatapathError>;
+    /// The remote addresses of the connections conntrack holds alive now.
+    fn remotes_in_use(&self) -> Result<BTreeSet<Ipv4Addr>, DatapathError>;
 }
 
 impl Enforcer for Datapath {
@@ -89,6 +93,14 @@ impl Enforcer for Datapath {
     fn masquerade(&mut self, cluster: Ipv4Net) -> Result<(), MasqueradeError> {
         masquerade::install(&self.config().name, cluster)
     }
+
+    fn set_dns_proxy(&mut self, proxy: DnsProxy) -> Result<(), DatapathError> {
+        Datapath::set_dns_proxy(self, proxy)
+    }
+
+    fn remotes_in_use(&self) -> Result<BTreeSet<Ipv4Addr>, DatapathError> {
+        Datapath::remotes_in_use(self)
+    }
 }
 
 /// Maps in memory: `apply_state` stores the state and "attaches" its endpoints. Writes can
@@ -108,6 +120,9 @@ pub struct MemoryMaps {
     pub routes: BTreeMap<Ipv4Net, Ipv4Addr>,
     /// The masqueraded pod range.
     pub masquerade: Option<Ipv4Net>,
+    pub dns_proxy: DnsProxy,
+    /// What `remotes_in_use` answers (set by tests).
+    pub in_use: BTreeSet<Ipv4Addr>,
 }
 
 impl Enforcer for MemoryMaps {
@@ -182,5 +197,14 @@ impl Enforcer for MemoryMaps {
     fn masquerade(&mut self, cluster: Ipv4Net) -> Result<(), MasqueradeError> {
         self.masquerade = Some(cluster);
         Ok(())
+    }
+
+    fn set_dns_proxy(&mut self, proxy: DnsProxy) -> Result<(), DatapathError> {
+        self.dns_proxy = proxy;
+        Ok(())
+    }
+
+    fn remotes_in_use(&self) -> Result<BTreeSet<Ipv4Addr>, DatapathError> {
+        Ok(self.in_use.clone())
     }
 }

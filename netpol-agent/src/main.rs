@@ -20,6 +20,7 @@ use netpol_agent::{
         state::parse_state,
         AttachMode, Config, Datapath, Direction, PolicyMapKey,
     },
+    dnsproxy::{routing::ProxyRouting, server::Proxy},
 };
 use netpol_api::NodeInfo;
 use netpol_policy::compiler::Budgets;
@@ -413,6 +414,7 @@ fn monitor(dp: &mut Datapath, output: Output, count: Option<usize>) -> anyhow::R
 
 fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
     let cgroup = socket_lb_cgroup(&run, &cfg.name)?;
+    let proxy_routing = ProxyRouting::of_agent(&cfg.name);
     let mut dp = Datapath::open(cfg).context("opening the datapath")?;
     let ring = dp.take_events();
     let node_name = run.node_name.clone().unwrap_or_else(hostname);
@@ -445,6 +447,10 @@ fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
         }
         let state = Arc::new(Mutex::new(agent));
         tokio::spawn(retry_failed_syncs(state.clone()));
+        // Without it, DNS that rules filter by name is dropped (never passed unfiltered).
+        let proxy = Proxy::start(state.clone(), proxy_routing)
+            .inspect_err(|e| tracing::error!("{e}; DNS filtered by name is dropped"))
+            .ok();
         if let Some(client) = client {
             tokio::spawn(netpol_agent::sources::kubernetes::run(client, state.clone(), node_name));
         }
@@ -463,6 +469,9 @@ fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
             tokio::spawn(install_cni_config_when_ready(state.clone(), dir, conflist));
         }
         let served = api::serve(&run.socket, state, shutdown).await;
+        if let Some(p) = proxy {
+            tokio::task::spawn_blocking(move || p.stop()).await?;
+        }
         if let Some(dir) = &run.cni_conf_dir {
             // New pods wait for an agent ("network not ready") rather than fail in the plugin.
             match netpol_agent::cni_config::remove(dir) {

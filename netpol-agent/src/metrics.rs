@@ -32,6 +32,8 @@ pub struct Metrics {
     pub sync_seconds: Histogram,
     /// This node's pod-address announcements written, by outcome.
     announcements: Family<OutcomeLabel, Counter>,
+    /// Queries the DNS proxy handled, by outcome.
+    dns_queries: Family<OutcomeLabel, Counter>,
 }
 
 /// What became of one pod-address announcement.
@@ -51,6 +53,11 @@ impl Metrics {
         };
         self.announcements.get_or_create(&OutcomeLabel { outcome }).inc();
     }
+
+    /// A query the DNS proxy handled: `outcome` answered, refused, malformed or failed.
+    pub fn dns_query(&self, outcome: &'static str) {
+        self.dns_queries.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
 }
 
 impl Default for Metrics {
@@ -62,6 +69,7 @@ impl Default for Metrics {
             // 100 µs … ~3 s.
             sync_seconds: Histogram::new(exponential_buckets(1e-4, 2.0, 16)),
             announcements: Family::default(),
+            dns_queries: Family::default(),
         }
     }
 }
@@ -167,6 +175,7 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         "This node's pod-address announcements written to the API server, by outcome",
         m.announcements.clone(),
     );
+    r.register("netpol_dns_queries", "Queries the DNS proxy handled, by outcome", m.dns_queries.clone());
     r.register(
         "netpol_pods_announced_only",
         "Pods known at an address only from their node's announcement (not posted yet)",
@@ -240,6 +249,7 @@ mod tests {
         m.compiles.inc();
         m.sync_seconds.observe(0.002);
         m.announced(Announced::Published);
+        m.dns_query("refused");
         let mut counters = Counters(vec![0; counter::COUNT as usize]);
         counters.0[counter::SOCK_TRANSLATED as usize] = 5;
         let mut s = Snapshot {
@@ -261,6 +271,7 @@ mod tests {
             "netpol_service_frontends 4",
             "netpol_pod_announcements_total{outcome=\"published\"} 1",
             "netpol_pods_announced_only 0",
+            "netpol_dns_queries_total{outcome=\"refused\"} 1",
             "netpol_socket_lb_total{outcome=\"translated\"} 5",
             "# EOF",
         ] {

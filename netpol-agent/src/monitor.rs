@@ -51,22 +51,31 @@ impl Default for EventHub {
 impl EventHub {
     /// Takes in one batch read from the ring.
     pub fn publish(&self, batch: &[netpol_common::Event]) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         for ev in batch {
-            counts.received += 1;
-            *counts.by_reason.entry(reason::name(ev.reason)).or_default() += 1;
-            if reason::is_drop(ev.reason) {
-                *counts.drops_by_endpoint.entry(ev.ep_id).or_default() += 1;
-            }
-            let view = EventView::from(ev);
-            if recent.len() == RECENT {
-                recent.pop_front();
-            }
-            recent.push_back(view.clone());
-            // No follower is fine.
-            let _ = self.followers.send(view);
+            self.publish_view(ev, EventView::from(ev));
         }
+    }
+
+    /// Takes in an event the DNS proxy gives about a query (for `name`, when it asked one).
+    pub fn publish_query(&self, ev: &netpol_common::Event, name: Option<&str>) {
+        self.publish_view(ev, EventView { query: name.map(str::to_string), ..EventView::from(ev) });
+    }
+
+    fn publish_view(&self, ev: &netpol_common::Event, view: EventView) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.received += 1;
+        *counts.by_reason.entry(reason::name(ev.reason)).or_default() += 1;
+        if reason::is_drop(ev.reason) {
+            *counts.drops_by_endpoint.entry(ev.ep_id).or_default() += 1;
+        }
+        drop(counts);
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(view.clone());
+        // No follower is fine.
+        let _ = self.followers.send(view);
     }
 
     /// The most recent events, oldest first.

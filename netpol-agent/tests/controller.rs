@@ -268,3 +268,47 @@ fn in_a_cluster_routes_follow_the_nodes_and_pod_traffic_is_masqueraded_from_the_
         "n2's route went with it"
     );
 }
+
+/// What the DNS proxy learns is enforced before `learn` returns, survives an agent restart
+/// (persisted in the state directory), and once past its TTL stops being allowed — unless a
+/// live connection still uses the address.
+#[test]
+fn learned_names_are_enforced_survive_a_restart_and_expire_unless_in_use() {
+    use netpol_agent::dnsproxy::message::Learning;
+    use netpol_common::{DIR_EGRESS, IPPROTO_TCP};
+    use netpol_policy::{lookup, names::Name};
+    let (s, _dir) = settings("learned", true, Budgets::default());
+    let fqdn = objects::cilium_policy(
+        "x",
+        "fqdn",
+        json!({"endpointSelector": {}, "egress": [{"toFQDNs": [{"matchName": "songlaa.com"}]}]}),
+    );
+    let mut a = Agent::start(MemoryMaps::default(), &s).unwrap();
+    a.apply_objects(vec![pod("web"), fqdn.json()]).unwrap();
+    a.register(lo_endpoint("web")).unwrap();
+    let lo = netpol_agent::datapath::ifindex("lo").unwrap();
+    let ip: std::net::Ipv4Addr = "198.51.100.7".parse().unwrap();
+    let other: std::net::Ipv4Addr = "198.51.100.8".parse().unwrap();
+    let allows = |a: &Agent<MemoryMaps>, to| {
+        let st = &a.enforcer().state;
+        matches!(lookup::outcome(st, lo, DIR_EGRESS, to, IPPROTO_TCP, 443), lookup::Outcome::Pass(_))
+    };
+    assert!(!allows(&a, ip), "control: nothing learned, nothing allowed");
+    let answer =
+        Learning { names: vec![Name::parse("songlaa.com").unwrap()], addresses: [ip].into(), ttl: 1 };
+    a.learn(&answer).unwrap();
+    assert!(allows(&a, ip), "the learned address is not allowed when learn returns");
+    assert!(!allows(&a, other));
+
+    drop(a);
+    let mut a = Agent::start(MemoryMaps::default(), &s).unwrap();
+    assert!(allows(&a, ip), "the learned address was lost in the restart");
+
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    a.enforcer_mut().in_use = [ip].into();
+    a.expire_learned().unwrap();
+    assert!(allows(&a, ip), "an address past its TTL was withdrawn under a live connection");
+    a.enforcer_mut().in_use.clear();
+    assert_eq!(a.expire_learned().unwrap(), None, "nothing left to expire");
+    assert!(!allows(&a, ip), "an address past its TTL still allows new connections");
+}

@@ -11,7 +11,7 @@
 /// Bumped whenever a key, value or map definition below changes. The pin directory is
 /// versioned with it, because the kernel would otherwise silently reuse an old pinned map with
 /// a different layout (aya does not compare key/value sizes when it reuses a pin).
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Program names in the object.
 pub mod programs {
@@ -295,6 +295,18 @@ pub const CT_TIMEOUT_TCP_NS: u64 = 6 * 3600 * 1_000_000_000;
 pub const CT_TIMEOUT_CLOSING_NS: u64 = 10 * 1_000_000_000;
 pub const CT_TIMEOUT_OTHER_NS: u64 = 60 * 1_000_000_000;
 
+/// How long a conntrack entry of `proto` with `flags` lives after its last packet.
+#[inline(always)]
+pub fn ct_timeout_ns(proto: u8, flags: u16) -> u64 {
+    if flags & CT_CLOSING != 0 {
+        CT_TIMEOUT_CLOSING_NS
+    } else if proto == IPPROTO_TCP {
+        CT_TIMEOUT_TCP_NS
+    } else {
+        CT_TIMEOUT_OTHER_NS
+    }
+}
+
 /// `FRAGMENTS`: the first fragment of a datagram an endpoint let through in a direction
 /// records its ports; later fragments (which carry no L4 header) of that datagram follow its
 /// verdict. Keyed per endpoint and direction, so one pod's fragments never vouch for
@@ -388,7 +400,13 @@ pub mod reason {
     /// DNS a rule filters by name, while no DNS proxy takes it (not running yet, or gone):
     /// never passed unfiltered.
     pub const DROP_DNS_PROXY_UNAVAILABLE: u8 = 23;
-    pub const COUNT: usize = 24;
+    /// Given by the agent's DNS proxy, never by the programs: a query for a name no DNS rule
+    /// of the pod allows, answered REFUSED and never forwarded.
+    pub const DROP_DNS_REFUSED: u8 = 24;
+    /// Given by the agent's DNS proxy: a query it cannot judge (not one question), answered
+    /// FORMERR and never forwarded.
+    pub const DROP_DNS_MALFORMED: u8 = 25;
+    pub const COUNT: usize = 26;
     pub const FIRST_DROP: u8 = DROP_POLICY;
 
     pub const NAMES: [&str; COUNT] = [
@@ -416,6 +434,8 @@ pub mod reason {
         "drop-spoofed-local",
         "drop-service-untranslated",
         "drop-dns-proxy-unavailable",
+        "drop-dns-refused",
+        "drop-dns-malformed",
     ];
 
     pub fn name(r: u8) -> &'static str {

@@ -16,8 +16,8 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use netpol_common::{
-    counter, CtKey, CtValue, Endpoint, CT_CLOSING, CT_DNS_PROXY, CT_REVOKED, CT_TIMEOUT_CLOSING_NS,
-    CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_TCP_NS, CT_TOUCH_NS, DIR_EGRESS, IPPROTO_TCP, POLICY_DNS_PROXY,
+    counter, ct_timeout_ns, CtKey, CtValue, Endpoint, CT_CLOSING, CT_DNS_PROXY, CT_REVOKED, CT_TOUCH_NS,
+    DIR_EGRESS, POLICY_DNS_PROXY,
 };
 
 use crate::{
@@ -36,17 +36,6 @@ pub fn key(ep_id: u32, dir: u8, f: &Flow) -> CtKey {
         (f.daddr, f.saddr, f.dport, f.sport)
     };
     CtKey { ep_id, local_addr, remote_addr, local_port, remote_port, proto: f.proto, _pad: [0; 3] }
-}
-
-#[inline(always)]
-fn timeout(proto: u8, flags: u16) -> u64 {
-    if flags & CT_CLOSING != 0 {
-        CT_TIMEOUT_CLOSING_NS
-    } else if proto == IPPROTO_TCP {
-        CT_TIMEOUT_TCP_NS
-    } else {
-        CT_TIMEOUT_OTHER_NS
-    }
 }
 
 #[inline(always)]
@@ -90,7 +79,7 @@ pub fn check(ep: &Endpoint, dir: u8, key: &CtKey, now: u64, tcp_flags: u8) -> Ct
     };
     let (last_seen, flags, gen, started) =
         unsafe { ((*ct).last_seen, (*ct).flags, (*ct).policy_gen, (*ct).dir) };
-    if now.wrapping_sub(last_seen) > timeout(key.proto, flags) {
+    if now.wrapping_sub(last_seen) > ct_timeout_ns(key.proto, flags) {
         let _ = CONNTRACK.remove(key);
         return CtHit::Miss;
     }

@@ -71,6 +71,9 @@ pub struct EventView {
     pub dst_port: u16,
     pub peer_identity: u32,
     pub rule_id: u32,
+    /// The name a DNS query asked (the DNS proxy's events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
 }
 
 impl From<&Event> for EventView {
@@ -91,6 +94,7 @@ impl From<&Event> for EventView {
             dst_port: if ports { u16::from_be(e.dport) } else { 0 },
             peer_identity: e.peer,
             rule_id: e.rule_id,
+            query: None,
         }
     }
 }
@@ -125,6 +129,9 @@ impl fmt::Display for EventView {
         )?;
         if self.rule_id != 0 {
             write!(f, " rule={}", self.rule_id)?;
+        }
+        if let Some(q) = &self.query {
+            write!(f, " query={q}")?;
         }
         Ok(())
     }

@@ -569,6 +569,21 @@ impl Datapath {
         self.conntrack.iter().collect::<Result<_, _>>().map_err(map_err(maps::CONNTRACK))
     }
 
+    /// The remote addresses of the live conntrack entries (not past their timeout; a
+    /// revoked flow is not alive).
+    pub fn remotes_in_use(&self) -> Result<std::collections::BTreeSet<std::net::Ipv4Addr>> {
+        let now = monotonic_coarse_ns();
+        Ok(self
+            .conntrack()?
+            .into_iter()
+            .filter(|(k, v)| {
+                v.flags & netpol_common::CT_REVOKED == 0
+                    && now.saturating_sub(v.last_seen) <= netpol_common::ct_timeout_ns(k.proto, v.flags)
+            })
+            .map(|(k, _)| std::net::Ipv4Addr::from(k.remote_addr.to_ne_bytes()))
+            .collect())
+    }
+
     /// Deletes the conntrack entries of one endpoint, or all of them.
     pub fn flush_conntrack(&mut self, ep_id: Option<u32>) -> Result<()> {
         let keys: Vec<CtKey> = self
@@ -635,4 +650,11 @@ fn remove_lpm_quiet<K: aya::Pod, V: aya::Pod>(
     name: &'static str,
 ) -> Result<bool> {
     removed(m.remove(k), name)
+}
+
+/// The clock of `bpf_ktime_get_coarse_ns`, which conntrack entries and events carry.
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
