@@ -271,6 +271,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::warn!("{e}");
         }
         netpol_agent::routing::sync(&Default::default())?;
+        // And the DNS proxy's routing, left behind by an agent that was killed.
+        if let Err(e) = ProxyRouting::of_agent(&cfg.name).remove() {
+            tracing::warn!("{e}");
+        }
         if !cfg.root().exists() {
             return Ok(());
         }

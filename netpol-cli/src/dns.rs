@@ -106,6 +106,20 @@ impl Source {
     }
 }
 
+/// Forwards a query to `upstream` over TCP, as a client that asked over TCP (a truncated
+/// UDP answer's retry) is forwarded by CoreDNS; the reply, if one comes within 2 s.
+fn forward_tcp(upstream: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
+    let mut c = TcpStream::connect_timeout(&upstream, Duration::from_secs(2)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let len = u16::try_from(query.len()).ok()?;
+    c.write_all(&len.to_be_bytes()).and_then(|()| c.write_all(query)).ok()?;
+    let mut n = [0u8; 2];
+    c.read_exact(&mut n).ok()?;
+    let mut reply = vec![0u8; u16::from_be_bytes(n) as usize];
+    c.read_exact(&mut reply).ok()?;
+    Some(reply)
+}
+
 /// Forwards a query to `upstream` over UDP; its reply, if one comes within 2 s.
 fn forward(upstream: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
     let sock = UdpSocket::bind(("0.0.0.0", 0)).ok()?;
@@ -125,9 +139,10 @@ pub fn serve(
     upstream: Option<SocketAddr>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let source = Arc::new(Mutex::new(Source { socket: socket.to_path_buf(), cached: None }));
-    let answer = move |query: &[u8]| {
+    // Forwarded over the protocol the client asked with.
+    let answer = move |query: &[u8], tcp: bool| {
         let zone = source.lock().unwrap().zone();
-        let fwd = move |q: &[u8]| upstream.and_then(|u| forward(u, q));
+        let fwd = move |q: &[u8]| upstream.and_then(|u| if tcp { forward_tcp(u, q) } else { forward(u, q) });
         respond(query, &zone, Some(&fwd))
     };
     let answer = Arc::new(answer);
@@ -137,7 +152,7 @@ pub fn serve(
     let udp_thread = std::thread::spawn(move || {
         let mut buf = vec![0u8; 65_535];
         while let Ok((n, from)) = udp.recv_from(&mut buf) {
-            if let Some(reply) = on_udp(&buf[..n]) {
+            if let Some(reply) = on_udp(&buf[..n], false) {
                 let _ = udp.send_to(&reply, from);
             }
         }
@@ -145,7 +160,7 @@ pub fn serve(
     let tcp_thread = std::thread::spawn(move || {
         for conn in tcp.incoming().flatten() {
             let answer = answer.clone();
-            std::thread::spawn(move || serve_tcp(conn, &*answer));
+            std::thread::spawn(move || serve_tcp(conn, &|q| answer(q, true)));
         }
     });
     Ok(vec![udp_thread, tcp_thread])
@@ -212,7 +227,7 @@ pub fn respond(query: &[u8], zone: &Zone, upstream: Option<Forward>) -> Option<V
     }
     match zone.lookup(q.name()) {
         Err(()) => match upstream.and_then(|forward| forward(query)) {
-            Some(answer) => return Some(answer),
+            Some(answer) => return Some(recursion_available(answer)),
             None => {
                 reply.set_response_code(ResponseCode::ServFail);
             }
@@ -231,6 +246,13 @@ pub fn respond(query: &[u8], zone: &Zone, upstream: Option<Forward>) -> Option<V
         }
     }
     reply.to_vec().ok()
+}
+
+/// An upstream's answer as a recursive resolver passes it on: recursion available.
+fn recursion_available(answer: Vec<u8>) -> Vec<u8> {
+    let Ok(mut m) = Message::from_vec(&answer) else { return answer };
+    m.set_recursion_available(true);
+    m.to_vec().unwrap_or(answer)
 }
 
 #[cfg(test)]

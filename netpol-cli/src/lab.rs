@@ -1,6 +1,7 @@
-//! The user's NetworkPolicy lab (Tasks 2.2.1 – 2.2.6) in local mode: every command as the
+//! The user's NetworkPolicy lab (Tasks 2.2.1 – 2.2.7) in local mode: every command as the
 //! lab writes it, with `kubectl` replaced by `netpol local`, run for real, its output shown;
-//! then the lab's expected outcomes against the observed ones.
+//! then the lab's expected outcomes against the observed ones. Task 2.2.7's sites live on
+//! local mode's simulated internet.
 
 use std::{
     collections::BTreeMap,
@@ -21,6 +22,10 @@ enum Expect {
     TimedOut,
     /// A probe connected (exit 0) or was blocked (exit 1).
     Connected(bool),
+    /// A DNS lookup answered REFUSED.
+    Refused,
+    /// The output does not mention this (the internet's DNS server never saw a name).
+    Without(&'static str),
 }
 
 impl Expect {
@@ -31,6 +36,8 @@ impl Expect {
             Expect::TimedOut => "curl: (28) timed out",
             Expect::Connected(true) => "connected",
             Expect::Connected(false) => "blocked",
+            Expect::Refused => "REFUSED",
+            Expect::Without(_) => "never asked",
         }
     }
 }
@@ -123,6 +130,17 @@ impl<'a> Lab<'a> {
                 (
                     got == want && (code == 0 || code == 1),
                     if got { "connected".into() } else { "blocked".into() },
+                )
+            }
+            Expect::Refused => {
+                let ok = text.contains("REFUSED");
+                (ok, if ok { "REFUSED".into() } else { format!("exit code {code}, not refused") })
+            }
+            Expect::Without(name) => {
+                let asked = text.lines().filter(|l| l.contains(name)).count();
+                (
+                    code == 0 && asked == 0,
+                    if asked == 0 { "never asked".into() } else { format!("asked {asked}x") },
                 )
             }
         };
@@ -228,7 +246,7 @@ impl<'a> Lab<'a> {
         const T4: &str = "2.2.4";
         const T5: &str = "2.2.5";
         const T6: &str = "2.2.6";
-        println!("== netpol local: the NetworkPolicy lab (Tasks 2.2.1 - 2.2.6)\n");
+        println!("== netpol local: the NetworkPolicy lab (Tasks 2.2.1 - 2.2.7)\n");
         let mut up = vec!["up"];
         if let Some(c) = self.pod_cidr {
             up.extend(["--pod-cidr", c]);
@@ -303,6 +321,8 @@ impl<'a> Lab<'a> {
         self.probe(T6, "INGRESS", "EXAMPLE_FRONTEND", "5000", true)?;
         self.probe(T6, "WEBSHELL", "MARIADB", "3306", false)?;
 
+        self.task_2_2_7()?;
+
         let all = self.outcomes.iter().all(|o| o.pass);
         println!("== Expected vs observed\n");
         let w = self.outcomes.iter().map(|o| o.what.len()).max().unwrap_or(10);
@@ -320,6 +340,85 @@ impl<'a> Lab<'a> {
         let bad = self.outcomes.iter().filter(|o| !o.pass).count();
         println!("\n{} checks, {} mismatches", self.outcomes.len(), bad);
         Ok(all)
+    }
+
+    /// `netpol local exec deploy/curl-deployment -- CMD`, checked.
+    fn in_curl(&mut self, what: &str, cmd: &[&str], expect: Expect) -> Result<()> {
+        let shown = format!("netpol local exec -ti deploy/curl-deployment -- {}", cmd.join(" "));
+        let mut args = vec!["exec", "-ti", "deploy/curl-deployment", "--"];
+        args.extend(cmd);
+        self.check("2.2.7", what, &shown, &args, expect)?;
+        Ok(())
+    }
+
+    fn site(&mut self, host: &str, expect: Expect) -> Result<()> {
+        let url = format!("https://{host}");
+        self.in_curl(&format!("curl -> {host}"), &["curl", "-sSI", "--max-time", "5", &url], expect)
+    }
+
+    /// Task 2.2.7: a CiliumNetworkPolicy with toFQDNs, then DNS rules, on the simulated
+    /// internet's sites.
+    fn task_2_2_7(&mut self) -> Result<()> {
+        const T7: &str = "2.2.7";
+        println!("== Task 2.2.7: (Advanced) Cilium Network Policies on Layer 7\n");
+        println!("(www.zhaw.ch and songlaa.com answer on local mode's simulated internet:");
+        println!(" documentation addresses, its own DNS server, HTTPS from a CA the pods trust)\n");
+        // The task starts from a namespace without policies ("if no network policies are
+        // applied"); Task 2.2.6's would isolate the curl pod, and its allow-dns, which
+        // allows DNS at L4, would keep the DNS rule below from narrowing names (allows add
+        // up, as in Cilium).
+        println!("(the task assumes no network policies: Task 2.2.6's go first)\n");
+        for file in ["frontend-netpol.yaml", "deny-netpol.yaml"] {
+            self.check(
+                T7,
+                &format!("delete -f {file}"),
+                &format!("netpol local delete -f {file}"),
+                &["delete", "-f", file],
+                Expect::Ok,
+            )?;
+        }
+        self.apply(T7, "curl-deployment.yaml")?;
+        self.site("www.zhaw.ch", Expect::Http200)?;
+        self.site("songlaa.com", Expect::Http200)?;
+
+        self.apply(T7, "songlaa-cnp.yaml")?;
+        self.site("songlaa.com", Expect::Http200)?;
+        self.site("www.zhaw.ch", Expect::TimedOut)?;
+        // The name still resolves (every lookup is allowed): the connection is what stops.
+        self.in_curl("nslookup www.zhaw.ch", &["nslookup", "www.zhaw.ch"], Expect::Ok)?;
+
+        println!("(against DNS tunnelling: only lookups of songlaa.com)\n");
+        self.apply(T7, "songlaa-dns-cnp.yaml")?;
+        self.site("songlaa.com", Expect::Http200)?;
+        self.in_curl("nslookup www.zhaw.ch", &["nslookup", "www.zhaw.ch"], Expect::Refused)?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+        let tunnel = format!("{nanos:08x}.t.evil.example");
+        self.in_curl("dig TXT <random>.t.evil.example", &["dig", "TXT", &tunnel], Expect::Refused)?;
+        self.check(
+            T7,
+            "the internet saw no evil.example",
+            "netpol local internet queries",
+            &["internet", "queries"],
+            Expect::Without("evil.example"),
+        )?;
+
+        self.check(
+            T7,
+            "delete the policy",
+            "netpol local delete CiliumNetworkPolicy songlaa",
+            &["delete", "CiliumNetworkPolicy", "songlaa"],
+            Expect::Ok,
+        )?;
+        self.site("www.zhaw.ch", Expect::Http200)?;
+        self.site("songlaa.com", Expect::Http200)?;
+        self.check(
+            T7,
+            "delete the deployment",
+            "netpol local delete deployment curl-deployment",
+            &["delete", "deployment", "curl-deployment"],
+            Expect::Ok,
+        )?;
+        Ok(())
     }
 
     pub fn down(&mut self) -> Result<()> {

@@ -7,6 +7,7 @@
 
 mod cmd;
 mod dns;
+mod internet;
 mod lab;
 mod local;
 mod responder;
@@ -39,6 +40,9 @@ enum Cmd {
     /// Serves a pod's ports (started by the local runtime inside the pod).
     #[command(hide = true)]
     Responder(cmd::responder::Args),
+    /// Serves the simulated internet (started by the local runtime inside its namespace).
+    #[command(hide = true)]
+    InternetServer(cmd::internet::ServerArgs),
 }
 
 #[derive(Subcommand)]
@@ -56,11 +60,15 @@ enum LocalCmd {
     /// Run a host command inside the pod's network namespace and the agent's cgroup (its
     /// resolv.conf asks the cluster's DNS; Services are translated at the socket).
     Exec(cmd::exec::Args),
-    /// Run the NetworkPolicy lab (Tasks 2.2.1-2.2.6) end to end with the lab's own files,
+    /// Run the NetworkPolicy lab (Tasks 2.2.1-2.2.7) end to end with the lab's own files,
     /// then compare its expected outcomes with the observed ones; leaves nothing behind.
     Lab(cmd::lab::Args),
     /// Probe FROM TO:PORT[/PROTO] (NS/POD); exit 0 connected, 1 blocked. Or --matrix.
     Probe(cmd::probe::Args),
+    /// The simulated internet (documentation address ranges, its DNS server, HTTP and
+    /// HTTPS for its names): what it saw.
+    #[command(subcommand)]
+    Internet(cmd::internet::Cmd),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +89,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<u8> {
     let (root, command) = match cli.cmd {
         Cmd::Responder(args) => return cmd::responder::run(args),
+        Cmd::InternetServer(args) => return cmd::internet::serve(args),
         Cmd::Local { root, cmd } => (root, cmd),
     };
     let local = Local::new(&root);
@@ -93,5 +102,6 @@ fn run(cli: Cli) -> Result<u8> {
         LocalCmd::Exec(args) => cmd::exec::run(args, &local),
         LocalCmd::Lab(args) => cmd::lab::run(args, &root),
         LocalCmd::Probe(args) => cmd::probe::run(args, &local),
+        LocalCmd::Internet(cmd) => cmd::internet::run(cmd, &local),
     }
 }

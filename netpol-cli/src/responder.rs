@@ -5,15 +5,13 @@
 //! namespace by the local runtime.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::{TcpListener, TcpStream, UdpSocket},
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, UdpSocket},
 };
 
-fn serve_http(stream: TcpStream, pod: String) {
-    let mut w = match stream.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
+/// HTTP/1.1 on one connection (plain, or TLS for the simulated internet), answering 200
+/// to HEAD and GET with a page naming `pod`, until the client closes it.
+pub fn serve_http(stream: impl Read + Write, pod: &str) {
     let mut r = BufReader::new(stream);
     loop {
         let mut request = String::new();
@@ -38,9 +36,11 @@ fn serve_http(stream: TcpStream, pod: String) {
             body.len(),
             crate::local::now().0.format("%a, %d %b %Y %H:%M:%S GMT")
         );
+        let w = r.get_mut();
         if w.write_all(head.as_bytes()).is_err() || (send_body && w.write_all(body.as_bytes()).is_err()) {
             return;
         }
+        let _ = w.flush();
     }
 }
 
@@ -72,7 +72,7 @@ pub fn run(pod: &str, tcp: &[u16], udp: &[u16], dns: Option<Dns>) -> anyhow::Res
         threads.push(std::thread::spawn(move || {
             for s in l.incoming().flatten() {
                 let pod = pod.clone();
-                std::thread::spawn(move || serve_http(s, pod));
+                std::thread::spawn(move || serve_http(s, &pod));
             }
         }));
     }

@@ -33,7 +33,7 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Setup, build, then the user's NetworkPolicy lab (Tasks 2.2.1-2.2.6) in local mode
+    /// Setup, build, then the user's NetworkPolicy lab (Tasks 2.2.1-2.2.7) in local mode
     /// (needs root); exits non-zero on any mismatch with the lab's outcomes.
     Lab,
     /// Setup, build, then the two-node cluster simulation (needs root): two agents in
@@ -175,7 +175,8 @@ fn llvm_major() -> Result<String> {
 
 fn setup(root: &Path) -> Result<()> {
     // Tools the tests and the datapath use: ip/tc (iproute2), nsenter (util-linux), curl,
-    // ping, and the reference CNI plugins (portmap, bandwidth) chained after netpol-cni.
+    // ping, dig and nslookup (bind9-dnsutils), and the reference CNI plugins (portmap,
+    // bandwidth) chained after netpol-cni.
     apt_install(&[
         "containernetworking-plugins",
         "iptables",
@@ -188,6 +189,7 @@ fn setup(root: &Path) -> Result<()> {
         "iproute2",
         "iputils-ping",
         "curl",
+        "bind9-dnsutils",
         "util-linux",
     ])?;
     let major = llvm_major()?;

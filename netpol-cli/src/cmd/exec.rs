@@ -1,6 +1,6 @@
-//! `netpol local exec POD -- CMD...`: a host command in the pod's network namespace and the
-//! agent's cgroup (its resolv.conf asks the cluster's DNS; Services are translated at the
-//! socket).
+//! `netpol local exec POD|deploy/NAME -- CMD...`: a host command in the pod's network
+//! namespace and the agent's cgroup (its resolv.conf asks the cluster's DNS; Services are
+//! translated at the socket; it trusts local mode's CA).
 
 use anyhow::Result;
 
@@ -15,12 +15,14 @@ pub struct Args {
     _tty: bool,
     #[arg(short = 'i', long = "stdin")]
     _stdin: bool,
+    /// POD, pod/POD or deploy/NAME.
     pod: String,
     #[arg(last = true, required = true)]
     command: Vec<String>,
 }
 
 pub fn run(args: Args, local: &Local) -> Result<u8> {
-    let code = local.exec(&args.namespace, &args.pod, &args.command)?;
+    let pod = local.pod_of(&args.namespace, &args.pod)?;
+    let code = local.exec(&args.namespace, &pod, &args.command)?;
     Ok(code.clamp(0, 255) as u8)
 }

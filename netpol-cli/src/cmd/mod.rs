@@ -6,6 +6,7 @@ pub mod delete;
 pub mod down;
 pub mod exec;
 pub mod get;
+pub mod internet;
 pub mod lab;
 pub mod probe;
 pub mod responder;

@@ -6,10 +6,12 @@
 //!
 //! By concern: [`node`] (the agent process, `up`/`down`, the cluster's DNS), [`pods`]
 //! (network namespaces, CNI, responders, `exec`), [`objects`] (`apply`/`delete` against
-//! the store), [`names`] (each pod's resolv.conf and hosts), plus reading manifests,
+//! the store), [`names`] (each pod's resolv.conf and hosts), [`internet`] (the simulated
+//! internet's namespace, routes and server), plus reading manifests,
 //! printing and probing. Objects are k8s-openapi types throughout
 //! ([`netpol_api::resources::Object`]); JSON only on the wire and in `-o json`.
 
+mod internet;
 pub mod manifest;
 mod names;
 mod node;
@@ -59,6 +61,9 @@ pub struct Runtime {
     pub mounted_bpffs: bool,
     /// "namespace/name" → pod.
     pub pods: BTreeMap<String, PodRuntime>,
+    /// The simulated internet's server.
+    #[serde(default)]
+    pub internet_pid: Option<u32>,
 }
 
 pub const DEFAULT_ROOT: &str = "netpol-local";

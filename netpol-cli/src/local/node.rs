@@ -1,5 +1,6 @@
 //! The node: the agent process in its own session, what a fresh cluster has (the
-//! `default` and `kube-system` namespaces, kube-dns and CoreDNS), and taking it all down.
+//! `default` and `kube-system` namespaces, kube-dns and CoreDNS, which forwards other names
+//! to the simulated internet), and taking it all down.
 
 use std::{
     fs::File,
@@ -71,6 +72,7 @@ impl Local {
         let _lock = self.lock()?;
         let mut rt = self.load();
         if self.is_up() {
+            self.internet_up(&mut rt).context("starting the simulated internet")?;
             let revived = self.revive_responders(&mut rt)?;
             self.save(&rt)?;
             return Ok(format!("local node {} is already up{revived}", self.root));
@@ -97,6 +99,8 @@ impl Local {
         if !self.list::<Namespace>()?.iter().any(|n| n.metadata.name.as_deref() == Some("default")) {
             self.put(&[namespace("default")])?;
         }
+        self.internet_up(&mut rt).context("starting the simulated internet")?;
+        self.save(&rt)?;
         self.cluster_dns(&mut rt).context("starting the cluster's DNS")?;
         let revived = self.revive_responders(&mut rt)?;
         self.save(&rt)?;
@@ -209,6 +213,7 @@ impl Local {
         for key in keys {
             self.remove_pod(&mut rt, &key, false)?;
         }
+        self.internet_down(&rt);
         if let Some(pid) = rt.agent_pid.filter(|p| alive(*p)) {
             stop(pid);
         }

@@ -24,7 +24,7 @@ fn suffix(ns: &str, deployment: &str, i: usize) -> String {
 }
 
 /// Whether the runtime pod `key` ("ns/name") belongs to the Deployment `ns/name`.
-fn owned_by(key: &str, ns: &str, deployment: &str) -> bool {
+pub(super) fn owned_by(key: &str, ns: &str, deployment: &str) -> bool {
     key.strip_prefix(&format!("{ns}/{deployment}-")).is_some_and(|rest| rest.len() == 5)
 }
 

@@ -88,9 +88,20 @@ fn pod_key(pod: &Pod) -> (String, String) {
     (ns, pod.metadata.name.clone().unwrap_or_default())
 }
 
-fn kill(pid: Option<u32>) {
+pub(super) fn kill(pid: Option<u32>) {
     if let Some(pid) = pid {
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}
+
+/// Runs `cmd` in a session of its own (it outlives the command that started it), in the
+/// cgroup of `procs` when given.
+pub(super) fn detach(cmd: &mut Command, procs: Option<CgroupProcs>) {
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            procs.as_ref().map_or(Ok(()), CgroupProcs::join)
+        });
     }
 }
 
@@ -159,15 +170,10 @@ impl Local {
         }
         if let Some(port) = pod.ports.dns {
             cmd.args(["--dns", &port.to_string(), "--agent"]).arg(&self.socket);
+            cmd.arg("--upstream").arg(format!("{}:53", crate::internet::DNS_SERVER));
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
-        let procs = self.pod_cgroup_procs()?;
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::setsid();
-                procs.as_ref().map_or(Ok(()), CgroupProcs::join)
-            });
-        }
+        detach(&mut cmd, self.pod_cgroup_procs()?);
         let mut child = cmd.spawn().context("starting the responder")?;
         // Ready once its sockets are bound: a probe right after must not meet a closed port.
         let mut line = String::new();
@@ -257,6 +263,23 @@ impl Local {
             .ok_or_else(|| anyhow!("Error from server (NotFound): pods {name:?} not found"))
     }
 
+    /// The pod `target` names, as kubectl exec takes it: `NAME`, `pod/NAME`, or
+    /// `deploy/NAME` (the Deployment's first pod).
+    pub fn pod_of(&self, ns: &str, target: &str) -> Result<String> {
+        let Some((kind, name)) = target.split_once('/') else { return Ok(target.to_string()) };
+        match ResourceKind::parse(kind) {
+            Some(ResourceKind::Pod) => Ok(name.to_string()),
+            Some(ResourceKind::Deployment) => {
+                let rt = self.load();
+                let pod = rt.pods.keys().find(|k| super::objects::owned_by(k, ns, name));
+                pod.map(|k| k[ns.len() + 1..].to_string()).ok_or_else(|| {
+                    anyhow!("Error from server (NotFound): deployments.apps {name:?} not found")
+                })
+            }
+            _ => bail!("error: cannot exec into a {kind}: only pods and deployments"),
+        }
+    }
+
     /// Runs a command in the pod's network namespace (with its resolver files) and the
     /// agent's cgroup; its exit code.
     pub fn exec(&self, ns: &str, name: &str, cmd: &[String]) -> Result<i32> {
@@ -266,6 +289,11 @@ impl Local {
         }
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &netns]).args(cmd);
+        if let Some(trust) = self.trust_bundle() {
+            // The pod trusts local mode's CA (the simulated internet's HTTPS) beside the
+            // machine's: OpenSSL's and curl's bundle.
+            command.env("SSL_CERT_FILE", &trust).env("CURL_CA_BUNDLE", &trust);
+        }
         let procs = self.pod_cgroup_procs()?;
         unsafe {
             command.pre_exec(move || procs.as_ref().map_or(Ok(()), CgroupProcs::join));
