@@ -421,10 +421,15 @@ impl<E: Enforcer> Agent<E> {
     }
 
     /// Forgets learned addresses past their TTL that no live connection uses (those stop
-    /// new connections; established ones keep theirs); the next expiry due.
+    /// new connections; established ones keep theirs); the next expiry due. Reads
+    /// conntrack only when something is due.
     pub fn expire_learned(&mut self) -> Result<Option<u64>, AgentError> {
+        let now = now_ms();
+        if self.learned.next_expiry().is_none_or(|due| due > now) {
+            return Ok(self.learned.next_expiry());
+        }
         let in_use = self.dp.remotes_in_use()?;
-        if self.learned.expire(now_ms(), &|ip| in_use.contains(&ip)) {
+        if self.learned.expire(now, &|ip| in_use.contains(&ip)) {
             self.save_learned()?;
             self.model.learned = self.learned.snapshot();
             self.reconcile()?;

@@ -361,7 +361,20 @@ fn show(dp: &Datapath, output: Output) -> anyhow::Result<()> {
         .iter()
         .map(|(n, e)| json!({"cidr": n, "identity": identity_name(e.identity), "cidrIdentity": identity_name(e.cidr_identity)}))
         .collect();
-    let all = json!({"pinDir": dp.pin_dir(), "endpoints": ep_json, "ipcache": ipc_json, "policy": pol_json});
+    let now = netpol_agent::datapath::monotonic_coarse_ns();
+    let ct_json: Vec<_> = dp
+        .conntrack()?
+        .iter()
+        .map(|(k, v)| {
+            let addr = |a: u32| std::net::Ipv4Addr::from(a.to_ne_bytes());
+            json!({"endpoint": k.ep_id, "protocol": proto_name(k.proto), "direction": Direction::from_raw(v.dir),
+                   "local": format!("{}:{}", addr(k.local_addr), u16::from_be(k.local_port)),
+                   "remote": format!("{}:{}", addr(k.remote_addr), u16::from_be(k.remote_port)),
+                   "idleSeconds": now.saturating_sub(v.last_seen) / 1_000_000_000, "flags": v.flags, "ruleId": v.rule_id})
+        })
+        .collect();
+    let all = json!({"pinDir": dp.pin_dir(), "endpoints": ep_json, "ipcache": ipc_json, "policy": pol_json,
+                     "conntrack": ct_json});
     match output {
         Output::Json => println!("{all}"),
         Output::Text => println!("{}", serde_json::to_string_pretty(&all)?),

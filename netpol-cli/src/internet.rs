@@ -4,8 +4,9 @@
 //! own CA, which pods trust. Every query the DNS server receives is logged, so a user can
 //! see what left the node (`netpol local internet queries`).
 //!
-//! Addresses come from the documentation ranges (192.0.2.0/24, 198.51.100.0/24,
-//! 203.0.113.0/24), which no real host has.
+//! Addresses come from the documentation ranges 198.51.100.0/24 and 203.0.113.0/24, which
+//! no real host has. The third, 192.0.2.0/24, is left out: machines like this one use it
+//! for their own network, and pods must not lose the way there to the simulated internet.
 
 use std::{
     collections::BTreeSet,
@@ -24,9 +25,9 @@ use hickory_proto::{
 };
 
 /// The internet's DNS server.
-pub const DNS_SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 53);
-/// The documentation ranges, routed from the node to the internet.
-pub const RANGES: [&str; 3] = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"];
+pub const DNS_SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 53);
+/// The documentation ranges routed from the node's pods to the internet.
+pub const RANGES: [&str; 2] = ["198.51.100.0/24", "203.0.113.0/24"];
 
 /// What a name holds.
 #[derive(Clone, Copy, Debug)]
@@ -241,13 +242,15 @@ fn tls_config(files: &Files) -> Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(config))
 }
 
-/// Serves until killed: DNS on port 53 (UDP and TCP), HTTP on 80 and HTTPS on 443 of every
-/// address; prints [`crate::responder::READY`] once every socket is bound.
+/// Serves until killed: DNS on port 53 of [`DNS_SERVER`] (UDP and TCP), HTTP on 80 and HTTPS
+/// on 443 of every address; prints [`crate::responder::READY`] once every socket is bound.
 pub fn serve(files: &Files) -> Result<()> {
     let log = Log(Arc::new(Mutex::new(OpenOptions::new().create(true).append(true).open(files.queries())?)));
     let tls = tls_config(files)?;
-    let udp = UdpSocket::bind(("0.0.0.0", 53))?;
-    let dns_tcp = TcpListener::bind(("0.0.0.0", 53))?;
+    // Bound to the server's address: a reply must come from where the query went (the
+    // namespace has many addresses, and the first is not this one).
+    let udp = UdpSocket::bind((DNS_SERVER, 53))?;
+    let dns_tcp = TcpListener::bind((DNS_SERVER, 53))?;
     let http = TcpListener::bind(("0.0.0.0", 80))?;
     let https = TcpListener::bind(("0.0.0.0", 443))?;
     let mut threads = Vec::new();

@@ -7,101 +7,10 @@
 
 mod common;
 
-use common::netpol;
-use std::{
-    path::{Path, PathBuf},
-    process::{Command, Output},
-};
+use common::{examples, leftovers, netpol, text, Node};
+use std::process::Command;
 
 use netpol_tests::need_root;
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lab")
-}
-
-/// A local node of the test's own; `down` on drop.
-struct Node {
-    root: String,
-}
-
-impl Node {
-    fn up(root: &str, cidr: &str) -> Node {
-        let node = Node { root: root.into() };
-        let out = node.run(&["up", "--pod-cidr", cidr]);
-        assert!(out.status.success(), "up: {}", text(&out));
-        node
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(netpol())
-            .args(["local", "--root", &self.root])
-            .args(args)
-            .current_dir(examples())
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "{args:?}: {}", text(&out));
-        text(&out)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.run(&["down"]);
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// Everything a local node named `root` could leave on the machine.
-fn leftovers(root: &str) -> Vec<String> {
-    let mut left = Vec::new();
-    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    left.extend(
-        String::from_utf8_lossy(&netns.stdout)
-            .lines()
-            .filter(|l| l.starts_with(root))
-            .map(|l| format!("netns {l}")),
-    );
-    let cgroup = netpol_agent::cgroup::cgroup2_mount().unwrap().join(root).display().to_string();
-    for p in [
-        format!("/sys/fs/bpf/{root}"),
-        format!("/var/lib/netpol/{root}"),
-        format!("/run/netpol/{root}.sock"),
-        cgroup,
-    ] {
-        if Path::new(&p).exists() {
-            left.push(p);
-        }
-    }
-    // The agent runs with --name ROOT, responders with --node ROOT.
-    let procs =
-        Command::new("pgrep").args(["-af", "--", &format!("--(name|node) {root}( |$)")]).output().unwrap();
-    left.extend(String::from_utf8_lossy(&procs.stdout).lines().map(|l| format!("process {l}")));
-    // The agent's DNS proxy routing: its fwmark rule and table.
-    let table = netpol_agent::dnsproxy::routing::ProxyRouting::of_agent(root).table.to_string();
-    let rules = Command::new("ip").args(["rule", "list"]).output().unwrap();
-    left.extend(
-        String::from_utf8_lossy(&rules.stdout)
-            .lines()
-            .filter(|l| l.split_whitespace().any(|w| w == table))
-            .map(|l| format!("ip rule {l}")),
-    );
-    let netns_etc = Path::new("/etc/netns");
-    if let Ok(d) = std::fs::read_dir(netns_etc) {
-        left.extend(
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(root))
-                .map(|e| format!("{:?}", e.path())),
-        );
-    }
-    left
-}
 
 #[test]
 fn the_lab_runs_end_to_end_with_the_labs_outcomes() {
@@ -411,71 +320,6 @@ fn cilium_network_policies_are_enforced_beside_network_policies() {
     let out = node.ok(&["delete", "cnp", "backend-from-frontend"]);
     assert!(out.contains("ciliumnetworkpolicy.cilium.io \"backend-from-frontend\" deleted"), "{out}");
     assert!(probe(&not_front), "the deleted policy still isolates the backend");
-    let _ = std::fs::remove_dir_all(&dir);
-    drop(node);
-    assert_eq!(leftovers(root), Vec::<String>::new());
-}
-
-/// DNS rules through the agent's proxy, on the wire: the frontend's resolver asks kube-dns
-/// as before, but only for the names its CiliumNetworkPolicy's DNS rule allows; another
-/// name is REFUSED by the proxy (never asked of kube-dns), with a drop event naming the
-/// query, and the agent's metrics count both. The unselected pod is not proxied.
-#[test]
-fn dns_rules_let_a_pod_ask_only_their_names() {
-    if need_root() {
-        return;
-    }
-    let root = "test-dnsp";
-    let node = Node::up(root, "10.244.206.0/24");
-    let dir = std::env::temp_dir().join("netpol-test-dnsp");
-    std::fs::create_dir_all(&dir).unwrap();
-    node.ok(&["apply", "-f", "simple-app.yaml"]);
-    let pod = |sel: &str| {
-        node.ok(&["get", "pods", "-l", sel, "-o", "jsonpath={.items[0].metadata.name}"]).trim().to_string()
-    };
-    let (front, not_front) = (pod("app=frontend"), pod("app=not-frontend"));
-    let resolves =
-        |from: &str, name: &str| node.run(&["exec", from, "--", "getent", "hosts", name]).status.success();
-    let (backend, kube_dns) = ("backend.default.svc.cluster.local", "kube-dns.kube-system.svc.cluster.local");
-    assert!(resolves(&front, backend) && resolves(&front, kube_dns), "control: both names resolve");
-
-    let policy = dir.join("dns.yaml");
-    std::fs::write(
-        &policy,
-        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: frontend-dns}\n\
-         spec:\n  endpointSelector: {matchLabels: {app: frontend}}\n  egress:\n\
-         \x20 - toEndpoints:\n    - matchLabels:\n        k8s:io.kubernetes.pod.namespace: kube-system\n\
-         \x20       k8s:k8s-app: kube-dns\n    toPorts:\n    - ports: [{port: \"53\", protocol: ANY}]\n\
-         \x20     rules:\n        dns: [{matchPattern: \"backend.*.svc.cluster.local\"}]\n",
-    )
-    .unwrap();
-    node.ok(&["apply", "-f", &policy.display().to_string()]);
-    assert!(resolves(&front, backend), "an allowed name does not resolve through the proxy");
-    assert!(resolves(&front, "BACKEND.default.svc.cluster.local."), "names match case-insensitively");
-    assert!(!resolves(&front, kube_dns), "a name no DNS rule allows resolved");
-    assert!(resolves(&not_front, kube_dns), "an unselected pod's DNS was filtered");
-
-    let socket = std::path::PathBuf::from(format!("/run/netpol/{root}.sock"));
-    let get = |path: &str| {
-        let t = std::time::Duration::from_secs(5);
-        let (status, body) =
-            netpol_api::client::call(&socket, netpol_api::client::Method::GET, path, None, t).unwrap();
-        assert!(status.is_success(), "{path}: {status}");
-        String::from_utf8_lossy(&body).to_string()
-    };
-    let events = get(netpol_api::PATH_EVENTS);
-    assert!(
-        events.contains("drop-dns-refused") && events.contains(kube_dns),
-        "no drop event naming the refused query: {events}"
-    );
-    let metrics = get(netpol_api::PATH_METRICS);
-    for outcome in ["answered", "refused"] {
-        let line = format!("netpol_dns_queries_total{{outcome=\"{outcome}\"}}");
-        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
-    }
-
-    node.ok(&["delete", "cnp", "frontend-dns"]);
-    assert!(resolves(&front, kube_dns), "the deleted policy still filters names");
     let _ = std::fs::remove_dir_all(&dir);
     drop(node);
     assert_eq!(leftovers(root), Vec::<String>::new());

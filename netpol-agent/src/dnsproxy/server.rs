@@ -46,8 +46,8 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// How often blocked threads look at the stop flag.
 const POLL: Duration = Duration::from_millis(200);
-/// The longest wait between expiry checks.
-const EXPIRY_CHECK: Duration = Duration::from_secs(30);
+/// How often learned names are looked at for expiry (ms).
+const EXPIRY_CHECK_MS: u64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -288,25 +288,18 @@ fn report<E: Enforcer>(
     }
 }
 
-/// Expires learned names when due (and at least every [`EXPIRY_CHECK`]).
+/// Expires learned names: looks once a second (cheap unless something is due).
 fn expire<E: Enforcer>(ctx: &Context<E>) {
-    let mut next = 0u64;
+    let mut last = 0u64;
     while !ctx.stopped() {
         std::thread::sleep(POLL);
         let now = now_ms();
-        if now < next {
+        if now < last + EXPIRY_CHECK_MS {
             continue;
         }
-        let due = match ctx.agent().expire_learned() {
-            Ok(due) => due,
-            Err(e) => {
-                warn!("expiring learned DNS names: {e}");
-                None
-            }
-        };
-        // An address kept past its TTL by a live connection is due again at once: look
-        // again in a second, not in a spin.
-        let longest = now + EXPIRY_CHECK.as_millis() as u64;
-        next = due.map_or(longest, |d| d.clamp(now + 1000, longest));
+        last = now;
+        if let Err(e) = ctx.agent().expire_learned() {
+            warn!("expiring learned DNS names: {e}");
+        }
     }
 }

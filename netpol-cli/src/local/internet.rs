@@ -116,6 +116,9 @@ impl Local {
         while Command::new("ip").arg("rule").arg("del").args(rule).output().is_ok_and(|o| o.status.success())
         {
         }
+        // The link first: it goes at once (with its peer), where a namespace's links go only
+        // once nothing holds the namespace.
+        let _ = Command::new("ip").args(["link", "del", &self.internet_link()]).output();
         let _ = Command::new("ip").args(["netns", "del", &self.internet_netns()]).output();
     }
 

@@ -64,6 +64,9 @@ pub struct Runtime {
     /// The simulated internet's server.
     #[serde(default)]
     pub internet_pid: Option<u32>,
+    /// The cgroup of the pods' processes, as the agent last said.
+    #[serde(default)]
+    pub pod_cgroup: Option<String>,
 }
 
 pub const DEFAULT_ROOT: &str = "netpol-local";

@@ -96,6 +96,7 @@ impl Local {
         rt.agent_pid = started.as_ref().ok().copied();
         self.save(&rt)?;
         started?;
+        self.remember_pod_cgroup(&mut rt)?;
         if !self.list::<Namespace>()?.iter().any(|n| n.metadata.name.as_deref() == Some("default")) {
             self.put(&[namespace("default")])?;
         }

@@ -144,9 +144,22 @@ impl Local {
 
     /// The cgroup the pods' processes join (the agent's socket-LB cgroup), as the path of
     /// its `cgroup.procs`.
+    /// The cgroup the agent's socket hooks sit on, where pods' processes run: as the agent
+    /// says, or as it said when the node came up while it does not answer (`exec` works
+    /// while the agent is down, as in a cluster).
     fn pod_cgroup_procs(&self) -> Result<Option<CgroupProcs>> {
+        let dir = match self.api::<NodeInfo>(Method::GET, netpol_api::PATH_NODE, None) {
+            Ok(node) => node.socket_lb_cgroup,
+            Err(e) => Some(self.load().pod_cgroup.ok_or(e)?),
+        };
+        Ok(dir.map(|dir| CgroupProcs::of(Path::new(&dir))))
+    }
+
+    /// Remembers the pods' cgroup (for `exec` while the agent is down).
+    pub(super) fn remember_pod_cgroup(&self, rt: &mut Runtime) -> Result<()> {
         let node: NodeInfo = self.api(Method::GET, netpol_api::PATH_NODE, None)?;
-        Ok(node.socket_lb_cgroup.map(|dir| CgroupProcs::of(Path::new(&dir))))
+        rt.pod_cgroup = node.socket_lb_cgroup;
+        Ok(())
     }
 
     /// Starts the pod's responder; None when the pod declares no ports.
