@@ -9,7 +9,9 @@
 //! --connect-timeout 5 backend:8080` resolved by the cluster's DNS, translated at the
 //! socket, routed to the other node, judged on both; with the lab's own policy files.
 //! Midway node b's agent is SIGKILLed and restarted under continuous probing: no allowed
-//! flow may fail, no denied one may pass. Ends with the lab's expected-vs-observed table.
+//! flow may fail, no denied one may pass. Task 2.2.6 runs too, then Task 2.2.7's DNS rules
+//! (a CiliumNetworkPolicy from the API server, names filtered by node a's DNS proxy). Ends
+//! with the lab's expected-vs-observed table.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -551,5 +553,26 @@ fn the_lab_across_two_nodes_with_an_agent_killed_midway() {
     sim.check("2.2.6", "example-frontend", "mariadb", 3306, true);
     sim.check("2.2.6", "ingress", "example-frontend", 5000, true);
     sim.check("2.2.6", "webshell", "mariadb", 3306, false);
+
+    // Task 2.2.7's DNS rules from the API server: with Task 2.2.6's policies gone, a
+    // CiliumNetworkPolicy lets the example frontend ask kube-dns for mariadb only — node
+    // a's agent takes its DNS to its proxy, which refuses every other name.
+    for o in lab_file("deny-netpol.yaml").into_iter().chain(lab_file("frontend-netpol.yaml")) {
+        if o["kind"] == "NetworkPolicy" {
+            sim.api.delete("NetworkPolicy", "default", o["metadata"]["name"].as_str().unwrap());
+        }
+    }
+    let dns_rule = json!({"endpointSelector": {"matchLabels": {"app": "example-frontend"}},
+        "egress": [{"toEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "kube-system",
+                                                     "k8s:k8s-app": "kube-dns"}}],
+                    "toPorts": [{"ports": [{"port": "53", "protocol": "ANY"}],
+                                 "rules": {"dns": [{"matchName": "mariadb.default.svc.cluster.local"}]}}]}]});
+    sim.api.apply(objects::cilium_policy("default", "frontend-dns", dns_rule).json());
+    std::thread::sleep(Duration::from_millis(500));
+    sim.check_resolves("2.2.7", "example-frontend", "a", "mariadb", true);
+    sim.check_resolves("2.2.7", "example-frontend", "a", "backend", false);
+    assert!(sim.api.delete("CiliumNetworkPolicy", "default", "frontend-dns"));
+    std::thread::sleep(Duration::from_millis(2000));
+    sim.check_resolves("2.2.7", "example-frontend", "a", "backend", true);
     assert!(sim.report(), "mismatches between the lab's expectations and the simulation");
 }

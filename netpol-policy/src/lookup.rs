@@ -70,7 +70,8 @@ pub fn entries_taking(
 /// The names the DNS proxy allows a query from the endpoint on `ifindex` to `remote`
 /// (`proto`, `port`) to ask: the union over every entry taking the flow at each of the
 /// server's peers (its identity, its CIDR identity, any peer) — every name when one of
-/// them has no DNS rules. `names` is [`crate::compiler::Compiled::dns`].
+/// them has no DNS rules, or when the endpoint's egress is not isolated (a flow the
+/// proxy took before its policy went). `names` is [`crate::compiler::Compiled::dns`].
 pub fn dns_names(
     st: &MapState,
     names: &BTreeMap<PolicyMapKey, BTreeSet<NameMatch>>,
@@ -80,6 +81,9 @@ pub fn dns_names(
     port: u16,
 ) -> BTreeSet<NameMatch> {
     let Some(ep) = st.endpoints.get(&ifindex) else { return BTreeSet::new() };
+    if ep.flags & EP_ISOLATED_EGRESS == 0 {
+        return BTreeSet::from([NameMatch::All]);
+    }
     let peer = resolve(st, remote);
     let peers = BTreeSet::from([peer.identity, peer.cidr_identity, identity::ANY]);
     let mut out = BTreeSet::new();
