@@ -167,7 +167,7 @@ pub fn serve(
 }
 
 /// DNS over TCP: messages with a two-byte length prefix, until the client closes.
-fn serve_tcp(mut conn: TcpStream, answer: &dyn Fn(&[u8]) -> Option<Vec<u8>>) {
+pub fn serve_tcp(mut conn: TcpStream, answer: &dyn Fn(&[u8]) -> Option<Vec<u8>>) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     loop {
         let mut len = [0u8; 2];
@@ -198,6 +198,22 @@ pub fn probe_query() -> Vec<u8> {
     m.to_vec().expect("a query encodes")
 }
 
+/// A reply to `query` with nothing in it yet: its id, opcode, RD flag and questions (None
+/// when it is not a query).
+pub fn reply_to(query: &Message) -> Option<Message> {
+    if query.message_type() != MessageType::Query {
+        return None;
+    }
+    let mut reply = Message::new();
+    reply
+        .set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(query.op_code())
+        .set_recursion_desired(query.recursion_desired());
+    reply.add_queries(query.queries().iter().cloned());
+    Some(reply)
+}
+
 /// Forwards a query upstream; the upstream's reply, if any.
 pub type Forward<'a> = &'a dyn Fn(&[u8]) -> Option<Vec<u8>>;
 
@@ -206,17 +222,8 @@ pub type Forward<'a> = &'a dyn Fn(&[u8]) -> Option<Vec<u8>>;
 /// returns the upstream's reply.
 pub fn respond(query: &[u8], zone: &Zone, upstream: Option<Forward>) -> Option<Vec<u8>> {
     let msg = Message::from_vec(query).ok()?;
-    if msg.message_type() != MessageType::Query {
-        return None;
-    }
-    let mut reply = Message::new();
-    reply
-        .set_id(msg.id())
-        .set_message_type(MessageType::Response)
-        .set_op_code(msg.op_code())
-        .set_recursion_desired(msg.recursion_desired())
-        .set_recursion_available(true);
-    reply.add_queries(msg.queries().iter().cloned());
+    let mut reply = reply_to(&msg)?;
+    reply.set_recursion_available(true);
     let [q] = msg.queries() else {
         reply.set_response_code(ResponseCode::FormErr);
         return reply.to_vec().ok();

@@ -11,8 +11,8 @@
 use std::{
     collections::BTreeSet,
     fs::{File, OpenOptions},
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    io::Write,
+    net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
     path::Path,
     sync::{Arc, Mutex},
     time::Duration,
@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use hickory_proto::{
-    op::{Message, MessageType, OpCode, ResponseCode},
+    op::{Message, ResponseCode},
     rr::{rdata::A, rdata::CNAME, Name, RData, Record, RecordType},
 };
 
@@ -132,17 +132,8 @@ fn udp_limit(query: &Message) -> usize {
 /// to what the query allows), else TCP.
 pub fn respond(query: &[u8], udp: bool) -> Option<Vec<u8>> {
     let q = Message::from_vec(query).ok()?;
-    if q.message_type() != MessageType::Query {
-        return None;
-    }
-    let mut reply = Message::new();
-    reply
-        .set_id(q.id())
-        .set_message_type(MessageType::Response)
-        .set_op_code(OpCode::Query)
-        .set_recursion_desired(q.recursion_desired())
-        .set_authoritative(true);
-    reply.add_queries(q.queries().to_vec());
+    let mut reply = crate::dns::reply_to(&q)?;
+    reply.set_authoritative(true);
     let [question] = q.queries() else {
         reply.set_response_code(ResponseCode::FormErr);
         return reply.to_vec().ok();
@@ -266,8 +257,14 @@ pub fn serve(files: &Files) -> Result<()> {
     }));
     threads.push(std::thread::spawn(move || {
         for conn in dns_tcp.incoming().flatten() {
+            let Ok(from) = conn.peer_addr() else { continue };
             let l = log.clone();
-            std::thread::spawn(move || serve_dns_tcp(conn, &l));
+            std::thread::spawn(move || {
+                crate::dns::serve_tcp(conn, &|q| {
+                    l.record(q, "tcp", from);
+                    respond(q, false)
+                })
+            });
         }
     }));
     threads.push(std::thread::spawn(move || {
@@ -296,32 +293,10 @@ pub fn serve(files: &Files) -> Result<()> {
     Ok(())
 }
 
-/// DNS over TCP: length-prefixed messages until the client closes.
-fn serve_dns_tcp(mut conn: TcpStream, log: &Log) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let Ok(from) = conn.peer_addr() else { return };
-    loop {
-        let mut len = [0u8; 2];
-        if conn.read_exact(&mut len).is_err() {
-            return;
-        }
-        let mut query = vec![0u8; u16::from_be_bytes(len) as usize];
-        if conn.read_exact(&mut query).is_err() {
-            return;
-        }
-        log.record(&query, "tcp", from);
-        let Some(reply) = respond(&query, false) else { return };
-        let Ok(n) = u16::try_from(reply.len()) else { return };
-        if conn.write_all(&n.to_be_bytes()).and_then(|()| conn.write_all(&reply)).is_err() {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::op::{Edns, Query};
+    use hickory_proto::op::{Edns, MessageType, Query};
 
     fn query(name: &str, qtype: RecordType, edns: bool) -> Vec<u8> {
         let mut m = Message::new();

@@ -91,6 +91,14 @@ impl<E: Enforcer> Proxy<E> {
     /// Starts the proxy of `agent` with its node's `routing`.
     pub fn start(agent: Arc<Mutex<Agent<E>>>, routing: ProxyRouting) -> Result<Proxy<E>, ProxyError> {
         routing.install()?;
+        Proxy::listen(agent, routing).inspect_err(|_| {
+            if let Err(e) = routing.remove() {
+                warn!("{e}");
+            }
+        })
+    }
+
+    fn listen(agent: Arc<Mutex<Agent<E>>>, routing: ProxyRouting) -> Result<Proxy<E>, ProxyError> {
         let (udp, tcp) = sockets::listen(0, routing.mark)?;
         let port = udp.local_addr()?.port();
         udp.set_read_timeout(Some(POLL))?;
