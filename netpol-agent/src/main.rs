@@ -209,6 +209,11 @@ enum DpCmd {
         #[arg(short, long, default_value = "text")]
         output: Output,
     },
+    /// Print the conntrack entries: endpoint, direction, addresses, idle time, flags.
+    Conntrack {
+        #[arg(short, long, default_value = "text")]
+        output: Output,
+    },
     /// Print verdict events (drops and new flows) as they happen: from the running agent's
     /// event stream, or straight from the ring when no agent runs.
     Monitor {
@@ -307,6 +312,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("applied: {report}");
         }
         DpCmd::Show { output } => show(&dp, output)?,
+        DpCmd::Conntrack { output } => conntrack(&dp, output)?,
         DpCmd::Counters { output } => {
             let c = dp.counters()?;
             match output {
@@ -361,6 +367,15 @@ fn show(dp: &Datapath, output: Output) -> anyhow::Result<()> {
         .iter()
         .map(|(n, e)| json!({"cidr": n, "identity": identity_name(e.identity), "cidrIdentity": identity_name(e.cidr_identity)}))
         .collect();
+    let all = json!({"pinDir": dp.pin_dir(), "endpoints": ep_json, "ipcache": ipc_json, "policy": pol_json});
+    match output {
+        Output::Json => println!("{all}"),
+        Output::Text => println!("{}", serde_json::to_string_pretty(&all)?),
+    }
+    Ok(())
+}
+
+fn conntrack(dp: &Datapath, output: Output) -> anyhow::Result<()> {
     let now = netpol_agent::datapath::monotonic_coarse_ns();
     let ct_json: Vec<_> = dp
         .conntrack()?
@@ -373,11 +388,13 @@ fn show(dp: &Datapath, output: Output) -> anyhow::Result<()> {
                    "idleSeconds": now.saturating_sub(v.last_seen) / 1_000_000_000, "flags": v.flags, "ruleId": v.rule_id})
         })
         .collect();
-    let all = json!({"pinDir": dp.pin_dir(), "endpoints": ep_json, "ipcache": ipc_json, "policy": pol_json,
-                     "conntrack": ct_json});
     match output {
-        Output::Json => println!("{all}"),
-        Output::Text => println!("{}", serde_json::to_string_pretty(&all)?),
+        Output::Json => println!("{}", json!(ct_json)),
+        Output::Text => {
+            for c in &ct_json {
+                println!("{c}");
+            }
+        }
     }
     Ok(())
 }

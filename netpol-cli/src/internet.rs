@@ -233,9 +233,12 @@ fn tls_config(files: &Files) -> Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(config))
 }
 
-/// Serves until killed: DNS on port 53 of [`DNS_SERVER`] (UDP and TCP), HTTP on 80 and HTTPS
-/// on 443 of every address; prints [`crate::responder::READY`] once every socket is bound.
+/// Serves until killed (with a CA and certificate of its own when `files` has none): DNS on
+/// port 53 of [`DNS_SERVER`] (UDP and TCP), HTTP on 80 and HTTPS on 443 of every address; prints [`crate::responder::READY`] once every socket is bound.
 pub fn serve(files: &Files) -> Result<()> {
+    if !files.cert().exists() {
+        make_certificates(files).context("making the sites' certificate")?;
+    }
     let log = Log(Arc::new(Mutex::new(OpenOptions::new().create(true).append(true).open(files.queries())?)));
     let tls = tls_config(files)?;
     // Bound to the server's address: a reply must come from where the query went (the

@@ -9,9 +9,9 @@
 //! --connect-timeout 5 backend:8080` resolved by the cluster's DNS, translated at the
 //! socket, routed to the other node, judged on both; with the lab's own policy files.
 //! Midway node b's agent is SIGKILLed and restarted under continuous probing: no allowed
-//! flow may fail, no denied one may pass. Task 2.2.6 runs too, then Task 2.2.7's DNS rules
-//! (a CiliumNetworkPolicy from the API server, names filtered by node a's DNS proxy). Ends
-//! with the lab's expected-vs-observed table.
+//! flow may fail, no denied one may pass. Task 2.2.6 runs too, then Task 2.2.7 (the lab's
+//! CiliumNetworkPolicies from the API server; the sites on a simulated internet behind node
+//! a, names through node a's DNS proxy). Ends with the lab's expected-vs-observed table.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -43,6 +43,10 @@ const KUBE_DNS: &str = "10.97.0.10";
 const BACKEND_SVC: &str = "10.97.0.20";
 const MARIADB_SVC: &str = "10.97.0.30";
 const PROBE: Duration = Duration::from_millis(500);
+/// The simulated internet: its DNS server and the lab's two sites.
+const INTERNET_DNS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 53);
+const SONGLAA: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const ZHAW: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 
 fn bin(name: &str) -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_netpol")).parent().unwrap().join(name)
@@ -79,6 +83,8 @@ struct Sim {
     servers: Vec<Server>,
     /// The DNS server of the kube-dns pod.
     dns: Option<std::process::Child>,
+    /// The simulated internet's server and namespace.
+    internet: Option<(std::process::Child, NetNs)>,
     outcomes: Vec<(String, String, String, String)>,
     _files: RemoveOnDrop,
 }
@@ -134,6 +140,7 @@ impl Sim {
             pods: Vec::new(),
             servers: Vec::new(),
             dns: None,
+            internet: None,
             outcomes: Vec::new(),
             _files: RemoveOnDrop(vec![dir]),
         };
@@ -304,7 +311,8 @@ impl Sim {
         server.args(["netns", "exec", &netns, env!("CARGO_BIN_EXE_netpol"), "responder", "--node", "csim"]);
         server
             .args(["--pod", "kube-system/coredns", "--dns", "53", "--agent"])
-            .arg(self.node("a").agent.socket());
+            .arg(self.node("a").agent.socket())
+            .args(["--upstream", &format!("{INTERNET_DNS}:53")]);
         let mut child =
             server.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
         let mut line = String::new();
@@ -315,11 +323,48 @@ impl Sim {
         self.service("kube-system", "kube-dns", KUBE_DNS, ("k8s-app", "kube-dns"), 53, &["UDP", "TCP"]);
     }
 
+    /// The simulated internet (`netpol internet-server`) in a namespace of its own behind
+    /// node a: the lab's sites and its DNS server, reached by node a's pods through the
+    /// node (masqueraded, as the agent masquerades what leaves the cluster's range).
+    fn internet(&mut self) {
+        let inet = NetNs::new("csim-inet");
+        let a = &self.node("a").node.ns;
+        a.ip(&["link", "add", "csima-i", "type", "veth", "peer", "name", "eth0", "netns", &inet.name]);
+        a.ip(&["addr", "add", "169.254.100.1/30", "dev", "csima-i"]);
+        a.ip(&["link", "set", "csima-i", "up"]);
+        for range in ["198.51.100.0/24", "203.0.113.0/24"] {
+            a.ip(&["route", "add", range, "via", "169.254.100.2"]);
+        }
+        inet.ip(&["addr", "add", "169.254.100.2/30", "dev", "eth0"]);
+        for ip in [SONGLAA, ZHAW, INTERNET_DNS] {
+            inet.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+        }
+        inet.ip(&["link", "set", "eth0", "up"]);
+        inet.ip(&["link", "set", "lo", "up"]);
+        inet.ip(&["route", "add", "default", "via", "169.254.100.1"]);
+        let dir = self._files.0[0].join("internet");
+        let mut server = std::process::Command::new("ip");
+        server.args(["netns", "exec", &inet.name, env!("CARGO_BIN_EXE_netpol"), "internet-server"]);
+        server.args(["--node", "csim", "--dir"]).arg(&dir);
+        let mut child =
+            server.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        self.internet = Some((child, inet));
+    }
+
     /// The resolver files the kubelet writes for a pod in `default`.
     fn resolv_conf(&mut self, pod: &str) {
+        self.resolv_conf_ndots(pod, 5);
+    }
+
+    /// The same, with the pod's `dnsConfig` option `ndots`.
+    fn resolv_conf_ndots(&mut self, pod: &str, ndots: u8) {
         let dir = Path::new("/etc/netns").join(&self.pod(pod).1.name);
         std::fs::create_dir_all(&dir).unwrap();
-        let conf = format!("nameserver {KUBE_DNS}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:1\n");
+        let conf = format!("nameserver {KUBE_DNS}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:{ndots} timeout:1 attempts:1\n");
         std::fs::write(dir.join("resolv.conf"), conf).unwrap();
         std::fs::write(dir.join("hosts"), "127.0.0.1\tlocalhost\n").unwrap();
         self._files.0.push(dir);
@@ -329,10 +374,10 @@ impl Sim {
     /// pod's namespace and its node's cgroup: HTTP 200, or curl's exit code. `--max-time`
     /// too: a connection made just before a deny lands is revoked mid-exchange (its
     /// replies dropped), and curl would otherwise wait for them forever.
-    fn curl(&self, pod: &str, node: &str) -> String {
+    fn curl(&self, pod: &str, node: &str, url: &str) -> String {
         let mut cmd = std::process::Command::new("ip");
         cmd.args(["netns", "exec", &self.pod(pod).1.name, "curl", "-sSI", "--connect-timeout", "2"]);
-        cmd.args(["--max-time", "4", "backend:8080"]);
+        cmd.args(["--max-time", "4", url]);
         self.node(node).cgroup.adopt(&mut cmd);
         let out = cmd.output().unwrap();
         if String::from_utf8_lossy(&out.stdout).contains("200 OK") {
@@ -346,13 +391,18 @@ impl Sim {
 
     /// Waits (up to 8 s) for the lab's curl from `pod` (on `node`) to give `want`.
     fn check_curl(&mut self, task: &str, pod: &str, node: &str, want: &str) {
+        self.check_url(task, pod, node, "backend:8080", want);
+    }
+
+    /// Waits (up to 8 s) for `curl -I URL` from `pod` (on `node`) to give `want`.
+    fn check_url(&mut self, task: &str, pod: &str, node: &str, url: &str, want: &str) {
         let deadline = Instant::now() + Duration::from_secs(8);
-        let mut got = self.curl(pod, node);
+        let mut got = self.curl(pod, node, url);
         while got != want && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(200));
-            got = self.curl(pod, node);
+            got = self.curl(pod, node, url);
         }
-        self.outcomes.push((task.into(), format!("curl {pod} -> backend:8080"), want.into(), got));
+        self.outcomes.push((task.into(), format!("curl {pod} -> {url}"), want.into(), got));
     }
 
     fn pod(&self, name: &str) -> &(String, NetNs, Ipv4Addr) {
@@ -414,6 +464,10 @@ impl Sim {
 
 impl Drop for Sim {
     fn drop(&mut self) {
+        if let Some((mut server, _ns)) = self.internet.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
         self.servers.clear();
         if let Some(mut dns) = self.dns.take() {
             let _ = dns.kill();
@@ -447,6 +501,9 @@ fn the_lab_across_two_nodes_with_an_agent_killed_midway() {
     sim.run_pod("not-frontend", "not-frontend", "a");
     sim.run_pod("backend", "backend", "b");
     sim.servers.push(tcp_server(&sim.pod("backend").1.name, 8080));
+    // The internet first: the cluster's DNS forwards outside names there (an upstream that
+    // does not answer would stall every search-list lookup).
+    sim.internet();
     sim.cluster_dns();
     sim.service("default", "backend", BACKEND_SVC, ("app", "backend"), 8080, &["TCP"]);
     sim.resolv_conf("frontend");
@@ -554,25 +611,30 @@ fn the_lab_across_two_nodes_with_an_agent_killed_midway() {
     sim.check("2.2.6", "ingress", "example-frontend", 5000, true);
     sim.check("2.2.6", "webshell", "mariadb", 3306, false);
 
-    // Task 2.2.7's DNS rules from the API server: with Task 2.2.6's policies gone, a
-    // CiliumNetworkPolicy lets the example frontend ask kube-dns for mariadb only — node
-    // a's agent takes its DNS to its proxy, which refuses every other name.
+    // Task 2.2.7 from the API server: the lab's curl deployment on node a (ndots 1, as the
+    // lab's dnsConfig), its CiliumNetworkPolicies as the lab's files have them; the sites
+    // on the simulated internet behind node a, names through node a's DNS proxy.
+    // With Task 2.2.6's policies gone: the task assumes none.
     for o in lab_file("deny-netpol.yaml").into_iter().chain(lab_file("frontend-netpol.yaml")) {
         if o["kind"] == "NetworkPolicy" {
             sim.api.delete("NetworkPolicy", "default", o["metadata"]["name"].as_str().unwrap());
         }
     }
-    let dns_rule = json!({"endpointSelector": {"matchLabels": {"app": "example-frontend"}},
-        "egress": [{"toEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "kube-system",
-                                                     "k8s:k8s-app": "kube-dns"}}],
-                    "toPorts": [{"ports": [{"port": "53", "protocol": "ANY"}],
-                                 "rules": {"dns": [{"matchName": "mariadb.default.svc.cluster.local"}]}}]}]});
-    sim.api.apply(objects::cilium_policy("default", "frontend-dns", dns_rule).json());
+    sim.run_pod("curl", "curl-deployment", "a");
+    sim.resolv_conf_ndots("curl", 1);
+    let (zhaw, songlaa) = ("http://www.zhaw.ch", "http://songlaa.com");
+    sim.check_url("2.2.7", "curl", "a", zhaw, "HTTP 200");
+    sim.check_url("2.2.7", "curl", "a", songlaa, "HTTP 200");
+    let cnp = |file: &str| lab_file(file).into_iter().find(|o| o["kind"] == "CiliumNetworkPolicy").unwrap();
+    sim.api.apply(cnp("songlaa-cnp.yaml"));
+    sim.check_url("2.2.7", "curl", "a", songlaa, "HTTP 200");
+    sim.check_url("2.2.7", "curl", "a", zhaw, "timed out");
+    sim.check_resolves("2.2.7", "curl", "a", "www.zhaw.ch", true);
+    sim.api.apply(cnp("songlaa-dns-cnp.yaml"));
     std::thread::sleep(Duration::from_millis(500));
-    sim.check_resolves("2.2.7", "example-frontend", "a", "mariadb", true);
-    sim.check_resolves("2.2.7", "example-frontend", "a", "backend", false);
-    assert!(sim.api.delete("CiliumNetworkPolicy", "default", "frontend-dns"));
-    std::thread::sleep(Duration::from_millis(2000));
-    sim.check_resolves("2.2.7", "example-frontend", "a", "backend", true);
+    sim.check_url("2.2.7", "curl", "a", songlaa, "HTTP 200");
+    sim.check_resolves("2.2.7", "curl", "a", "www.zhaw.ch", false);
+    assert!(sim.api.delete("CiliumNetworkPolicy", "default", "songlaa"));
+    sim.check_url("2.2.7", "curl", "a", zhaw, "HTTP 200");
     assert!(sim.report(), "mismatches between the lab's expectations and the simulation");
 }
