@@ -401,13 +401,19 @@ impl<E: Enforcer> Agent<E> {
     }
 
     /// Enforces what a DNS answer taught (its chain's names have its addresses): returns
-    /// once the datapath allows them, so the answer may be released. Before the sources
-    /// are synced nothing is enforced, and that is an error.
-    pub fn learn(&mut self, l: &Learning) -> Result<(), AgentError> {
+    /// once the datapath allows them, so the answer may be released. `patterns` are the
+    /// allowed patterns the asked name matched: each keeps its share of names. Before the
+    /// sources are synced nothing is enforced, and that is an error.
+    pub fn learn(&mut self, l: &Learning, patterns: &[NameMatch]) -> Result<(), AgentError> {
         let now = now_ms();
         let mut new = false;
         for name in &l.names {
             new |= self.learned.learn(name, &l.addresses, l.ttl, now);
+        }
+        if let Some(asked) = l.names.first() {
+            for p in patterns {
+                new |= self.learned.bound_pattern(p, asked);
+            }
         }
         self.save_learned()?;
         if new || self.stats.last_sync_failed {

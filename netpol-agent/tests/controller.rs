@@ -296,7 +296,7 @@ fn learned_names_are_enforced_survive_a_restart_and_expire_unless_in_use() {
     assert!(!allows(&a, ip), "control: nothing learned, nothing allowed");
     let answer =
         Learning { names: vec![Name::parse("songlaa.com").unwrap()], addresses: [ip].into(), ttl: 1 };
-    a.learn(&answer).unwrap();
+    a.learn(&answer, &[]).unwrap();
     assert!(allows(&a, ip), "the learned address is not allowed when learn returns");
     assert!(!allows(&a, other));
 

@@ -18,13 +18,16 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use netpol_policy::names::Name;
+use netpol_policy::names::{Name, NameMatch};
 use serde::{Deserialize, Serialize};
 
 /// Addresses kept per name.
 pub const MAX_PER_NAME: usize = 64;
 /// Names kept.
 pub const MAX_NAMES: usize = 16_384;
+/// Names kept per wildcard pattern (`matchPattern`), so one pattern cannot crowd out the
+/// names of others.
+pub const MAX_NAMES_PER_PATTERN: usize = 1024;
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -69,6 +72,27 @@ impl Learned {
             }
         }
         new
+    }
+
+    /// Keeps at most [`MAX_NAMES_PER_PATTERN`] names that `pattern` matches, `keep` (the
+    /// name just learned) among them: the first others to expire go. True when any went.
+    pub fn bound_pattern(&mut self, pattern: &NameMatch, keep: &Name) -> bool {
+        if matches!(pattern, NameMatch::Exact(_)) {
+            return false;
+        }
+        let latest = |m: &BTreeMap<Ipv4Addr, u64>| m.values().copied().max().unwrap_or(0);
+        let mut others: Vec<(u64, Name)> = self
+            .names
+            .iter()
+            .filter(|(n, _)| *n != keep && pattern.matches(n))
+            .map(|(n, m)| (latest(m), n.clone()))
+            .collect();
+        let excess = (others.len() + 1).saturating_sub(MAX_NAMES_PER_PATTERN);
+        others.sort();
+        for (_, n) in &others[..excess.min(others.len())] {
+            self.names.remove(n);
+        }
+        excess > 0
     }
 
     /// Forgets what expired by `now`, except addresses `in_use`; true when anything went.
@@ -173,5 +197,27 @@ mod tests {
         std::fs::write(&path, "{").unwrap();
         assert!(Learned::load(&path).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_wildcard_pattern_keeps_its_share_of_names() {
+        let mut l = Learned::default();
+        let pattern = NameMatch::pattern("*.example.com").unwrap();
+        let ip = BTreeSet::from([Ipv4Addr::new(198, 51, 100, 1)]);
+        let other = Name::parse("songlaa.com").unwrap();
+        l.learn(&other, &ip, 300, 0);
+        for i in 0..MAX_NAMES_PER_PATTERN + 10 {
+            let n = Name::parse(&format!("n{i}.example.com")).unwrap();
+            l.learn(&n, &ip, 60 + i as u32, 0);
+            l.bound_pattern(&pattern, &n);
+        }
+        let kept = l.snapshot();
+        let matching = kept.keys().filter(|n| pattern.matches(n)).count();
+        assert_eq!(matching, MAX_NAMES_PER_PATTERN);
+        assert!(kept.contains_key(&other), "another pattern's name was crowded out");
+        let last = Name::parse(&format!("n{}.example.com", MAX_NAMES_PER_PATTERN + 9)).unwrap();
+        assert!(kept.contains_key(&last), "the name just learned went");
+        assert!(!kept.contains_key(&Name::parse("n0.example.com").unwrap()), "the first to expire stayed");
+        assert!(!l.bound_pattern(&NameMatch::name("n5.example.com").unwrap(), &last));
     }
 }

@@ -248,7 +248,12 @@ fn answer<E: Enforcer>(
         IPPROTO_TCP => forward::ask_tcp(to, q, UPSTREAM_TIMEOUT),
         _ => forward::ask_udp(to, q, UPSTREAM_TIMEOUT),
     };
-    let learn = |l: &super::message::Learning| ctx.agent().learn(l).map_err(|e| e.to_string());
+    let learn = |l: &super::message::Learning| {
+        let asked = l.names.first();
+        let patterns: Vec<_> =
+            allowed.iter().filter(|m| asked.is_some_and(|n| m.matches(n))).cloned().collect();
+        ctx.agent().learn(l, &patterns).map_err(|e| e.to_string())
+    };
     let x = forward::handle(query, &allowed, &ask, &learn);
     report(ctx, &x.outcome, ep, from, to, proto);
     x.reply
