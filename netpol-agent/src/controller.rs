@@ -37,7 +37,7 @@ use netpol_policy::{
     compiler::{compile_with, Allocators, Budgets, Compiled, LocalEndpoint},
     lookup,
     model::{self, node_pod_cidr, Key, Kind, Model, Object},
-    names::NameMatch,
+    names::{Name, NameMatch},
     policy::PolicyError,
     services,
 };
@@ -415,7 +415,11 @@ impl<E: Enforcer> Agent<E> {
                 new |= self.learned.bound_pattern(p, asked);
             }
         }
-        self.save_learned()?;
+        // A new address is saved before the answer goes (a restart must not cut what it
+        // allows); a longer TTL alone is saved by the next expiry round.
+        if new {
+            self.save_learned()?;
+        }
         if new || self.stats.last_sync_failed {
             self.model.learned = self.learned.snapshot();
             self.reconcile()?;
@@ -427,15 +431,30 @@ impl<E: Enforcer> Agent<E> {
     }
 
     /// Forgets learned addresses past their TTL that no live connection uses (those stop
-    /// new connections; established ones keep theirs); the next expiry due. Reads
-    /// conntrack only when something is due.
+    /// new connections; established ones keep theirs); the next expiry due. Only a
+    /// connection a `toFQDNs` rule matching the name allowed keeps the name's address.
+    /// Reads conntrack only when something is due.
     pub fn expire_learned(&mut self) -> Result<Option<u64>, AgentError> {
         let now = now_ms();
+        if self.learned.unsaved() {
+            self.save_learned()?;
+        }
         if self.learned.next_expiry().is_none_or(|due| due > now) {
             return Ok(self.learned.next_expiry());
         }
-        let in_use = self.dp.remotes_in_use()?;
-        if self.learned.expire(now, &|ip| in_use.contains(&ip)) {
+        // A connection keeps an address only when a rule for that very name allowed it.
+        let mut in_use: BTreeMap<Ipv4Addr, BTreeSet<u32>> = BTreeMap::new();
+        for (rule_id, remote) in self.dp.remotes_in_use()? {
+            in_use.entry(remote).or_default().insert(rule_id);
+        }
+        let (rules, model) = (&self.compiled.rules, &self.model);
+        let allowed_by = |name: &Name, rule_id| {
+            let names = rules.get(rule_id).map(|r| model.rule_names(r)).unwrap_or_default();
+            names.iter().any(|m| m.matches(name))
+        };
+        let used =
+            |name: &Name, ip| in_use.get(&ip).is_some_and(|ids| ids.iter().any(|id| allowed_by(name, id)));
+        if self.learned.expire(now, &used) {
             self.save_learned()?;
             self.model.learned = self.learned.snapshot();
             self.reconcile()?;
@@ -443,7 +462,7 @@ impl<E: Enforcer> Agent<E> {
         Ok(self.learned.next_expiry())
     }
 
-    fn save_learned(&self) -> Result<(), AgentError> {
+    fn save_learned(&mut self) -> Result<(), AgentError> {
         let path = self.state_dir.join(LEARNED_FILE);
         self.learned.save(&path).map_err(|msg| AgentError::State { path, msg })
     }

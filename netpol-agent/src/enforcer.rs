@@ -46,8 +46,9 @@ pub trait Enforcer: Send + 'static {
     fn masquerade(&mut self, cluster: Ipv4Net) -> Result<(), MasqueradeError>;
     /// Tells the programs where the DNS proxy listens (port 0: nowhere).
     fn set_dns_proxy(&mut self, proxy: DnsProxy) -> Result<(), DatapathError>;
-    /// The remote addresses of the connections conntrack holds alive now.
-    fn remotes_in_use(&self) -> Result<BTreeSet<Ipv4Addr>, DatapathError>;
+    /// The outgoing connections conntrack holds alive now: the rule that allowed each, and
+    /// its remote address.
+    fn remotes_in_use(&self) -> Result<BTreeSet<(u32, Ipv4Addr)>, DatapathError>;
 }
 
 impl Enforcer for Datapath {
@@ -98,7 +99,7 @@ impl Enforcer for Datapath {
         Datapath::set_dns_proxy(self, proxy)
     }
 
-    fn remotes_in_use(&self) -> Result<BTreeSet<Ipv4Addr>, DatapathError> {
+    fn remotes_in_use(&self) -> Result<BTreeSet<(u32, Ipv4Addr)>, DatapathError> {
         Datapath::remotes_in_use(self)
     }
 }
@@ -121,8 +122,8 @@ pub struct MemoryMaps {
     /// The masqueraded pod range.
     pub masquerade: Option<Ipv4Net>,
     pub dns_proxy: DnsProxy,
-    /// What `remotes_in_use` answers (set by tests).
-    pub in_use: BTreeSet<Ipv4Addr>,
+    /// What `remotes_in_use` answers (set by tests): (rule id, remote address).
+    pub in_use: BTreeSet<(u32, Ipv4Addr)>,
 }
 
 impl Enforcer for MemoryMaps {
@@ -204,7 +205,7 @@ impl Enforcer for MemoryMaps {
         Ok(())
     }
 
-    fn remotes_in_use(&self) -> Result<BTreeSet<Ipv4Addr>, DatapathError> {
+    fn remotes_in_use(&self) -> Result<BTreeSet<(u32, Ipv4Addr)>, DatapathError> {
         Ok(self.in_use.clone())
     }
 }

@@ -281,7 +281,10 @@ fn learned_names_are_enforced_survive_a_restart_and_expire_unless_in_use() {
     let fqdn = objects::cilium_policy(
         "x",
         "fqdn",
-        json!({"endpointSelector": {}, "egress": [{"toFQDNs": [{"matchName": "songlaa.com"}]}]}),
+        json!({"endpointSelector": {}, "egress": [
+            {"toFQDNs": [{"matchName": "songlaa.com"}]},
+            {"toFQDNs": [{"matchName": "other.example"}]}
+        ]}),
     );
     let mut a = Agent::start(MemoryMaps::default(), &s).unwrap();
     a.apply_objects(vec![pod("web"), fqdn.json()]).unwrap();
@@ -305,10 +308,17 @@ fn learned_names_are_enforced_survive_a_restart_and_expire_unless_in_use() {
     assert!(allows(&a, ip), "the learned address was lost in the restart");
 
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    a.enforcer_mut().in_use = [ip].into();
+    let rule = |a: &Agent<MemoryMaps>, index| {
+        let rules = &a.compiled().rules;
+        rules.iter().find(|(_, k)| k.policy.name == "fqdn" && k.index == index).map(|(id, _)| *id).unwrap()
+    };
+    let ours = rule(&a, 0);
+    a.enforcer_mut().in_use = [(ours, ip)].into();
     a.expire_learned().unwrap();
     assert!(allows(&a, ip), "an address past its TTL was withdrawn under a live connection");
-    a.enforcer_mut().in_use.clear();
+    // A connection another name's rule allowed (as when two names share an address) keeps
+    // nothing of songlaa.com alive.
+    a.enforcer_mut().in_use = [(rule(&a, 1), ip)].into();
     assert_eq!(a.expire_learned().unwrap(), None, "nothing left to expire");
     assert!(!allows(&a, ip), "an address past its TTL still allows new connections");
 }

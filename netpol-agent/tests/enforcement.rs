@@ -409,7 +409,7 @@ fn dns_for_the_proxy_reaches_its_transparent_sockets_or_nothing() {
     let got = sockets::recv(&udp).unwrap();
     assert_eq!((got.data.as_slice(), got.to), (&b"query"[..], SocketAddrV4::new(B, 53)));
     assert_eq!(*got.from.ip(), A);
-    sockets::reply(got.to, got.from, b"answer", mark).unwrap();
+    sockets::Answerers::new(mark).send(got.to, got.from, b"answer").unwrap();
     let (answer, from) = client.join().unwrap();
     assert_eq!(answer, b"answer", "the proxy's answer, not b's echo");
     assert_eq!(from, std::net::SocketAddr::V4(SocketAddrV4::new(B, 53)));

@@ -308,11 +308,9 @@ fn taking_the_hooks_over_never_stops_translation_and_never_stacks_them() {
     s.lab.dp().detach_cgroup().unwrap();
     assert!(s.lab.dp.socket_hooks().attached.is_empty());
     // The kernel releases an unpinned link after an RCU grace period.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while cgroup_programs(s.cgroup.path()) > 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert_eq!(cgroup_programs(s.cgroup.path()), 0);
+    assert!(
+        netpol_tests::eventually(std::time::Duration::from_secs(5), || cgroup_programs(s.cgroup.path()) == 0)
+    );
     assert!(s.client("a", Mode::Tcp, 80).get("error").is_some());
 }
 

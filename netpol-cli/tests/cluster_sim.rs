@@ -26,7 +26,7 @@ use netpol_tests::{
     cni::{self, Call},
     need_root,
     netns::NetNs,
-    objects,
+    objects, settle, spawn_ready,
     topology::Node,
     traffic::{tcp_probe, tcp_server, Prober, Server},
     RemoveOnDrop,
@@ -228,11 +228,7 @@ impl Sim {
             let line = text.lines().find(|l| l.split(' ').next() == Some(name)).map(str::to_string);
             line.and_then(|l| l.split(' ').nth(1).map(str::to_string)).unwrap_or_else(|| "absent".into())
         };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while read() != want && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let got = read();
+        let got = settle(Duration::from_secs(5), Duration::from_millis(50), read, &want.to_string());
         self.outcomes.push((task.into(), format!("node {node}: {name}"), want.into(), got));
     }
 
@@ -243,14 +239,11 @@ impl Sim {
             let ep = self.api.get("NetpolEndpoint", "default", pod)?;
             (ep["spec"]["ipv4"] == ip.to_string()).then(|| ep["spec"]["nodeName"].clone())
         };
-        let deadline = Instant::now() + Duration::from_secs(5);
         let wanted = want.map(|n| json!(n));
-        while node() != wanted && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let got = settle(Duration::from_secs(5), Duration::from_millis(50), node, &wanted);
         let word =
             |n: Option<Value>| n.map_or("none".to_string(), |n| format!("node {}", n.as_str().unwrap()));
-        self.outcomes.push((task.into(), format!("{pod} announced"), word(wanted), word(node())));
+        self.outcomes.push((task.into(), format!("{pod} announced"), word(wanted), word(got)));
     }
 
     /// A Service on `ip` for pods labelled `app`, its EndpointSlice as the controller writes
@@ -313,13 +306,7 @@ impl Sim {
             .args(["--pod", "kube-system/coredns", "--dns", "53", "--agent"])
             .arg(self.node("a").agent.socket())
             .args(["--upstream", &format!("{INTERNET_DNS}:53")]);
-        let mut child =
-            server.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
-        self.dns = Some(child);
+        self.dns = Some(spawn_ready(&mut server));
         self.service("kube-system", "kube-dns", KUBE_DNS, ("k8s-app", "kube-dns"), 53, &["UDP", "TCP"]);
     }
 
@@ -346,13 +333,7 @@ impl Sim {
         let mut server = std::process::Command::new("ip");
         server.args(["netns", "exec", &inet.name, env!("CARGO_BIN_EXE_netpol"), "internet-server"]);
         server.args(["--node", "csim", "--dir"]).arg(&dir);
-        let mut child =
-            server.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
-        self.internet = Some((child, inet));
+        self.internet = Some((spawn_ready(&mut server), inet));
     }
 
     /// The resolver files the kubelet writes for a pod in `default`.
@@ -396,12 +377,8 @@ impl Sim {
 
     /// Waits (up to 8 s) for `curl -I URL` from `pod` (on `node`) to give `want`.
     fn check_url(&mut self, task: &str, pod: &str, node: &str, url: &str, want: &str) {
-        let deadline = Instant::now() + Duration::from_secs(8);
-        let mut got = self.curl(pod, node, url);
-        while got != want && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-            got = self.curl(pod, node, url);
-        }
+        let every = Duration::from_millis(200);
+        let got = settle(Duration::from_secs(8), every, || self.curl(pod, node, url), &want.to_string());
         self.outcomes.push((task.into(), format!("curl {pod} -> {url}"), want.into(), got));
     }
 
@@ -417,12 +394,12 @@ impl Sim {
     /// Waits (up to 5 s, the agents converging on a watch event) for `from` → `to`:`port`
     /// to be `want`, then records what was observed.
     fn check(&mut self, task: &str, from: &str, to: &str, port: u16, want: bool) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut got = self.connects(from, to, port);
-        while got != want && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-            got = self.connects(from, to, port);
-        }
+        let got = settle(
+            Duration::from_secs(5),
+            Duration::from_millis(100),
+            || self.connects(from, to, port),
+            &want,
+        );
         let word = |c: bool| if c { "connected" } else { "blocked" }.to_string();
         self.outcomes.push((task.into(), format!("{from} -> {to}:{port}"), word(want), word(got)));
     }

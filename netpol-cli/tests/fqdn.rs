@@ -16,6 +16,32 @@ use std::{
 use common::{leftovers, netpol, text, Node};
 use netpol_tests::need_root;
 
+/// Opens N TCP connections to the resolver's port 53 and holds them; then counts how many
+/// the server closed, and asks NAME (type A) on the last one still open.
+const HOLD_TCP: &str = r#"
+import socket, struct, sys, time
+n, name = int(sys.argv[1]), sys.argv[2]
+server = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")][0]
+conns = [socket.create_connection((server, 53), timeout=5) for _ in range(n)]
+time.sleep(1)
+closed, open_ = 0, []
+for c in conns:
+    c.setblocking(False)
+    try:
+        closed += c.recv(1) == b""
+    except BlockingIOError:
+        open_.append(c)
+    except ConnectionResetError:
+        closed += 1
+q = struct.pack(">HHHHHH", 0x4e50, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+c = open_[-1]
+c.setblocking(True)
+c.sendall(struct.pack(">H", len(q)) + q)
+answer = c.recv(65535)
+print(f"closed={closed} served={len(answer) > 2 and answer[2:4] == q[:2]}")
+"#;
+
 /// A local node with the lab's curl deployment; policies written to a scratch directory.
 struct Lab {
     node: Option<Node>,
@@ -93,18 +119,6 @@ impl Lab {
         let v: serde_json::Value = serde_json::from_str(&rt).unwrap();
         v["agentPid"].as_i64().unwrap() as i32
     }
-
-    /// Waits up to `secs` for `done`.
-    fn eventually(&self, secs: u64, done: impl Fn() -> bool) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < deadline {
-            if done() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        false
-    }
 }
 
 impl Drop for Lab {
@@ -168,6 +182,10 @@ fn dns_rules_let_a_pod_ask_only_their_names() {
     assert!(tcp.contains("status: NOERROR") && tcp.contains("ANSWER: 1"), "DNS over TCP: {tcp}");
     assert!(dig(&["+tcp", kube_dns]).contains("status: REFUSED"), "a name refused over UDP passed over TCP");
 
+    // Past 64 connections in flight, the proxy closes new ones; the held ones are served.
+    let held = node.ok(&["exec", front.as_str(), "--", "python3", "-c", HOLD_TCP, "70", backend]);
+    assert_eq!(held.trim(), "closed=6 served=True", "70 held DNS connections");
+
     let socket = PathBuf::from(format!("/run/netpol/{root}.sock"));
     let get = |path: &str| {
         let t = Duration::from_secs(5);
@@ -182,7 +200,7 @@ fn dns_rules_let_a_pod_ask_only_their_names() {
         "no drop event naming the refused query: {events}"
     );
     let metrics = get(netpol_api::PATH_METRICS);
-    for outcome in ["answered", "refused"] {
+    for outcome in ["answered", "refused", "overloaded"] {
         let line = format!("netpol_dns_queries_total{{outcome=\"{outcome}\"}}");
         assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
     }
@@ -322,7 +340,10 @@ fn an_agent_killed_during_lookups_fails_closed_and_answers_again() {
 
     lab.node().ok(&["up"]);
     assert!(
-        lab.eventually(10, || lab.exec(&["getent", "hosts", "songlaa.com"]).status.success()),
+        netpol_tests::eventually(Duration::from_secs(10), || lab
+            .exec(&["getent", "hosts", "songlaa.com"])
+            .status
+            .success()),
         "DNS is not answered again once the agent is back"
     );
     assert!(lab.get("http://198.51.100.10/", "3"), "the restarted agent forgot what it learned");

@@ -291,6 +291,21 @@ impl Model {
         matched.flat_map(|(_, ips)| ips.iter().copied()).collect()
     }
 
+    /// The name patterns of the `toFQDNs` peers of one rule (none: the rule is gone or has
+    /// no such peers).
+    pub fn rule_names(&self, rule: &crate::compiler::RuleKey) -> Vec<NameMatch> {
+        let part = self.policies.get(&rule.policy).and_then(|p| p.parts.get(rule.part as usize));
+        let rule = part.and_then(|p| p.rules(rule.direction)).and_then(|r| r.get(rule.index as usize));
+        let peers = rule.and_then(|r| r.peers.as_ref()).into_iter().flatten();
+        peers
+            .filter_map(|p| match p {
+                crate::policy::Peer::Names(m) => Some(m.iter().cloned()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
     /// A namespace's labels; `kubernetes.io/metadata.name` is always there, as the API
     /// server guarantees (also for namespaces this model has not seen yet).
     pub fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {

@@ -58,3 +58,42 @@ impl Drop for RemoveOnDrop {
         }
     }
 }
+
+/// Observes every `every` until the observation is `want` or `timeout` has passed; returns
+/// the last observation (for the caller to check or report).
+pub fn settle<T: PartialEq>(
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+    mut observe: impl FnMut() -> T,
+    want: &T,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let got = observe();
+        if &got == want || std::time::Instant::now() >= deadline {
+            return got;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// True once `done` holds (looked at every 100 ms), false when `timeout` passes first.
+pub fn eventually(timeout: std::time::Duration, done: impl FnMut() -> bool) -> bool {
+    settle(timeout, std::time::Duration::from_millis(100), done, &true)
+}
+
+/// Spawns `cmd` (stdout piped, stderr dropped) and waits for the first line it prints to
+/// be `ready` (its sockets are bound); panics, killing it, otherwise.
+pub fn spawn_ready(cmd: &mut std::process::Command) -> std::process::Child {
+    use std::process::Stdio;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    let stdout = child.stdout.take().unwrap();
+    let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+    if line.trim() != "ready" {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{cmd:?} did not start: {line:?}");
+    }
+    child
+}

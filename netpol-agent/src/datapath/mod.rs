@@ -569,18 +569,19 @@ impl Datapath {
         self.conntrack.iter().collect::<Result<_, _>>().map_err(map_err(maps::CONNTRACK))
     }
 
-    /// The remote addresses of the live conntrack entries (not past their timeout; a
-    /// revoked flow is not alive).
-    pub fn remotes_in_use(&self) -> Result<std::collections::BTreeSet<std::net::Ipv4Addr>> {
+    /// The live outgoing conntrack entries (not past their timeout; a revoked flow is not
+    /// alive): the rule that allowed each, and its remote address.
+    pub fn remotes_in_use(&self) -> Result<std::collections::BTreeSet<(u32, std::net::Ipv4Addr)>> {
         let now = monotonic_coarse_ns();
         Ok(self
             .conntrack()?
             .into_iter()
             .filter(|(k, v)| {
-                v.flags & netpol_common::CT_REVOKED == 0
+                v.dir == netpol_common::DIR_EGRESS
+                    && v.flags & netpol_common::CT_REVOKED == 0
                     && now.saturating_sub(v.last_seen) <= netpol_common::ct_timeout_ns(k.proto, v.flags)
             })
-            .map(|(k, _)| std::net::Ipv4Addr::from(k.remote_addr.to_ne_bytes()))
+            .map(|(k, v)| (v.rule_id, std::net::Ipv4Addr::from(k.remote_addr.to_ne_bytes())))
             .collect())
     }
 

@@ -7,8 +7,9 @@
 //! - at most [`MAX_PER_NAME`] addresses per name (the longest-lived kept) and [`MAX_NAMES`]
 //!   names (those expiring first go), so a pod resolving random names cannot grow the
 //!   ipcache and the policy map without bound;
-//! - an address outlives its TTL only while `in_use` says a connection still uses it
-//!   (TTL expiry stops new connections, never established ones);
+//! - an address outlives its TTL only while `in_use` says a connection a rule for that
+//!   very name allowed still uses it (TTL expiry stops new connections, never established
+//!   ones; another pod's connection to the same address keeps nothing alive);
 //! - times are wall-clock milliseconds since the Unix epoch, so a restart keeps counting.
 
 use std::{
@@ -38,6 +39,9 @@ pub fn now_ms() -> u64 {
 pub struct Learned {
     /// name → address → expiry (ms since the epoch).
     names: BTreeMap<Name, BTreeMap<Ipv4Addr, u64>>,
+    /// Changed since the last save or load.
+    #[serde(skip)]
+    unsaved: bool,
 }
 
 impl Learned {
@@ -53,8 +57,10 @@ impl Learned {
                 new = true;
                 until
             });
+            self.unsaved |= *e < until;
             *e = (*e).max(until);
         }
+        self.unsaved |= new;
         if known.len() > MAX_PER_NAME {
             let mut by_expiry: Vec<(u64, Ipv4Addr)> = known.iter().map(|(ip, t)| (*t, *ip)).collect();
             by_expiry.sort();
@@ -92,17 +98,26 @@ impl Learned {
         for (_, n) in &others[..excess.min(others.len())] {
             self.names.remove(n);
         }
+        self.unsaved |= excess > 0;
         excess > 0
     }
 
-    /// Forgets what expired by `now`, except addresses `in_use`; true when anything went.
-    pub fn expire(&mut self, now: u64, in_use: &dyn Fn(Ipv4Addr) -> bool) -> bool {
+    /// Forgets what expired by `now`, except addresses `in_use` for their name; true when
+    /// anything went.
+    pub fn expire(&mut self, now: u64, in_use: &dyn Fn(&Name, Ipv4Addr) -> bool) -> bool {
         let before = self.len();
-        for known in self.names.values_mut() {
-            known.retain(|ip, until| *until > now || in_use(*ip));
+        for (name, known) in self.names.iter_mut() {
+            known.retain(|ip, until| *until > now || in_use(name, *ip));
         }
         self.names.retain(|_, known| !known.is_empty());
-        self.len() != before
+        let changed = self.len() != before;
+        self.unsaved |= changed;
+        changed
+    }
+
+    /// True when something changed since the last save or load.
+    pub fn unsaved(&self) -> bool {
+        self.unsaved
     }
 
     /// (name, address) pairs held.
@@ -134,12 +149,14 @@ impl Learned {
     }
 
     /// Saves atomically (a temporary file renamed over the old one).
-    pub fn save(&self, path: &Path) -> Result<(), String> {
+    pub fn save(&mut self, path: &Path) -> Result<(), String> {
         let tmp = path.with_extension("tmp");
         let text = serde_json::to_string(self).expect("serializable");
         std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.unsaved = false;
+        Ok(())
     }
 }
 
@@ -162,14 +179,14 @@ mod tests {
         assert!(!l.learn(&name("songlaa.com"), &ips(&[[198, 51, 100, 1]]), 5, 1500), "not new");
         assert!(l.learn(&name("songlaa.com"), &ips(&[[198, 51, 100, 2]]), 1, 1500));
         assert_eq!(l.next_expiry(), Some(2500));
-        assert!(!l.expire(2499, &|_| false));
-        assert!(l.expire(2500, &|_| false), "an address is gone when its TTL is up");
+        assert!(!l.expire(2499, &|_, _| false));
+        assert!(l.expire(2500, &|_, _| false), "an address is gone when its TTL is up");
         assert_eq!(l.snapshot()[&name("songlaa.com")], ips(&[[198, 51, 100, 1]]));
         // The refreshed TTL holds (until 6500); past it, an address a connection uses stays.
         let used = Ipv4Addr::new(198, 51, 100, 1);
-        assert!(!l.expire(6499, &|_| false));
-        assert!(!l.expire(6500, &|ip| ip == used));
-        assert!(l.expire(6500, &|_| false));
+        assert!(!l.expire(6499, &|_, _| false));
+        assert!(!l.expire(6500, &|_, ip| ip == used));
+        assert!(l.expire(6500, &|_, _| false));
         assert!(l.is_empty());
     }
 

@@ -102,7 +102,7 @@ impl<E: Enforcer> Proxy<E> {
         let (udp, tcp) = sockets::listen(0, routing.mark)?;
         let port = udp.local_addr()?.port();
         udp.set_read_timeout(Some(POLL))?;
-        tcp.set_nonblocking(true)?;
+        sockets::accept_timeout(&tcp, POLL)?;
         let (hub, metrics) = {
             let mut a = agent.lock().unwrap_or_else(|p| p.into_inner());
             a.set_dns_proxy(DnsProxy { port, _pad: 0, mark: routing.mark })?;
@@ -162,6 +162,7 @@ impl<E: Enforcer> Drop for Proxy<E> {
 }
 
 fn serve_udp<E: Enforcer>(ctx: &Context<E>, udp: &UdpSocket) {
+    let mut answerers = sockets::Answerers::new(ctx.mark);
     while !ctx.stopped() {
         let d = match sockets::recv(udp) {
             Ok(d) => d,
@@ -173,7 +174,7 @@ fn serve_udp<E: Enforcer>(ctx: &Context<E>, udp: &UdpSocket) {
             }
         };
         if let Some(reply) = answer(ctx, &d.data, d.from, d.to, IPPROTO_UDP) {
-            if let Err(e) = sockets::reply(d.to, d.from, &reply, ctx.mark) {
+            if let Err(e) = answerers.send(d.to, d.from, &reply) {
                 warn!(to = %d.from, "DNS proxy: sending an answer: {e}");
             }
         }
@@ -184,10 +185,7 @@ fn accept_tcp<E: Enforcer>(ctx: &Arc<Context<E>>, listener: &TcpListener) {
     while !ctx.stopped() {
         let (conn, _) = match listener.accept() {
             Ok(c) => c,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => continue,
             Err(e) => {
                 warn!("DNS proxy: accepting a connection: {e}");
                 std::thread::sleep(POLL);
@@ -213,7 +211,6 @@ fn accept_tcp<E: Enforcer>(ctx: &Arc<Context<E>>, listener: &TcpListener) {
 
 /// One connection's queries, one at a time, until the pod closes it or it idles.
 fn serve_tcp<E: Enforcer>(ctx: &Context<E>, mut conn: TcpStream) -> io::Result<()> {
-    conn.set_nonblocking(false)?;
     conn.set_read_timeout(Some(TCP_IDLE))?;
     conn.set_write_timeout(Some(UPSTREAM_TIMEOUT))?;
     // Accepted as the server the pod asked: its local address is that server's.

@@ -109,10 +109,46 @@ pub fn recv(udp: &UdpSocket) -> io::Result<Datagram> {
     Ok(Datagram { data: buf, from: from_sockaddr(&from), to })
 }
 
-/// Sends `data` to `to` from `from` (a server's address and port the pod asked), with the
-/// answer mark of the proxy's `mark`.
-pub fn reply(from: SocketAddrV4, to: SocketAddrV4, data: &[u8], mark: u32) -> io::Result<()> {
-    let s = UdpSocket::from(transparent(libc::SOCK_DGRAM, from, mark | PROXY_ANSWER_BIT)?);
-    s.send_to(data, to)?;
+/// Server addresses a worker keeps an answering socket for.
+const ANSWERERS: usize = 64;
+
+/// The sockets one worker answers through, one per server address pods asked (opened on
+/// first use and kept, at most [`ANSWERERS`]). They are bound to a server's address but
+/// never receive: the programs assign queries to the proxy's port, never to them.
+pub struct Answerers {
+    mark: u32,
+    sockets: std::collections::HashMap<SocketAddrV4, UdpSocket>,
+}
+
+impl Answerers {
+    /// Answerers with the answer mark of the proxy's `mark`.
+    pub fn new(mark: u32) -> Answerers {
+        Answerers { mark: mark | PROXY_ANSWER_BIT, sockets: Default::default() }
+    }
+
+    /// Sends `data` to `to` from `from` (a server's address and port the pod asked).
+    pub fn send(&mut self, from: SocketAddrV4, to: SocketAddrV4, data: &[u8]) -> io::Result<()> {
+        if !self.sockets.contains_key(&from) {
+            if self.sockets.len() >= ANSWERERS {
+                self.sockets.clear();
+            }
+            let s = UdpSocket::from(transparent(libc::SOCK_DGRAM, from, self.mark)?);
+            self.sockets.insert(from, s);
+        }
+        self.sockets[&from].send_to(data, to)?;
+        Ok(())
+    }
+}
+
+/// Makes `accept` on `listener` give up after `timeout` (`WouldBlock`), so its thread can
+/// look at a stop flag.
+pub fn accept_timeout(listener: &TcpListener, timeout: std::time::Duration) -> io::Result<()> {
+    let tv =
+        libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: timeout.subsec_micros() as _ };
+    let len = size_of::<libc::timeval>() as libc::socklen_t;
+    let fd = listener.as_raw_fd();
+    check(unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv as *const _ as *const _, len)
+    })?;
     Ok(())
 }

@@ -9,12 +9,9 @@
 //! node — pods reach the internet through the node, as on a cluster (without masquerade:
 //! the internet sees pod addresses).
 
-use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
-};
+use std::{path::PathBuf, process::Command};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::{alive, run, Local, Runtime};
@@ -91,21 +88,9 @@ impl Local {
             .arg("--")
             .arg(std::env::current_exe()?)
             .args(["internet-server", "--node", &self.root, "--dir"])
-            .arg(self.internet_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .arg(self.internet_dir());
         super::pods::detach(&mut cmd, None);
-        let mut child = cmd.spawn().context("starting the simulated internet")?;
-        let mut line = String::new();
-        let stdout = child.stdout.take().context("the internet's stdout")?;
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-        if line.trim() != crate::responder::READY {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the simulated internet did not start");
-        }
-        Ok(child.id())
+        super::pods::spawn_ready(&mut cmd).context("the simulated internet did not start")
     }
 
     /// Takes the internet down: its process, rule, namespace (and veth, with it).

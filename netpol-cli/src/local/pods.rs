@@ -96,6 +96,22 @@ pub(super) fn kill(pid: Option<u32>) {
 
 /// Runs `cmd` in a session of its own (it outlives the command that started it), in the
 /// cgroup of `procs` when given.
+/// Starts a server (`netpol responder`, `netpol internet-server`) and waits until it says
+/// [`crate::responder::READY`]: its sockets are bound. Its pid.
+pub(super) fn spawn_ready(cmd: &mut Command) -> Result<u32> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = cmd.spawn()?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().context("no stdout")?;
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    if line.trim() != crate::responder::READY {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("it exited before it was ready");
+    }
+    Ok(child.id())
+}
+
 pub(super) fn detach(cmd: &mut Command, procs: Option<CgroupProcs>) {
     unsafe {
         cmd.pre_exec(move || {
@@ -185,19 +201,12 @@ impl Local {
             cmd.args(["--dns", &port.to_string(), "--agent"]).arg(&self.socket);
             cmd.arg("--upstream").arg(format!("{}:53", crate::internet::DNS_SERVER));
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
         detach(&mut cmd, self.pod_cgroup_procs()?);
-        let mut child = cmd.spawn().context("starting the responder")?;
         // Ready once its sockets are bound: a probe right after must not meet a closed port.
-        let mut line = String::new();
-        let stdout = child.stdout.take().context("the responder's stdout")?;
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-        if line.trim() != crate::responder::READY {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the responder for {key} did not start (its ports may be taken)");
-        }
-        Ok(Some(child.id()))
+        let what = format!("the responder for {key}");
+        spawn_ready(&mut cmd)
+            .with_context(|| format!("{what} did not start (its ports may be taken)"))
+            .map(Some)
     }
 
     /// Creates (or updates) a pod: namespace, wiring, responder, store object.
