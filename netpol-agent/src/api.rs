@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use crate::{
     controller::{Agent, AgentError},
+    datapath::events::EventView,
     endpoints::EndpointError,
     sources::local::StoreError,
 };
@@ -80,6 +81,8 @@ pub fn router(state: Shared) -> Router {
         .route(&format!("{PATH_ENDPOINTS}/{{container_id}}/{{ifname}}"), get(status).delete(unregister))
         .route(PATH_OBJECTS, axum::routing::post(apply).get(objects).delete(delete_object))
         .route(PATH_EVENTS, get(events))
+        .route(netpol_api::flows::PATH_FLOWS, get(flows))
+        .route(netpol_api::flows::PATH_TRACE, get(trace))
         .route(PATH_NAMES, get(names))
         .with_state(state)
 }
@@ -115,21 +118,49 @@ async fn events(State(st): State<Shared>, Query(q): Query<EventsQuery>) -> Respo
     if !q.follow {
         return Json(hub.recent()).into_response();
     }
-    let rx = hub.follow();
-    let lines = futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(ev) => {
-                    let mut line = serde_json::to_vec(&ev).unwrap_or_default();
-                    line.push(b'\n');
-                    return Some((Ok::<_, std::convert::Infallible>(line), rx));
+    ndjson(hub.follow(), |ev| serde_json::to_vec(&ev))
+}
+
+/// The same as `events`, each verdict with names ([`netpol_api::flows::Flow`]).
+async fn flows(State(st): State<Shared>, Query(q): Query<EventsQuery>) -> Response {
+    let (hub, dir) = {
+        let a = st.lock().unwrap_or_else(|p| p.into_inner());
+        (a.events(), a.directory())
+    };
+    if !q.follow {
+        let described: Vec<_> = hub.recent().iter().map(|ev| dir.describe(ev)).collect();
+        return Json(described).into_response();
+    }
+    ndjson(hub.follow(), move |ev| serde_json::to_vec(&dir.describe(&ev)))
+}
+
+/// Streams what `rx` receives, each as `line` makes it, one per line.
+fn ndjson(
+    rx: tokio::sync::broadcast::Receiver<EventView>,
+    line: impl Fn(EventView) -> serde_json::Result<Vec<u8>> + Send + Sync + 'static,
+) -> Response {
+    let line = std::sync::Arc::new(line);
+    let lines = futures::stream::unfold(rx, move |mut rx| {
+        let line = line.clone();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        let mut bytes = line(ev).unwrap_or_default();
+                        bytes.push(b'\n');
+                        return Some((Ok::<_, std::convert::Infallible>(bytes), rx));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             }
         }
     });
     ([("content-type", "application/x-ndjson")], axum::body::Body::from_stream(lines)).into_response()
+}
+
+async fn trace(State(st): State<Shared>, Query(q): Query<netpol_api::flows::TraceQuery>) -> Response {
+    reply(blocking(st, move |a| a.trace(&q)).await)
 }
 
 async fn names(State(st): State<Shared>) -> Response {

@@ -150,6 +150,8 @@ pub struct Agent<E: Enforcer = Datapath> {
     metrics: Metrics,
     /// Verdict events, once the agent's ring reader runs ([`crate::monitor::consume`]).
     events: std::sync::Arc<crate::monitor::EventHub>,
+    /// What names the verdicts, as of the last compile.
+    directory: std::sync::Arc<crate::flows::DirectoryCell>,
     budgets: Budgets,
     /// The kinds listed in full so far (all of them at once, in local mode).
     listed: BTreeSet<Kind>,
@@ -254,6 +256,7 @@ impl<E: Enforcer> Agent<E> {
             stats: Stats::default(),
             metrics: Metrics::default(),
             events: Default::default(),
+            directory: Default::default(),
             budgets: settings.budgets,
             listed: BTreeSet::new(),
             state_dir: state_dir.clone(),
@@ -327,6 +330,24 @@ impl<E: Enforcer> Agent<E> {
     /// The verdict events hub (the ring reader publishes into it).
     pub fn events(&self) -> std::sync::Arc<crate::monitor::EventHub> {
         self.events.clone()
+    }
+
+    /// Would a connection pass, and why: decided on what the datapath holds.
+    pub fn trace(&self, q: &netpol_api::flows::TraceQuery) -> Result<netpol_api::flows::Trace, AgentError> {
+        let state = self.dp.realized()?;
+        let (endpoints, _) = self.registry.local_endpoints();
+        let held = crate::trace::Held {
+            model: &self.model,
+            compiled: &self.compiled,
+            state: &state,
+            endpoints: &endpoints,
+        };
+        crate::trace::trace(&held, q).map_err(AgentError::Invalid)
+    }
+
+    /// What names the verdicts (kept current by every compile).
+    pub fn directory(&self) -> std::sync::Arc<crate::flows::DirectoryCell> {
+        self.directory.clone()
     }
 
     pub fn endpoints(&self) -> Result<Vec<EndpointStatus>, AgentError> {
@@ -536,6 +557,8 @@ impl<E: Enforcer> Agent<E> {
         }
         // What was compiled is what the datapath holds, or should: the over-budget and
         // held-closed reports stand even when the sync must be retried.
+        let (endpoints, _) = self.registry.local_endpoints();
+        self.directory.set(crate::flows::Directory::new(&self.model, &compiled, &endpoints));
         self.compiled = compiled;
         let report = synced?;
         self.metrics.sync_seconds.observe(t.elapsed().as_secs_f64());

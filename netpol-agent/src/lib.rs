@@ -24,6 +24,7 @@ pub mod datapath;
 pub mod dnsproxy;
 pub mod endpoints;
 pub mod enforcer;
+pub mod flows;
 pub mod masquerade;
 pub mod metrics;
 pub mod monitor;
@@ -32,3 +33,4 @@ pub mod sockets;
 pub mod sources;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;

@@ -14,6 +14,7 @@
 //! | GET | `/v1/names` | → [`ServiceName`]s: what each Service's cluster DNS name resolves to |
 //! | GET | `/v1/events` | → the most recent verdict events (JSON list, oldest first) |
 //! | GET | `/v1/events?follow=true` | → every verdict event from now on, one JSON object per line |
+//! | GET | `/v1/flows[?follow=true]` | → the same verdicts with names: [`flows::Flow`]s |
 //! | GET | `/metrics` | → Prometheus metrics (OpenMetrics text) |
 //!
 //! Errors come back with a 4xx/5xx status and an [`ApiError`] body.
@@ -23,6 +24,7 @@ pub mod cgroup;
 pub mod cilium;
 #[cfg(feature = "client")]
 pub mod client;
+pub mod flows;
 #[cfg(feature = "netlink")]
 pub mod netlink;
 #[cfg(feature = "resources")]

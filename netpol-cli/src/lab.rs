@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::Result;
+use netpol_api::flows::{Flow, Verdict};
 
 /// What a step must show.
 #[derive(Clone, Copy)]
@@ -106,7 +107,11 @@ impl<'a> Lab<'a> {
         args: &[&str],
         expect: Expect,
     ) -> Result<String> {
+        let since_ms = netpol_api::flows::now_ms();
         let (code, text) = self.run(shown, args)?;
+        if matches!(expect, Expect::TimedOut | Expect::Connected(false) | Expect::Refused) {
+            self.show_drop(since_ms);
+        }
         let (pass, observed) = match expect {
             Expect::Ok => {
                 (code == 0, if code == 0 { "succeeds".into() } else { format!("exit code {code}") })
@@ -153,6 +158,22 @@ impl<'a> Lab<'a> {
             pass,
         });
         Ok(text)
+    }
+
+    /// What `netpol monitor` showed for the drop that denied the last command: the
+    /// node's latest drop since `since_ms`.
+    fn show_drop(&self, since_ms: u64) {
+        let socket = crate::local::Local::new(self.root).socket;
+        let (get, t) = (netpol_api::client::Method::GET, std::time::Duration::from_secs(2));
+        let Ok((_, body)) = netpol_api::client::call(&socket, get, netpol_api::flows::PATH_FLOWS, None, t)
+        else {
+            return;
+        };
+        let flows: Vec<Flow> = serde_json::from_slice(&body).unwrap_or_default();
+        let last = flows.iter().rev().find(|f| f.verdict == Verdict::Dropped && f.time_ms + 50 >= since_ms);
+        if let Some(flow) = last {
+            println!("$ netpol monitor --verdict dropped   # what the node saw\n{flow}\n");
+        }
     }
 
     /// `export NAME=$(netpol local get pods -l SEL -o jsonpath='{.items[0].metadata.name}')`

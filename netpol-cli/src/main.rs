@@ -37,6 +37,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LocalCmd,
     },
+    /// Every verdict as it happens: pods at both ends, the policy behind an allow, the
+    /// reason for a drop.
+    Monitor(cmd::monitor::Args),
+    /// Would FROM reach TO:PORT[/PROTO], and why: the deciding policies on each side, or
+    /// which side denies it. Exit 0 it would pass, 1 not, 2 decided on another node, 3
+    /// cannot be traced.
+    Trace(cmd::trace::Args),
     /// Serves a pod's ports (started by the local runtime inside the pod).
     #[command(hide = true)]
     Responder(cmd::responder::Args),
@@ -90,6 +97,8 @@ fn run(cli: Cli) -> Result<u8> {
     let (root, command) = match cli.cmd {
         Cmd::Responder(args) => return cmd::responder::run(args),
         Cmd::InternetServer(args) => return cmd::internet::serve(args),
+        Cmd::Monitor(args) => return cmd::monitor::run(args),
+        Cmd::Trace(args) => return cmd::trace::run(args),
         Cmd::Local { root, cmd } => (root, cmd),
     };
     let local = Local::new(&root);

@@ -1,7 +1,8 @@
 //! The Kubernetes e2e model in local mode (root): namespaces x, y, z (labelled ns=NAME),
 //! pods a, b, c in each (labelled pod=NAME), serving 80 and 81 on TCP and UDP through ports
 //! named serve-80-tcp etc. For each case the probed matrix (real packets through the eBPF
-//! datapath) must equal the reference evaluator's verdicts.
+//! datapath) must equal the reference evaluator's verdicts, and so must the agent's trace of
+//! every cell (`netpol trace`, decided on the maps the datapath holds).
 //!
 //! Traffic from a pod to itself never leaves its namespace (the kernel loops it back inside
 //! the pod), so no datapath sees it; those cells are not compared.
@@ -9,7 +10,18 @@
 mod common;
 
 use common::netpol;
-use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, process::Command, time::Instant};
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use netpol_api::{
+    client::{call, Method},
+    flows::{Trace, TraceQuery},
+};
 
 use netpol_policy::{
     model::{Model, Object},
@@ -226,6 +238,15 @@ fn write(path: &PathBuf, objs: &[Value]) {
     std::fs::write(path, text.join("\n---\n")).unwrap();
 }
 
+/// The agent's answer to `netpol trace FROM TO:PORT/PROTO`.
+fn trace(from: &str, to: &str, port: u16, protocol: &str) -> Trace {
+    let q = TraceQuery { from: from.into(), to: to.into(), port, protocol: protocol.into(), name: None };
+    let socket = PathBuf::from(format!("/run/netpol/{ROOT}.sock"));
+    let (status, body) = call(&socket, Method::GET, &q.path(), None, Duration::from_secs(5)).unwrap();
+    assert!(status.is_success(), "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
 #[test]
 fn the_e2e_model_matches_the_reference_in_every_case() {
     if need_root() {
@@ -323,6 +344,13 @@ fn the_e2e_model_matches_the_reference_in_every_case() {
                 wrong.push(format!(
                     "{from} -> {to} {}/{}: probed {}, reference {want}",
                     flow.protocol, flow.port, c["connected"]
+                ));
+            }
+            let traced = trace(from, to, flow.port, &flow.protocol);
+            if traced.allowed != Some(want) {
+                wrong.push(format!(
+                    "{from} -> {to} {}/{}: reference {want}, traced {traced}",
+                    flow.protocol, flow.port
                 ));
             }
         }

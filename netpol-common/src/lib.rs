@@ -438,8 +438,42 @@ pub mod reason {
         "drop-dns-malformed",
     ];
 
+    /// Each reason in words (what `netpol monitor` says when it knows nothing more).
+    pub const WORDS: [&str; COUNT] = [
+        "the pod is not isolated in this direction",
+        "a policy rule allows it",
+        "part of an established flow",
+        "a reply of an allowed flow",
+        "an ICMP error about a tracked flow",
+        "to or from the pod's node",
+        "ARP with the pod's own address",
+        "a later fragment of an allowed datagram",
+        "DNS handed to the node's DNS proxy, which filters names",
+        "no policy allows it",
+        "the rule that allowed this established flow was withdrawn",
+        "spoofed source: not the pod's own address",
+        "malformed packet",
+        "a fragment of a datagram whose first fragment was not allowed",
+        "IP options",
+        "IPv6 (not enforced: dropped both ways)",
+        "neither IPv4, ARP nor IPv6",
+        "no endpoint is enforced on this interface",
+        "VLAN-tagged frame",
+        "spoofed ARP: not the pod's own address",
+        "ICMP redirect or router advertisement from a pod",
+        "spoofed source: a local pod's address from another interface",
+        "to a ClusterIP the socket hooks did not translate",
+        "DNS filtered by name while no DNS proxy runs",
+        "DNS query refused: no DNS rule of the pod allows the name",
+        "DNS query the proxy cannot judge (not one question)",
+    ];
+
     pub fn name(r: u8) -> &'static str {
         NAMES.get(r as usize).copied().unwrap_or("unknown")
+    }
+
+    pub fn words(r: u8) -> &'static str {
+        WORDS.get(r as usize).copied().unwrap_or("unknown reason")
     }
 
     pub fn is_drop(r: u8) -> bool {

@@ -16,7 +16,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::Path,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use netpol_policy::names::{Name, NameMatch};
@@ -30,10 +29,7 @@ pub const MAX_NAMES: usize = 16_384;
 /// names of others.
 pub const MAX_NAMES_PER_PATTERN: usize = 1024;
 
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub use netpol_api::flows::now_ms;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Learned {

@@ -1,5 +1,6 @@
-//! One module per verb of `netpol local` (each an `Args` and a `run`), plus the hidden
-//! `responder` the runtime starts inside pods. Shared argument parsers live here.
+//! One module per verb of `netpol local` and of the node verbs (`monitor`), each an `Args`
+//! and a `run`, plus the hidden `responder` the runtime starts inside pods. Shared
+//! arguments and parsers live here.
 
 pub mod apply;
 pub mod delete;
@@ -8,17 +9,52 @@ pub mod exec;
 pub mod get;
 pub mod internet;
 pub mod lab;
+pub mod monitor;
 pub mod probe;
 pub mod responder;
+pub mod trace;
 pub mod up;
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use netpol_api::resources::ResourceKind;
+
+use crate::local::{Local, DEFAULT_ROOT};
+
+/// Which agent a node verb talks to: the local node's (`--root`), or any agent's socket.
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// The local node (as `netpol local --root`).
+    #[arg(long, default_value = DEFAULT_ROOT)]
+    root: String,
+    /// An agent's API socket (on a cluster node: /run/netpol/agent.sock); overrides --root.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+impl AgentArgs {
+    pub fn socket(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| Local::new(&self.root).socket)
+    }
+}
 
 /// A kind as typed (`pods`, `po`, `deploy`, `svc`, `netpol`, `ns`, `deployments.apps`, ...).
 pub fn kind(s: &str) -> Result<ResourceKind, String> {
     ResourceKind::parse(s).ok_or_else(|| format!("the server doesn't have a resource type {s:?}"))
+}
+
+/// `NS/POD:PORT[/PROTO]` → (NS/POD, port, protocol if given): the protocol is what follows
+/// the last '/' after the port.
+pub fn target(to: &str) -> anyhow::Result<(&str, u16, Option<&str>)> {
+    let (target, proto) = match to.rsplit_once('/') {
+        Some((t, p)) if !p.contains(':') && t.contains(':') => (t, Some(p)),
+        _ => (to, None),
+    };
+    let (pod, port) = target
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("error: TO must be NS/POD:PORT[/PROTO], not {to:?}"))?;
+    let port: u16 = port.parse().map_err(|_| anyhow::anyhow!("error: invalid port {port:?}"))?;
+    Ok((pod, port, proto))
 }
 
 /// `1s`, `500ms`, `2m`, or plain seconds.
@@ -42,5 +78,8 @@ mod tests {
         assert_eq!(super::duration("2m").unwrap().as_secs(), 120);
         assert!(super::duration("2h").is_err());
         assert!(super::kind("deploy").is_ok() && super::kind("frob").is_err());
+        assert_eq!(super::target("x/a:80/UDP").unwrap(), ("x/a", 80, Some("UDP")));
+        assert_eq!(super::target("x/a:80").unwrap(), ("x/a", 80, None));
+        assert!(super::target("x/a").is_err() && super::target("x/a:http").is_err());
     }
 }

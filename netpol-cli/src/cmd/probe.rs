@@ -62,19 +62,12 @@ pub fn run(args: Args, local: &Local) -> Result<u8> {
     let (Some(from), Some(to)) = (&args.from, &args.to) else {
         bail!("error: probe needs FROM and TO:PORT[/PROTO], or --matrix")
     };
-    // NS/POD:PORT[/PROTO]: the protocol is what follows the last '/' after the port.
-    let (target, proto) = match to.rsplit_once('/') {
-        Some((t, p)) if !p.contains(':') && t.contains(':') => (
-            t,
-            Protocol::from_str(p, true)
-                .map_err(|_| anyhow!("error: unsupported protocol {p:?} (TCP or UDP)"))?,
-        ),
-        _ => (to.as_str(), Protocol::Tcp),
+    let (pod, port, proto) = super::target(to)?;
+    let proto = match proto {
+        Some(p) => Protocol::from_str(p, true)
+            .map_err(|_| anyhow!("error: unsupported protocol {p:?} (TCP or UDP)"))?,
+        None => Protocol::Tcp,
     };
-    let (pod, port) = target
-        .rsplit_once(':')
-        .ok_or_else(|| anyhow!("error: TO must be NS/POD:PORT[/PROTO], not {to:?}"))?;
-    let port: u16 = port.parse().map_err(|_| anyhow!("error: invalid port {port:?}"))?;
     let (ns, name) = split(from);
     let connected = probe::probe(&local.pod_netns(ns, name)?, ip_of(&pods, pod)?, port, proto, args.timeout)?;
     println!("{from} -> {pod}:{port}/{proto}: {}", if connected { "connected" } else { "blocked" });

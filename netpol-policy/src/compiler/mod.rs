@@ -60,6 +60,9 @@ pub struct Compiled {
     pub over_budget: BTreeMap<PolicyId, BudgetError>,
     /// Local endpoints held closed because their pod is not known yet (ifindex).
     pub held_closed: BTreeSet<u32>,
+    /// The policies that isolate each local endpoint (by `ep_id`) in each direction: they
+    /// select its pod and have rules of that direction (whether or not they fit the budgets).
+    pub isolating: BTreeMap<(u32, Direction), BTreeSet<PolicyId>>,
     /// The names the rules behind each DNS-proxied key (`POLICY_DNS_PROXY`) allow (the
     /// proxy allows a query the union of every key taking its flow allows:
     /// [`crate::lookup::dns_names`]).
@@ -82,7 +85,7 @@ pub fn compile_with(
 ) -> Compiled {
     let ids = identities::identities(model, endpoints, &mut alloc.labels);
     let cidrs = cidrs::cidrs(model, node, &ids, alloc);
-    let (selected, flags) = selection(model, endpoints, &ids);
+    let Selection { selected, flags, isolating } = selection(model, endpoints, &ids);
     let mut expander = Expander::new(&ids.info, &cidrs, model);
     // Each policy's keys are kept from the budget pass while they fit in what the node's maps
     // hold (so memory stays bounded by the maps plus one policy's budget); past that, an
@@ -105,7 +108,7 @@ pub fn compile_with(
     let mut over_budget = budget::admit(&costs, budgets);
     over_budget.extend(counting.uncounted());
 
-    let mut out = Compiled { over_budget, ..Compiled::default() };
+    let mut out = Compiled { over_budget, isolating, ..Compiled::default() };
     for (key, keys) in expanded.into_iter().filter(|(k, _)| !out.over_budget.contains_key(*k)) {
         let policy = &model.policies[key];
         let keys =
@@ -155,16 +158,22 @@ pub fn compile_with(
 /// A local endpoint a policy selects, and which part of the policy selects it.
 type Selected<'e> = (&'e LocalEndpoint, usize);
 
+/// Which local endpoints each policy selects, and every endpoint's isolation.
+struct Selection<'e> {
+    selected: BTreeMap<PolicyId, Vec<Selected<'e>>>,
+    /// ifindex → isolation flags.
+    flags: BTreeMap<u32, u32>,
+    /// (ep_id, direction) → the policies isolating it.
+    isolating: BTreeMap<(u32, Direction), BTreeSet<PolicyId>>,
+}
+
 /// Which local endpoints each policy selects, and every endpoint's isolation flags (from
 /// all selecting policies, whatever the budgets say). Held-closed endpoints are isolated
 /// both ways and selected by nothing.
-fn selection<'e>(
-    model: &Model,
-    endpoints: &'e [LocalEndpoint],
-    ids: &Identities,
-) -> (BTreeMap<PolicyId, Vec<Selected<'e>>>, BTreeMap<u32, u32>) {
+fn selection<'e>(model: &Model, endpoints: &'e [LocalEndpoint], ids: &Identities) -> Selection<'e> {
     let mut selected: BTreeMap<PolicyId, Vec<Selected<'e>>> = BTreeMap::new();
     let mut flags = BTreeMap::new();
+    let mut isolating: BTreeMap<(u32, Direction), BTreeSet<PolicyId>> = BTreeMap::new();
     for ep in endpoints {
         let id = ids.of_endpoint[&ep.ifindex];
         let Some(own) = ids.info.get(&id) else {
@@ -180,6 +189,7 @@ fn selection<'e>(
                 for dir in [Direction::Ingress, Direction::Egress] {
                     if policy.rules(dir).is_some() {
                         f |= dir.isolation_flag();
+                        isolating.entry((ep.ep_id, dir)).or_default().insert(key.clone());
                     }
                 }
                 selected.entry(key.clone()).or_default().push((ep, part));
@@ -187,7 +197,7 @@ fn selection<'e>(
         }
         flags.insert(ep.ifindex, f);
     }
-    (selected, flags)
+    Selection { selected, flags, isolating }
 }
 
 /// A policy's keys on its selected endpoints, with where each came from; expansion stops

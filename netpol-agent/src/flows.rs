@@ -1,0 +1,162 @@
+//! Verdicts in words (`GET /v1/flows`, `netpol monitor`): each event with the pods at its
+//! ends, the policy and rule behind an allow, and for a drop its reason — for a policy
+//! drop, which pod's policies do not allow it and which policies isolate that pod there.
+//!
+//! Invariants: the [`Directory`] is rebuilt after every compile from the model and compile
+//! the datapath was given, and read without the agent's lock (a follower never slows the
+//! agent); an address no pod, node, Service or learned name has is shown as itself.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+};
+
+use netpol_api::flows::{Flow, FlowPeer, Verdict};
+use netpol_common::reason;
+use netpol_policy::{
+    compiler::{Compiled, LocalEndpoint, RuleKey},
+    entries::Direction,
+    model::Model,
+    policy::PolicyId,
+    services,
+};
+
+use crate::datapath::{events::EventView, monotonic_coarse_ns};
+
+/// What names a verdict's numbers.
+#[derive(Debug, Default)]
+pub struct Directory {
+    /// Address → `ns/pod`, for every pod the model knows.
+    pods: BTreeMap<Ipv4Addr, String>,
+    /// Local endpoint id → `ns/pod`.
+    endpoints: BTreeMap<u32, String>,
+    /// Other things with an address: `node NAME`, `ClusterIP ns/name`, learned DNS names.
+    names: BTreeMap<Ipv4Addr, Vec<String>>,
+    rules: BTreeMap<u32, RuleKey>,
+    isolating: BTreeMap<(u32, Direction), BTreeSet<PolicyId>>,
+}
+
+impl Directory {
+    pub fn new(model: &Model, compiled: &Compiled, endpoints: &[LocalEndpoint]) -> Directory {
+        let key = |ns: &str, name: &str| format!("{ns}/{name}");
+        let pods = model.policy_pods().map(|((ns, name), _, ip)| (ip, key(ns, name))).collect();
+        let mut names: BTreeMap<Ipv4Addr, Vec<String>> = BTreeMap::new();
+        for (name, ips) in &model.learned {
+            for ip in ips {
+                names.entry(*ip).or_default().push(name.to_string());
+            }
+        }
+        for node in model.nodes.keys() {
+            for ip in model.node_addresses(node) {
+                names.entry(ip).or_default().push(format!("node {node}"));
+            }
+        }
+        for ((ns, name), svc) in &model.services {
+            for ip in services::cluster_ips(svc) {
+                names.entry(ip).or_default().push(format!("ClusterIP {ns}/{name}"));
+            }
+        }
+        Directory {
+            pods,
+            endpoints: endpoints.iter().map(|e| (e.ep_id, key(&e.namespace, &e.pod))).collect(),
+            names,
+            rules: compiled.rules.clone(),
+            isolating: compiled.isolating.clone(),
+        }
+    }
+
+    /// What has the address: a pod, else other names it has.
+    pub fn peer(&self, ip: Ipv4Addr, port: Option<u16>) -> FlowPeer {
+        let pod = self.pods.get(&ip).cloned();
+        let names = if pod.is_some() { Vec::new() } else { self.names.get(&ip).cloned().unwrap_or_default() };
+        FlowPeer { ip, port, pod, names }
+    }
+
+    /// The event in words; `time_ms` is when it happened (wall clock).
+    pub fn describe(&self, ev: &EventView, time_ms: u64) -> Flow {
+        let ports = matches!(ev.protocol.as_str(), "tcp" | "udp" | "sctp");
+        let port = |p: u16| ports.then_some(p);
+        let (source, destination) =
+            (self.peer(ev.src, port(ev.src_port)), self.peer(ev.dst, port(ev.dst_port)));
+        let pod = self.endpoints.get(&ev.endpoint).cloned();
+        let code = reason::NAMES.iter().position(|n| *n == ev.reason).map_or(u8::MAX, |c| c as u8);
+        let rule = (code == reason::ALLOW_POLICY).then(|| self.rules.get(&ev.rule_id)).flatten();
+        let mut flow = Flow {
+            time_ms,
+            verdict: if reason::is_drop(code) { Verdict::Dropped } else { Verdict::Allowed },
+            direction: ev.direction.to_string(),
+            pod,
+            source,
+            destination,
+            protocol: ev.protocol.to_uppercase(),
+            port: port(ev.dst_port),
+            policy: rule.map(|r| r.policy.to_string()),
+            rule: rule.map(|r| r.to_string()),
+            reason: String::new(),
+            code: ev.reason.to_string(),
+            query: ev.query.clone(),
+        };
+        flow.reason = self.reason(&flow, code, ev);
+        flow
+    }
+
+    fn reason(&self, flow: &Flow, code: u8, ev: &EventView) -> String {
+        let pod = flow.pod.clone().unwrap_or_else(|| format!("endpoint {}", ev.endpoint));
+        let (toward, remote) = match ev.direction {
+            Direction::Ingress => ("from", &flow.source),
+            Direction::Egress => ("to", &flow.destination),
+        };
+        let on = match flow.port {
+            Some(p) => format!("{p}/{}", flow.protocol),
+            None => flow.protocol.clone(),
+        };
+        let remote = FlowPeer { port: None, ..remote.clone() };
+        match code {
+            reason::DROP_POLICY => {
+                let dir = ev.direction;
+                let mut words = format!("no policy selecting {pod} allows {dir} {toward} {remote} on {on}");
+                match self.isolating.get(&(ev.endpoint, dir)) {
+                    Some(ps) => {
+                        let list: Vec<String> = ps.iter().map(PolicyId::to_string).collect();
+                        words += &format!(" (isolated for {dir} by {})", list.join(", "));
+                    }
+                    None => words += " (held isolated: its pod is not known yet)",
+                }
+                words
+            }
+            reason::ALLOW_POLICY => match &flow.rule {
+                Some(rule) => format!("allowed by {rule}"),
+                None => reason::words(code).to_string(),
+            },
+            reason::ALLOW_NOT_ISOLATED => format!("no policy isolates {pod} for {}", ev.direction),
+            reason::DROP_SPOOFED => format!("spoofed source: {} is not the address of {pod}", ev.src),
+            reason::DROP_DNS_REFUSED => {
+                let name = flow.query.as_deref().unwrap_or("?");
+                format!("DNS query for {name} refused: no DNS rule of {pod} allows it")
+            }
+            _ => reason::words(code).to_string(),
+        }
+    }
+}
+
+/// The current directory, swapped whole after each compile.
+#[derive(Debug, Default)]
+pub struct DirectoryCell(Mutex<Arc<Directory>>);
+
+impl DirectoryCell {
+    pub fn set(&self, d: Directory) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(d);
+    }
+
+    pub fn get(&self) -> Arc<Directory> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The event in words, its time on the wall clock.
+    pub fn describe(&self, ev: &EventView) -> Flow {
+        let age_ms = monotonic_coarse_ns().saturating_sub(ev.ts_ns) / 1_000_000;
+        let now = crate::dnsproxy::learned::now_ms();
+        self.get().describe(ev, now.saturating_sub(age_ms))
+    }
+}

@@ -1,0 +1,73 @@
+//! `netpol monitor`: every verdict of a node's datapath and DNS proxy as it happens, with
+//! the pods at both ends, the policy and rule behind an allow and the reason for a drop.
+
+use anyhow::{anyhow, Result};
+use clap::ValueEnum;
+use netpol_api::flows::{Flow, Verdict, PATH_FLOWS};
+
+use super::AgentArgs;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VerdictFilter {
+    Dropped,
+    Allowed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    agent: AgentArgs,
+    /// Only verdicts of this kind.
+    #[arg(long)]
+    verdict: Option<VerdictFilter>,
+    /// Only flows from or to this pod (NS/POD).
+    #[arg(long)]
+    pod: Option<String>,
+    /// Only flows from or to pods of this namespace.
+    #[arg(short, long)]
+    namespace: Option<String>,
+    #[arg(short, long, default_value = "text")]
+    output: Output,
+    /// Stop after this many verdicts.
+    #[arg(long)]
+    count: Option<usize>,
+}
+
+impl Args {
+    fn wants(&self, f: &Flow) -> bool {
+        let verdict = match self.verdict {
+            Some(VerdictFilter::Dropped) => f.verdict == Verdict::Dropped,
+            Some(VerdictFilter::Allowed) => f.verdict == Verdict::Allowed,
+            None => true,
+        };
+        verdict
+            && self.pod.as_deref().is_none_or(|p| f.involves_pod(p))
+            && self.namespace.as_deref().is_none_or(|n| f.involves_namespace(n))
+    }
+}
+
+pub fn run(args: Args) -> Result<u8> {
+    let socket = args.agent.socket();
+    let path = format!("{PATH_FLOWS}?follow=true");
+    let mut seen = 0usize;
+    netpol_api::client::follow(&socket, &path, std::time::Duration::from_secs(2), |line| {
+        let Ok(flow) = serde_json::from_slice::<Flow>(line) else { return true };
+        if args.wants(&flow) {
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string(&flow).unwrap_or_default()),
+                Output::Text => println!("{flow}"),
+            }
+            seen += 1;
+        }
+        args.count.is_none_or(|c| seen < c)
+    })
+    .map_err(|e| anyhow!("following the agent at {}: {e}", socket.display()))?;
+    Ok(0)
+}

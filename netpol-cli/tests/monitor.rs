@@ -1,0 +1,142 @@
+//! `netpol monitor` on a local node (root), with real traffic: the lab's backend policies,
+//! a denied probe shown within a second with its reason and both pods' names, an allowed
+//! new flow naming the policy and rule that allowed it, and the filters; `netpol trace`
+//! answering the same before any packet.
+
+mod common;
+
+use std::{
+    io::BufRead,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use common::{leftovers, netpol, Node};
+use netpol_tests::need_root;
+use serde_json::Value;
+
+/// A running `netpol monitor`, its JSON lines on a channel; killed on drop.
+struct Monitor {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Monitor {
+    fn start(root: &str, filters: &[&str]) -> Monitor {
+        let mut child = Command::new(netpol())
+            .args(["monitor", "--root", root, "-o", "json"])
+            .args(filters)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(serde_json::from_str(&line).unwrap_or(Value::Null)).is_err() {
+                    return;
+                }
+            }
+        });
+        // Following starts once the agent answered; nothing sent before is shown.
+        std::thread::sleep(Duration::from_millis(500));
+        Monitor { child, lines }
+    }
+
+    /// The first line `want` accepts within `t`, with everything seen before it.
+    fn find(&self, t: Duration, want: impl Fn(&Value) -> bool) -> (Option<Value>, Vec<Value>) {
+        let deadline = Instant::now() + t;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(v) if want(&v) => return (Some(v), seen),
+                Ok(v) => seen.push(v),
+                Err(_) => break,
+            }
+        }
+        (None, seen)
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn monitor_explains_drops_and_names_the_policy_of_allows() {
+    if need_root() {
+        return;
+    }
+    let root = "test-mon";
+    let node = Node::up(root, "10.244.207.0/24");
+    node.ok(&["apply", "-f", "simple-app.yaml"]);
+    node.ok(&["apply", "-f", "backend-ingress-deny.yaml"]);
+    node.ok(&["apply", "-f", "backend-allow-ingress-frontend.yaml"]);
+    let pod = |sel: &str| {
+        let name = node.ok(&["get", "pods", "-l", sel, "-o", "jsonpath={.items[0].metadata.name}"]);
+        format!("default/{}", name.trim())
+    };
+    let (front, not_front, backend) = (pod("app=frontend"), pod("app=not-frontend"), pod("app=backend"));
+    let probe = |from: &str| node.run(&["probe", from, &format!("{backend}:8080"), "--timeout", "500ms"]);
+
+    let all = Monitor::start(root, &["--pod", &backend]);
+    let dropped = Monitor::start(root, &["--verdict", "dropped", "--namespace", "default"]);
+    let t = Instant::now();
+    assert_eq!(probe(&not_front).status.code(), Some(1), "control: not-frontend is denied");
+    let is_drop = |v: &Value| v["verdict"] == "DROPPED" && v["source"]["pod"] == not_front.as_str();
+    let (shown, before) = all.find(Duration::from_secs(1), is_drop);
+    let elapsed = t.elapsed();
+    let dropv = shown.unwrap_or_else(|| panic!("no drop shown within 1 s; seen {before:?}"));
+    assert_eq!(dropv["destination"]["pod"], backend.as_str());
+    assert_eq!((dropv["direction"].as_str(), dropv["port"].as_u64()), (Some("ingress"), Some(8080)));
+    assert_eq!((dropv["protocol"].as_str(), dropv["code"].as_str()), (Some("TCP"), Some("drop-policy")));
+    let reason = dropv["reason"].as_str().unwrap();
+    let want = format!("no policy selecting {backend} allows ingress from {not_front} on 8080/TCP");
+    assert!(reason.starts_with(&want), "{reason}");
+    for policy in
+        ["NetworkPolicy default/backend-ingress-deny", "NetworkPolicy default/backend-allow-ingress-frontend"]
+    {
+        assert!(reason.contains(policy), "the isolating policies are not named: {reason}");
+    }
+    assert!(elapsed < Duration::from_secs(1), "shown after {elapsed:?}");
+
+    assert_eq!(probe(&front).status.code(), Some(0), "control: frontend is allowed");
+    let is_allow = |v: &Value| v["verdict"] == "ALLOWED" && v["code"] == "allow-policy";
+    let (allow, before) = all.find(Duration::from_secs(1), is_allow);
+    let allow = allow.unwrap_or_else(|| panic!("the allowed flow was not shown; seen {before:?}"));
+    assert_eq!(allow["source"]["pod"], front.as_str());
+    assert_eq!(allow["policy"], "NetworkPolicy default/backend-allow-ingress-frontend");
+    assert_eq!(allow["rule"], "NetworkPolicy default/backend-allow-ingress-frontend ingress[0]");
+
+    // `netpol trace` says the same, before any packet: which rule allows, which side denies.
+    let trace = |from: &str, to: &str| {
+        let out = Command::new(netpol()).args(["trace", "--root", root, from, to]).output().unwrap();
+        (out.status.code(), common::text(&out))
+    };
+    let (code, text) = trace(&front, &format!("{backend}:8080"));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("allowed by NetworkPolicy default/backend-allow-ingress-frontend ingress[0]"),
+        "{text}"
+    );
+    let (code, text) = trace(&not_front, &format!("{backend}:8080/TCP"));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains(&format!("ingress {backend}: {want}")), "{text}");
+    let (code, text) = trace("default/nope", &format!("{backend}:8080"));
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("pod default/nope not found"), "{text}");
+
+    // The filtered monitor saw the drop and nothing allowed.
+    let (_, seen) = dropped.find(Duration::from_millis(500), |_| false);
+    assert!(seen.iter().any(is_drop), "--verdict dropped missed the drop: {seen:?}");
+    assert!(seen.iter().all(|v| v["verdict"] == "DROPPED"), "--verdict dropped showed others: {seen:?}");
+    drop(all);
+    drop(dropped);
+    drop(node);
+    assert_eq!(leftovers(root), Vec::<String>::new());
+}
