@@ -83,6 +83,7 @@ pub fn router(state: Shared) -> Router {
         .route(PATH_EVENTS, get(events))
         .route(netpol_api::flows::PATH_FLOWS, get(flows))
         .route(netpol_api::flows::PATH_TRACE, get(trace))
+        .route(netpol_api::flows::PATH_EXPLAIN, get(explain))
         .route(PATH_NAMES, get(names))
         .with_state(state)
 }
@@ -161,6 +162,10 @@ fn ndjson(
 
 async fn trace(State(st): State<Shared>, Query(q): Query<netpol_api::flows::TraceQuery>) -> Response {
     reply(blocking(st, move |a| a.trace(&q)).await)
+}
+
+async fn explain(State(st): State<Shared>, Query(q): Query<netpol_api::flows::ExplainQuery>) -> Response {
+    reply(blocking(st, move |a| a.explain(&q.pod)).await)
 }
 
 async fn names(State(st): State<Shared>) -> Response {

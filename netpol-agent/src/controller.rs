@@ -334,6 +334,19 @@ impl<E: Enforcer> Agent<E> {
 
     /// Would a connection pass, and why: decided on what the datapath holds.
     pub fn trace(&self, q: &netpol_api::flows::TraceQuery) -> Result<netpol_api::flows::Trace, AgentError> {
+        self.with_held(|held| crate::trace::trace(held, q))
+    }
+
+    /// Which policies isolate a pod, and what their rules allow it.
+    pub fn explain(&self, pod: &str) -> Result<netpol_api::flows::Explanation, AgentError> {
+        self.with_held(|held| crate::explain::explain(held, pod))
+    }
+
+    /// `f` over what the datapath holds (its maps read back) and the compile that wrote it.
+    fn with_held<T>(
+        &self,
+        f: impl FnOnce(&crate::trace::Held) -> Result<T, String>,
+    ) -> Result<T, AgentError> {
         let state = self.dp.realized()?;
         let (endpoints, _) = self.registry.local_endpoints();
         let held = crate::trace::Held {
@@ -342,7 +355,7 @@ impl<E: Enforcer> Agent<E> {
             state: &state,
             endpoints: &endpoints,
         };
-        crate::trace::trace(&held, q).map_err(AgentError::Invalid)
+        f(&held).map_err(AgentError::Invalid)
     }
 
     /// What names the verdicts (kept current by every compile).

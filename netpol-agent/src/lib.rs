@@ -24,6 +24,7 @@ pub mod datapath;
 pub mod dnsproxy;
 pub mod endpoints;
 pub mod enforcer;
+pub mod explain;
 pub mod flows;
 pub mod masquerade;
 pub mod metrics;

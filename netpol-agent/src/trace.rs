@@ -30,7 +30,7 @@ pub struct Held<'a> {
 }
 
 /// `ns/pod`, `pod` (in default) or an address → its address.
-fn address(model: &Model, who: &str) -> Result<Ipv4Addr, String> {
+pub(crate) fn address(model: &Model, who: &str) -> Result<Ipv4Addr, String> {
     if let Ok(ip) = who.parse() {
         return Ok(ip);
     }

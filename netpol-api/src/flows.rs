@@ -239,6 +239,95 @@ impl fmt::Display for Trace {
     }
 }
 
+pub const PATH_EXPLAIN: &str = "/v1/explain";
+
+/// `GET /v1/explain?pod=NS/POD`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainQuery {
+    pub pod: String,
+}
+
+impl ExplainQuery {
+    /// The request's path, the pod percent-encoded.
+    pub fn path(&self) -> String {
+        use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+        format!("{PATH_EXPLAIN}?pod={}", utf8_percent_encode(&self.pod, NON_ALPHANUMERIC))
+    }
+}
+
+/// Which policies select a pod, and what they allow it, in words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Explanation {
+    pub pod: String,
+    pub ip: Ipv4Addr,
+    pub directions: Vec<Explained>,
+}
+
+/// One direction of a pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Explained {
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// The policies isolating the pod this way (none: everything is allowed).
+    pub isolated_by: Vec<String>,
+    /// Isolating policies that do not fit the node's budgets: they allow nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub over_budget: Vec<String>,
+    /// Every rule of the isolating policies that applies to the pod: what it allows.
+    pub allows: Vec<AllowedBy>,
+}
+
+/// One rule's allow, in words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedBy {
+    /// `NetworkPolicy ns/name ingress[0]`.
+    pub rule: String,
+    /// `pods matching app=frontend in default`, `anywhere`, `203.0.113.0/24 except ...`
+    pub peers: Vec<String>,
+    /// What the peers select now: pods, and the addresses DNS answers gave their names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub now: Vec<String>,
+    /// `8080/TCP`, `every port`
+    pub ports: Vec<String>,
+    /// DNS rules: the names queries may ask.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} ({})", self.pod, self.ip)?;
+        for d in &self.directions {
+            if d.isolated_by.is_empty() {
+                writeln!(f, "  {}: not isolated (every peer, every port)", d.direction)?;
+                continue;
+            }
+            writeln!(f, "  {}: isolated by {}", d.direction, d.isolated_by.join(", "))?;
+            for p in &d.over_budget {
+                writeln!(f, "    {p}: over the node's budget, allows nothing")?;
+            }
+            if d.allows.is_empty() {
+                writeln!(f, "    nothing is allowed")?;
+            }
+            let toward = if d.direction == "ingress" { "from" } else { "to" };
+            for a in &d.allows {
+                write!(f, "    {}: {toward} {} on {}", a.rule, a.peers.join(" or "), a.ports.join(", "))?;
+                if !a.now.is_empty() {
+                    write!(f, " (now: {})", a.now.join(", "))?;
+                }
+                if !a.dns_names.is_empty() {
+                    write!(f, "; DNS queries only for {}", a.dns_names.join(", "))?;
+                }
+                writeln!(f)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,8 @@ enum Cmd {
     /// Every verdict as it happens: pods at both ends, the policy behind an allow, the
     /// reason for a drop.
     Monitor(cmd::monitor::Args),
+    /// Which policies isolate NS/POD in each direction, and what their rules allow it.
+    Explain(cmd::explain::Args),
     /// Would FROM reach TO:PORT[/PROTO], and why: the deciding policies on each side, or
     /// which side denies it. Exit 0 it would pass, 1 not, 2 decided on another node, 3
     /// cannot be traced.
@@ -98,6 +100,7 @@ fn run(cli: Cli) -> Result<u8> {
         Cmd::Responder(args) => return cmd::responder::run(args),
         Cmd::InternetServer(args) => return cmd::internet::serve(args),
         Cmd::Monitor(args) => return cmd::monitor::run(args),
+        Cmd::Explain(args) => return cmd::explain::run(args),
         Cmd::Trace(args) => return cmd::trace::run(args),
         Cmd::Local { root, cmd } => (root, cmd),
     };

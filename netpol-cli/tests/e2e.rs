@@ -2,7 +2,8 @@
 //! pods a, b, c in each (labelled pod=NAME), serving 80 and 81 on TCP and UDP through ports
 //! named serve-80-tcp etc. For each case the probed matrix (real packets through the eBPF
 //! datapath) must equal the reference evaluator's verdicts, and so must the agent's trace of
-//! every cell (`netpol trace`, decided on the maps the datapath holds).
+//! every cell (`netpol trace`, decided on the maps the datapath holds); `netpol explain`
+//! calls a pod isolated in a direction exactly where the trace found it isolated.
 //!
 //! Traffic from a pod to itself never leaves its namespace (the kernel loops it back inside
 //! the pod), so no datapath sees it; those cells are not compared.
@@ -20,7 +21,7 @@ use std::{
 
 use netpol_api::{
     client::{call, Method},
-    flows::{Trace, TraceQuery},
+    flows::{ExplainQuery, Explanation, SideVerdict, Trace, TraceQuery},
 };
 
 use netpol_policy::{
@@ -247,6 +248,15 @@ fn trace(from: &str, to: &str, port: u16, protocol: &str) -> Trace {
     serde_json::from_slice(&body).unwrap()
 }
 
+/// The agent's answer to `netpol explain POD`.
+fn explain(pod: &str) -> Explanation {
+    let path = ExplainQuery { pod: pod.into() }.path();
+    let socket = PathBuf::from(format!("/run/netpol/{ROOT}.sock"));
+    let (status, body) = call(&socket, Method::GET, &path, None, Duration::from_secs(5)).unwrap();
+    assert!(status.is_success(), "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
 #[test]
 fn the_e2e_model_matches_the_reference_in_every_case() {
     if need_root() {
@@ -326,6 +336,7 @@ fn the_e2e_model_matches_the_reference_in_every_case() {
         for p in pods["items"].as_array().unwrap() {
             model.upsert(Object::Pod(Box::new(serde_json::from_value(p.clone()).unwrap()))).unwrap();
         }
+        let explained: BTreeMap<&str, Explanation> = ip.keys().map(|p| (p.as_str(), explain(p))).collect();
         let mut wrong = Vec::new();
         for c in cells {
             let (from, to) = (c["from"].as_str().unwrap(), c["to"].as_str().unwrap());
@@ -352,6 +363,17 @@ fn the_e2e_model_matches_the_reference_in_every_case() {
                     "{from} -> {to} {}/{}: reference {want}, traced {traced}",
                     flow.protocol, flow.port
                 ));
+            }
+            // `explain` says a side is isolated exactly when trace finds it isolated.
+            for (side, pod) in traced.sides.iter().zip([from, to]) {
+                let d = explained[pod].directions.iter().find(|d| d.direction == side.direction).unwrap();
+                let isolated = !d.isolated_by.is_empty();
+                if isolated == (side.verdict == SideVerdict::NotIsolated) {
+                    wrong.push(format!(
+                        "{pod} {}: explain isolated={isolated}, trace {:?}",
+                        side.direction, side.verdict
+                    ));
+                }
             }
         }
         eprintln!("case {i} ({name}): {} cells, {} mismatches, {took:?}", cells.len(), wrong.len());

@@ -1,7 +1,7 @@
 //! `netpol monitor` on a local node (root), with real traffic: the lab's backend policies,
 //! a denied probe shown within a second with its reason and both pods' names, an allowed
 //! new flow naming the policy and rule that allowed it, and the filters; `netpol trace`
-//! answering the same before any packet.
+//! answering the same before any packet; `netpol explain` of the backend.
 
 mod common;
 
@@ -130,6 +130,19 @@ fn monitor_explains_drops_and_names_the_policy_of_allows() {
     let (code, text) = trace("default/nope", &format!("{backend}:8080"));
     assert_eq!(code, Some(3), "{text}");
     assert!(text.contains("pod default/nope not found"), "{text}");
+
+    // `netpol explain`: what isolates the backend and what its one rule allows it now.
+    let out = Command::new(netpol()).args(["explain", "--root", root, &backend]).output().unwrap();
+    let text = common::text(&out);
+    assert!(out.status.success(), "{text}");
+    let isolated = "ingress: isolated by NetworkPolicy default/backend-allow-ingress-frontend, \
+                    NetworkPolicy default/backend-ingress-deny";
+    let rule = format!(
+        "NetworkPolicy default/backend-allow-ingress-frontend ingress[0]: from pods matching app=frontend \
+         in default on every port (now: {front})"
+    );
+    assert!(text.contains(isolated) && text.contains(&rule), "{text}");
+    assert!(text.contains("egress: not isolated"), "{text}");
 
     // The filtered monitor saw the drop and nothing allowed.
     let (_, seen) = dropped.find(Duration::from_millis(500), |_| false);

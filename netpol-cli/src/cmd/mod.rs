@@ -6,6 +6,7 @@ pub mod apply;
 pub mod delete;
 pub mod down;
 pub mod exec;
+pub mod explain;
 pub mod get;
 pub mod internet;
 pub mod lab;
