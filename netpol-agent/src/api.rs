@@ -84,6 +84,7 @@ pub fn router(state: Shared) -> Router {
         .route(netpol_api::flows::PATH_FLOWS, get(flows))
         .route(netpol_api::flows::PATH_TRACE, get(trace))
         .route(netpol_api::flows::PATH_EXPLAIN, get(explain))
+        .route(netpol_api::PATH_POLICIES, get(policies))
         .route(PATH_NAMES, get(names))
         .with_state(state)
 }
@@ -166,6 +167,10 @@ async fn trace(State(st): State<Shared>, Query(q): Query<netpol_api::flows::Trac
 
 async fn explain(State(st): State<Shared>, Query(q): Query<netpol_api::flows::ExplainQuery>) -> Response {
     reply(blocking(st, move |a| a.explain(&q.pod)).await)
+}
+
+async fn policies(State(st): State<Shared>) -> Response {
+    reply(blocking(st, |a| Ok(a.policy_status())).await)
 }
 
 async fn names(State(st): State<Shared>) -> Response {

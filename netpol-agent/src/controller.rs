@@ -38,7 +38,7 @@ use netpol_policy::{
     lookup,
     model::{self, node_pod_cidr, Key, Kind, Model, Object},
     names::{Name, NameMatch},
-    policy::PolicyError,
+    policy::{PolicyError, PolicyId},
     services,
 };
 
@@ -356,6 +356,41 @@ impl<E: Enforcer> Agent<E> {
             endpoints: &endpoints,
         };
         f(&held).map_err(AgentError::Invalid)
+    }
+
+    /// Each policy's state on this node: enforced, rejected or over budget, and how many
+    /// local endpoints it selects.
+    pub fn policy_status(&self) -> Vec<netpol_api::PolicyStatus> {
+        use netpol_api::{PolicyState, PolicyStatus};
+        let mut selected: BTreeMap<&PolicyId, BTreeSet<u32>> = BTreeMap::new();
+        for ((ep, _), policies) in &self.compiled.isolating {
+            for p in policies {
+                selected.entry(p).or_default().insert(*ep);
+            }
+        }
+        let ids: BTreeSet<&PolicyId> = self.model.policies.keys().chain(self.model.rejected.keys()).collect();
+        ids.into_iter()
+            .map(|id| {
+                let (state, message) = match (self.model.rejected.get(id), self.compiled.over_budget.get(id))
+                {
+                    (Some(e), _) => {
+                        let kept = self.model.policies.contains_key(id);
+                        let tail = if kept { "; its last valid version stays enforced" } else { "" };
+                        (PolicyState::Rejected, Some(format!("{}: {}{tail}", e.field, e.msg)))
+                    }
+                    (None, Some(b)) => (PolicyState::OverBudget, Some(b.to_string())),
+                    (None, None) => (PolicyState::Enforced, None),
+                };
+                PolicyStatus {
+                    kind: id.kind.to_string(),
+                    namespace: id.namespace.clone(),
+                    name: id.name.clone(),
+                    state,
+                    selected: selected.get(id).map_or(0, BTreeSet::len),
+                    message,
+                }
+            })
+            .collect()
     }
 
     /// What names the verdicts (kept current by every compile).
@@ -861,9 +896,32 @@ impl<E: Enforcer> Agent<E> {
                 .policy_pods()
                 .filter(|(_, p, _)| model::pod_ip(p).is_none())
                 .count(),
+            policies_of_rules: self
+                .compiled
+                .rules
+                .iter()
+                .map(|(id, r)| (*id, r.policy.to_string()))
+                .collect(),
+            maps: map_fill(st),
         };
         metrics::render(&self.metrics, &snapshot)
     }
+}
+
+/// Entries written to each map the compile fills, with its capacity.
+fn map_fill(st: &netpol_policy::state::MapState) -> Vec<(&'static str, usize, u32)> {
+    use netpol_common::{maps, sizes};
+    use netpol_policy::entries::PolicyMapKey;
+    let hosts = st.ipcache.keys().filter(|n| n.prefix_len() == 32).count();
+    let ranges = st.policy.keys().filter(|k| matches!(k, PolicyMapKey::Range(..))).count();
+    vec![
+        (maps::ENDPOINTS, st.endpoints.len(), sizes::ENDPOINTS),
+        (maps::IPCACHE, hosts, sizes::IPCACHE),
+        (maps::IPCACHE_LPM, st.ipcache.len() - hosts, sizes::IPCACHE_LPM),
+        (maps::POLICY, st.policy.len() - ranges, sizes::POLICY),
+        (maps::POLICY_RANGES, ranges, sizes::POLICY_RANGES),
+        (maps::SERVICES, st.services.len(), sizes::SERVICES),
+    ]
 }
 
 /// Retries a failed sync with backoff (from 200 ms, doubling to 30 s) until one succeeds;

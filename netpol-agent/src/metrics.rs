@@ -99,6 +99,10 @@ pub struct Snapshot {
     pub pods: BTreeMap<u32, String>,
     /// Pods known at an address only from their node's announcement (not posted yet).
     pub pods_announced_only: usize,
+    /// Rule id → its policy (`Kind ns/name`).
+    pub policies_of_rules: BTreeMap<u32, String>,
+    /// Each map the agent fills: (name, entries, capacity).
+    pub maps: Vec<(&'static str, usize, u32)>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,6 +118,22 @@ struct ReasonLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabel {
+    direction: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabel {
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabel {
+    map: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -234,9 +254,45 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
         drops.get_or_create(&PodLabel { pod }).inc_by(*n);
     }
     r.register("netpol_drop_events", "Drop events read from the ring, by pod", drops);
+    render_verdicts(&mut r, s);
+    render_maps(&mut r, s);
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a String");
     out
+}
+
+/// Verdict events by direction and reason; new flows allowed per policy.
+fn render_verdicts(r: &mut Registry, s: &Snapshot) {
+    let verdicts = Family::<VerdictLabel, Counter>::default();
+    for ((direction, reason), n) in &s.events.by_direction {
+        let direction = match direction {
+            crate::datapath::Direction::Ingress => "ingress",
+            crate::datapath::Direction::Egress => "egress",
+        };
+        verdicts.get_or_create(&VerdictLabel { direction, reason }).inc_by(*n);
+    }
+    r.register(
+        "netpol_verdict_events",
+        "Verdict events (rate-limited for drops), by direction and reason",
+        verdicts,
+    );
+    let hits = Family::<PolicyLabel, Counter>::default();
+    for (rule, n) in &s.events.allows_by_rule {
+        let policy = s.policies_of_rules.get(rule).cloned().unwrap_or_else(|| "withdrawn".into());
+        hits.get_or_create(&PolicyLabel { policy }).inc_by(*n);
+    }
+    r.register("netpol_policy_hits", "New flows a policy's rules allowed (allow events), by policy", hits);
+}
+
+/// How full each map the agent writes is.
+fn render_maps(r: &mut Registry, s: &Snapshot) {
+    let (entries, capacity) = (Family::<MapLabel, Gauge>::default(), Family::<MapLabel, Gauge>::default());
+    for (map, n, cap) in &s.maps {
+        entries.get_or_create(&MapLabel { map }).set(*n as i64);
+        capacity.get_or_create(&MapLabel { map }).set(i64::from(*cap));
+    }
+    r.register("netpol_map_entries", "Entries the agent wrote, by map", entries);
+    r.register("netpol_map_capacity", "Entries each map holds at most", capacity);
 }
 
 #[cfg(test)]
@@ -260,6 +316,10 @@ mod tests {
             ..Default::default()
         };
         s.events.drops_by_endpoint.insert(7, 4);
+        s.events.by_direction.insert((crate::datapath::Direction::Ingress, "drop-policy"), 3);
+        s.events.allows_by_rule.insert(9, 2);
+        s.policies_of_rules.insert(9, "NetworkPolicy default/web".into());
+        s.maps.push(("POLICY", 12, 262_144));
         s.pods.insert(7, "default/b".into());
         let text = render(&m, &s);
         for want in [
@@ -273,6 +333,10 @@ mod tests {
             "netpol_pods_announced_only 0",
             "netpol_dns_queries_total{outcome=\"refused\"} 1",
             "netpol_socket_lb_total{outcome=\"translated\"} 5",
+            "netpol_verdict_events_total{direction=\"ingress\",reason=\"drop-policy\"} 3",
+            "netpol_policy_hits_total{policy=\"NetworkPolicy default/web\"} 2",
+            "netpol_map_entries{map=\"POLICY\"} 12",
+            "netpol_map_capacity{map=\"POLICY\"} 262144",
             "# EOF",
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");

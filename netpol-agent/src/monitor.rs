@@ -16,7 +16,10 @@ use netpol_common::reason;
 use tokio::sync::broadcast;
 use tracing::warn;
 
-use crate::datapath::events::{EventStream, EventView};
+use crate::datapath::{
+    events::{EventStream, EventView},
+    Direction,
+};
 
 /// Events kept for `GET /v1/events`.
 pub const RECENT: usize = 4096;
@@ -28,6 +31,10 @@ const FOLLOW_BACKLOG: usize = 16_384;
 pub struct EventCounts {
     pub received: u64,
     pub by_reason: BTreeMap<&'static str, u64>,
+    /// (direction, reason) → events.
+    pub by_direction: BTreeMap<(Direction, &'static str), u64>,
+    /// Rule id → new flows it allowed (`allow-policy` events).
+    pub allows_by_rule: BTreeMap<u32, u64>,
     /// Endpoint id → drop events.
     pub drops_by_endpoint: BTreeMap<u32, u64>,
 }
@@ -65,6 +72,10 @@ impl EventHub {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         counts.received += 1;
         *counts.by_reason.entry(reason::name(ev.reason)).or_default() += 1;
+        *counts.by_direction.entry((view.direction, reason::name(ev.reason))).or_default() += 1;
+        if ev.reason == reason::ALLOW_POLICY && ev.rule_id != 0 {
+            *counts.allows_by_rule.entry(ev.rule_id).or_default() += 1;
+        }
         if reason::is_drop(ev.reason) {
             *counts.drops_by_endpoint.entry(ev.ep_id).or_default() += 1;
         }

@@ -75,6 +75,10 @@ fn a_policy_over_budget_is_refused_at_apply_and_the_rest_stays_enforced() {
     assert_eq!(a.enforcer().state.policy.len(), 8);
     let m = a.metrics();
     assert!(m.contains("netpol_policies_rejected_total 2"), "{m}");
+    let status = a.policy_status();
+    assert_eq!(status.len(), 1, "refused policies never entered: {status:?}");
+    assert_eq!((status[0].name.as_str(), status[0].state), ("fits", netpol_api::PolicyState::Enforced));
+    assert_eq!(status[0].selected, 1);
 }
 
 #[test]

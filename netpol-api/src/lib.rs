@@ -15,6 +15,9 @@
 //! | GET | `/v1/events` | → the most recent verdict events (JSON list, oldest first) |
 //! | GET | `/v1/events?follow=true` | → every verdict event from now on, one JSON object per line |
 //! | GET | `/v1/flows[?follow=true]` | → the same verdicts with names: [`flows::Flow`]s |
+//! | GET | `/v1/trace?from=..&to=..&port=..&protocol=..` | → [`flows::Trace`] |
+//! | GET | `/v1/explain?pod=NS/POD` | → [`flows::Explanation`] |
+//! | GET | `/v1/policies` | → [`PolicyStatus`]es: each policy's state on this node |
 //! | GET | `/metrics` | → Prometheus metrics (OpenMetrics text) |
 //!
 //! Errors come back with a 4xx/5xx status and an [`ApiError`] body.
@@ -44,6 +47,34 @@ pub const PATH_OBJECTS: &str = "/v1/objects";
 pub const PATH_METRICS: &str = "/metrics";
 pub const PATH_EVENTS: &str = "/v1/events";
 pub const PATH_NAMES: &str = "/v1/names";
+pub const PATH_POLICIES: &str = "/v1/policies";
+
+/// A policy's state on one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PolicyState {
+    /// Its entries are in the datapath.
+    Enforced,
+    /// Its latest version is invalid (the last valid one, if any, stays enforced).
+    Rejected,
+    /// It does not fit the node's budgets: it isolates the pods it selects, allows nothing.
+    OverBudget,
+}
+
+/// `GET /v1/policies`: a policy as this node enforces it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    /// `NetworkPolicy` or `CiliumNetworkPolicy`.
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub state: PolicyState,
+    /// The local endpoints it selects (isolates in some direction).
+    pub selected: usize,
+    /// Why it is rejected or over budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
 
 /// `/v1/endpoints/{container_id}/{ifname}`, each segment percent-encoded (an interface
 /// name may hold `?`, `#` or `%`, which would otherwise cut the path short).

@@ -1,7 +1,8 @@
 //! `netpol monitor` on a local node (root), with real traffic: the lab's backend policies,
 //! a denied probe shown within a second with its reason and both pods' names, an allowed
 //! new flow naming the policy and rule that allowed it, and the filters; `netpol trace`
-//! answering the same before any packet; `netpol explain` of the backend.
+//! answering the same before any packet; `netpol explain` of the backend; the metrics
+//! counting those verdicts.
 
 mod common;
 
@@ -143,6 +144,33 @@ fn monitor_explains_drops_and_names_the_policy_of_allows() {
     );
     assert!(text.contains(isolated) && text.contains(&rule), "{text}");
     assert!(text.contains("egress: not isolated"), "{text}");
+
+    // Policy status: each policy selects the backend and is enforced.
+    let wide = node.ok(&["get", "netpol", "-o", "wide"]);
+    for name in ["backend-ingress-deny", "backend-allow-ingress-frontend"] {
+        let row = wide.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{wide}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[cells.len() - 2..], ["1", "Enforced"], "{wide}");
+    }
+
+    // The metrics count the same verdicts: by direction and reason, and per policy.
+    let socket = std::path::PathBuf::from(format!("/run/netpol/{root}.sock"));
+    let (get, t) = (netpol_api::client::Method::GET, Duration::from_secs(5));
+    let (_, body) = netpol_api::client::call(&socket, get, netpol_api::PATH_METRICS, None, t).unwrap();
+    let metrics = String::from_utf8_lossy(&body);
+    let value = |name: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("netpol_verdict_events_total{direction=\"ingress\",reason=\"drop-policy\"}") >= 1.0);
+    assert!(
+        value("netpol_policy_hits_total{policy=\"NetworkPolicy default/backend-allow-ingress-frontend\"}")
+            >= 1.0
+    );
+    assert!(value("netpol_map_entries{map=\"ENDPOINTS\"}") >= 4.0, "the lab's pods and the cluster DNS");
 
     // The filtered monitor saw the drop and nothing allowed.
     let (_, seen) = dropped.find(Duration::from_millis(500), |_| false);

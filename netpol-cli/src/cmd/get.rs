@@ -3,7 +3,11 @@
 
 use anyhow::{anyhow, bail, Result};
 use k8s_openapi::api::core::v1::Pod;
-use netpol_api::resources::{Object, ResourceKind};
+use netpol_api::{
+    client::Method,
+    resources::{Object, ResourceKind},
+    PolicyStatus, PATH_POLICIES,
+};
 use serde_json::Value;
 
 use crate::local::{output, output::Format, Local};
@@ -91,6 +95,12 @@ pub fn run(args: Args, local: &Local) -> Result<u8> {
 /// kubectl's tables, one per kind, rows named kind/name when several kinds are listed.
 fn tables(args: &Args, local: &Local, all: &[(ResourceKind, Vec<(Object, Value)>)]) -> Result<()> {
     let pods: Vec<Pod> = local.list().map_err(|e| anyhow!(e))?;
+    let wide = args.output == Some(Format::Wide);
+    let policies: Vec<PolicyStatus> = match wide {
+        true => local.api(Method::GET, PATH_POLICIES, None)?,
+        false => Vec::new(),
+    };
+    let ctx = output::Context { pods: &pods, policies: &policies };
     let mut first = true;
     for (kind, objs) in all {
         if objs.is_empty() {
@@ -109,8 +119,7 @@ fn tables(args: &Args, local: &Local, all: &[(ResourceKind, Vec<(Object, Value)>
         first = false;
         let prefix = if all.len() > 1 { format!("{}/", kind.singular_resource()) } else { String::new() };
         let typed: Vec<Object> = objs.iter().map(|(o, _)| o.clone()).collect();
-        let wide = args.output == Some(Format::Wide);
-        println!("{}", output::table(*kind, &typed, args.all_namespaces, wide, &pods, &prefix));
+        println!("{}", output::table(*kind, &typed, args.all_namespaces, wide, &ctx, &prefix));
     }
     Ok(())
 }

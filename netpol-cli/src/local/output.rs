@@ -8,7 +8,10 @@ use k8s_openapi::{
     api::core::v1::Pod,
     apimachinery::pkg::apis::meta::v1::{LabelSelector, Time},
 };
-use netpol_api::resources::{Object, ResourceKind};
+use netpol_api::{
+    resources::{Object, ResourceKind},
+    PolicyState, PolicyStatus,
+};
 use serde_json::{json, Value};
 
 /// How `get` prints (`-o`): kubectl's table, wide table, YAML, JSON, names, or a jsonpath.
@@ -87,14 +90,17 @@ fn header(kind: ResourceKind, wide: bool) -> Vec<&'static str> {
         ResourceKind::Pod => vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
         ResourceKind::Deployment => vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
         ResourceKind::Service => vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
+        ResourceKind::NetworkPolicy if wide => vec!["NAME", "POD-SELECTOR", "AGE", "SELECTED", "STATUS"],
         ResourceKind::NetworkPolicy => vec!["NAME", "POD-SELECTOR", "AGE"],
+        ResourceKind::CiliumNetworkPolicy if wide => vec!["NAME", "AGE", "SELECTED", "STATUS"],
         ResourceKind::CiliumNetworkPolicy => vec!["NAME", "AGE"],
         ResourceKind::Namespace | ResourceKind::Node => vec!["NAME", "STATUS", "AGE"],
     }
 }
 
 /// One row of kubectl's table, after the NAME column.
-fn columns(o: &Object, wide: bool, pods: &[Pod]) -> Vec<String> {
+fn columns(o: &Object, wide: bool, ctx: &Context) -> Vec<String> {
+    let pods = ctx.pods;
     let created = age(o.meta().creation_timestamp.as_ref());
     match o {
         Object::Pod(p) => {
@@ -145,10 +151,45 @@ fn columns(o: &Object, wide: bool, pods: &[Pod]) -> Vec<String> {
                 .and_then(|s| s.pod_selector.as_ref())
                 .map(selector_text)
                 .unwrap_or_else(|| "<none>".into());
-            vec![selector, created]
+            let mut r = vec![selector, created];
+            if wide {
+                r.extend(policy_status(ctx, "NetworkPolicy", o));
+            }
+            r
+        }
+        Object::CiliumNetworkPolicy(_) if wide => {
+            let mut r = vec![created];
+            r.extend(policy_status(ctx, "CiliumNetworkPolicy", o));
+            r
         }
         Object::CiliumNetworkPolicy(_) => vec![created],
         Object::Namespace(_) | Object::Node(_) => vec!["Active".into(), created],
+    }
+}
+
+/// What the rows of a table need besides their objects.
+pub struct Context<'a> {
+    pub pods: &'a [Pod],
+    /// The agent's view of each policy (for the wide policy tables).
+    pub policies: &'a [PolicyStatus],
+}
+
+/// SELECTED and STATUS: how many local endpoints the policy selects, and whether it is
+/// enforced (or rejected, or over budget, and why).
+fn policy_status(ctx: &Context, kind: &str, o: &Object) -> [String; 2] {
+    let status =
+        ctx.policies.iter().find(|p| p.kind == kind && p.namespace == o.namespace() && p.name == o.name());
+    match status {
+        None => ["0".into(), "Unknown".into()],
+        Some(s) => {
+            let state = match s.state {
+                PolicyState::Enforced => "Enforced",
+                PolicyState::Rejected => "Rejected",
+                PolicyState::OverBudget => "OverBudget",
+            };
+            let text = s.message.as_ref().map_or(state.to_string(), |m| format!("{state}: {m}"));
+            [s.selected.to_string(), text]
+        }
     }
 }
 
@@ -159,7 +200,7 @@ pub fn table(
     objs: &[Object],
     all_namespaces: bool,
     wide: bool,
-    pods: &[Pod],
+    ctx: &Context,
     prefix: &str,
 ) -> String {
     let namespaced = all_namespaces && kind.namespaced();
@@ -171,7 +212,7 @@ pub fn table(
     rows.push(head);
     for o in objs {
         let mut row = vec![format!("{prefix}{}", o.name())];
-        row.extend(columns(o, wide, pods));
+        row.extend(columns(o, wide, ctx));
         if namespaced {
             row.insert(0, o.namespace().to_string());
         }
