@@ -160,3 +160,82 @@ impl DirectoryCell {
         self.get().describe(ev, now.saturating_sub(age_ms))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netpol_common::{
+        Event, DIR_EGRESS, DIR_INGRESS, IPPROTO_TCP, IPPROTO_UDP, VERDICT_ALLOW, VERDICT_DROP,
+    };
+    use netpol_policy::{model::Object, names::Name, policy::PolicyKind};
+    use serde_json::json;
+
+    fn pod(name: &str, ip: &str) -> Object {
+        let p = json!({"metadata": {"name": name, "namespace": "x", "uid": name},
+                       "spec": {"nodeName": "n1", "containers": []}, "status": {"podIP": ip, "phase": "Running"}});
+        Object::Pod(Box::new(serde_json::from_value(p).unwrap()))
+    }
+
+    fn ev(reason: u8, dir: u8, src: [u8; 4], dst: [u8; 4], rule_id: u32) -> EventView {
+        let verdict = if reason::is_drop(reason) { VERDICT_DROP } else { VERDICT_ALLOW };
+        let proto = if reason == reason::DROP_DNS_REFUSED { IPPROTO_UDP } else { IPPROTO_TCP };
+        EventView::from(&Event {
+            ep_id: 1,
+            saddr: u32::from_ne_bytes(src),
+            daddr: u32::from_ne_bytes(dst),
+            sport: 40000u16.to_be(),
+            dport: 80u16.to_be(),
+            rule_id,
+            proto,
+            dir,
+            verdict,
+            reason,
+            ..Default::default()
+        })
+    }
+
+    /// Each verdict names both ends (a pod, a learned name, an address) and says why.
+    #[test]
+    fn verdicts_are_described_with_names_and_reasons() {
+        let mut model = Model::default();
+        for (name, ip) in [("a", "10.0.0.1"), ("b", "10.0.0.2")] {
+            model.upsert(pod(name, ip)).unwrap();
+        }
+        model.learned.insert(Name::parse("songlaa.com").unwrap(), [Ipv4Addr::new(198, 51, 100, 10)].into());
+        let policy = PolicyId::new(PolicyKind::NetworkPolicy, "x", "web");
+        let mut compiled = Compiled::default();
+        let rule = RuleKey { policy: policy.clone(), part: 0, direction: Direction::Ingress, index: 0 };
+        compiled.rules.insert(7, rule);
+        compiled.isolating.insert((1, Direction::Ingress), [policy].into());
+        let ep = LocalEndpoint {
+            ifindex: 9,
+            ep_id: 1,
+            ip: Ipv4Addr::new(10, 0, 0, 2),
+            namespace: "x".into(),
+            pod: "b".into(),
+        };
+        let dir = Directory::new(&model, &compiled, &[ep]);
+        let (a, b, world) = ([10, 0, 0, 1], [10, 0, 0, 2], [198, 51, 100, 10]);
+
+        let f = dir.describe(&ev(reason::DROP_POLICY, DIR_INGRESS, a, b, 0), 0);
+        assert_eq!((f.verdict, f.pod.as_deref(), f.port), (Verdict::Dropped, Some("x/b"), Some(80)));
+        assert_eq!(
+            f.reason,
+            "no policy selecting x/b allows ingress from x/a on 80/TCP (isolated for ingress by NetworkPolicy x/web)"
+        );
+        let f = dir.describe(&ev(reason::ALLOW_POLICY, DIR_INGRESS, a, b, 7), 0);
+        assert_eq!(f.policy.as_deref(), Some("NetworkPolicy x/web"));
+        assert_eq!(f.reason, "allowed by NetworkPolicy x/web ingress[0]");
+        let f = dir.describe(&ev(reason::DROP_POLICY, DIR_EGRESS, b, world, 0), 0);
+        assert_eq!(f.destination.to_string(), "songlaa.com (198.51.100.10):80");
+        assert!(f.reason.ends_with("(held isolated: its pod is not known yet)"), "{}", f.reason);
+        let f = dir.describe(&ev(reason::DROP_SPOOFED, DIR_EGRESS, [10, 0, 0, 66], world, 0), 0);
+        assert_eq!(f.reason, "spoofed source: 10.0.0.66 is not the address of x/b");
+        assert_eq!(f.source.to_string(), "10.0.0.66:40000");
+        let mut refused = ev(reason::DROP_DNS_REFUSED, DIR_EGRESS, b, world, 0);
+        refused.query = Some("evil.example".into());
+        let f = dir.describe(&refused, 0);
+        assert_eq!(f.reason, "DNS query for evil.example refused: no DNS rule of x/b allows it");
+        assert_eq!((f.protocol.as_str(), f.code.as_str()), ("UDP", "drop-dns-refused"));
+    }
+}

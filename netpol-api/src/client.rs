@@ -24,6 +24,8 @@ impl std::fmt::Display for ClientError {
     }
 }
 
+impl std::error::Error for ClientError {}
+
 fn unreachable(e: &dyn std::fmt::Display) -> ClientError {
     ClientError::Unreachable(e.to_string())
 }

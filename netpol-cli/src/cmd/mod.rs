@@ -37,6 +37,13 @@ impl AgentArgs {
     pub fn socket(&self) -> PathBuf {
         self.socket.clone().unwrap_or_else(|| Local::new(&self.root).socket)
     }
+
+    /// GETs `path` of the agent's API.
+    pub fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let socket = self.socket();
+        crate::local::call_agent(&socket, netpol_api::client::Method::GET, path, None)
+            .map_err(|e| anyhow::anyhow!("asking the agent at {}: {e}", socket.display()))
+    }
 }
 
 /// A kind as typed (`pods`, `po`, `deploy`, `svc`, `netpol`, `ns`, `deployments.apps`, ...).

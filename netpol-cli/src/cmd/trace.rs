@@ -3,11 +3,8 @@
 //! holds. Exit 0 when it would pass, 1 when not, 2 when a side is decided on another node,
 //! 3 when it cannot be traced (an unknown pod, no agent).
 
-use anyhow::{anyhow, Result};
-use netpol_api::{
-    client::{self, Method},
-    flows::{Trace, TraceQuery},
-};
+use anyhow::Result;
+use netpol_api::flows::{Trace, TraceQuery};
 
 use super::{monitor::Output, AgentArgs};
 
@@ -45,14 +42,7 @@ fn traced(args: &Args) -> Result<u8> {
         protocol: proto.unwrap_or("TCP").to_string(),
         name: args.dns_name.clone(),
     };
-    let socket = args.agent.socket();
-    let path = q.path();
-    let (status, body) = client::call(&socket, Method::GET, &path, None, std::time::Duration::from_secs(10))
-        .map_err(|e| anyhow!("asking the agent at {}: {e}", socket.display()))?;
-    if !status.is_success() {
-        return Err(anyhow!("{}", client::error_message(&body)));
-    }
-    let trace: Trace = serde_json::from_slice(&body)?;
+    let trace: Trace = args.agent.get(&q.path())?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&trace)?),
         Output::Text => print!("{trace}"),

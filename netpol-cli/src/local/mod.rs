@@ -105,6 +105,22 @@ fn kind_of<R: Resource>() -> ResourceKind {
 
 const NOT_UP: &str = "error: the local node is not up (run `netpol local up`)";
 
+/// One call of the agent's API at `socket`: the answer's JSON, or the agent's error.
+pub fn call_agent<T: DeserializeOwned>(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<T> {
+    let body = body.map(serde_json::to_vec).transpose()?;
+    let (status, bytes) = client::call(socket, method, path, body, AGENT_TIMEOUT)?;
+    if !status.is_success() {
+        bail!("Error from server: {}", client::error_message(&bytes));
+    }
+    let bytes = if bytes.is_empty() { &b"null"[..] } else { &bytes[..] };
+    Ok(serde_json::from_slice(bytes)?)
+}
+
 impl Local {
     pub fn new(root: &str) -> Local {
         let bin =
@@ -152,17 +168,12 @@ impl Local {
     }
 
     pub fn api<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&Value>) -> Result<T> {
-        let body = body.map(serde_json::to_vec).transpose()?;
-        let (status, bytes) =
-            client::call(&self.socket, method, path, body, AGENT_TIMEOUT).map_err(|e| match e {
-                client::ClientError::Unreachable(_) => anyhow!(NOT_UP),
-                client::ClientError::Other(m) => anyhow!("error: {m}"),
-            })?;
-        if !status.is_success() {
-            bail!("Error from server: {}", client::error_message(&bytes));
-        }
-        let bytes = if bytes.is_empty() { &b"null"[..] } else { &bytes[..] };
-        Ok(serde_json::from_slice(bytes)?)
+        call_agent(&self.socket, method, path, body).map_err(|e| {
+            match e.downcast_ref::<client::ClientError>() {
+                Some(client::ClientError::Unreachable(_)) => anyhow!(NOT_UP),
+                _ => e,
+            }
+        })
     }
 
     pub fn is_up(&self) -> bool {
