@@ -85,7 +85,8 @@ fn monitor_explains_drops_and_names_the_policy_of_allows() {
     let (front, not_front, backend) = (pod("app=frontend"), pod("app=not-frontend"), pod("app=backend"));
     let probe = |from: &str| node.run(&["probe", from, &format!("{backend}:8080"), "--timeout", "500ms"]);
 
-    let all = Monitor::start(root, &["--pod", &backend]);
+    // (A pod without its namespace is in default, as kubectl takes it.)
+    let all = Monitor::start(root, &["--pod", backend.trim_start_matches("default/")]);
     let dropped = Monitor::start(root, &["--verdict", "dropped", "--namespace", "default"]);
     let t = Instant::now();
     assert_eq!(probe(&not_front).status.code(), Some(1), "control: not-frontend is denied");

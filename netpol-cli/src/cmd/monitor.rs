@@ -27,7 +27,7 @@ pub struct Args {
     /// Only verdicts of this kind.
     #[arg(long)]
     verdict: Option<VerdictFilter>,
-    /// Only flows from or to this pod (NS/POD).
+    /// Only flows from or to this pod (NS/POD; POD: in default).
     #[arg(long)]
     pod: Option<String>,
     /// Only flows from or to pods of this namespace.
@@ -48,7 +48,10 @@ impl Args {
             None => true,
         };
         verdict
-            && self.pod.as_deref().is_none_or(|p| f.involves_pod(p))
+            && self.pod.as_deref().is_none_or(|p| match p.contains('/') {
+                true => f.involves_pod(p),
+                false => f.involves_pod(&format!("default/{p}")),
+            })
             && self.namespace.as_deref().is_none_or(|n| f.involves_namespace(n))
     }
 }
