@@ -340,13 +340,14 @@ fn an_invalid_policy_is_reported_once_for_the_whole_cluster() {
     let app = cluster(list_then_quiet("PodList", "v1", empty), listed).with_state(script.clone());
     rt.spawn(async move { axum::serve(listener, app).await });
 
-    let mut dirs = Vec::new();
+    let (mut dirs, mut agents) = (Vec::new(), Vec::new());
     for node in ["n1", "n2"] {
         let state_dir = std::env::temp_dir().join(format!("netpol-test-k8s-once-{node}"));
         let _ = std::fs::remove_dir_all(&state_dir);
         dirs.push(state_dir.clone());
         let settings = Settings::new(state_dir, node, false);
         let agent = Arc::new(Mutex::new(Agent::start(MemoryMaps::default(), &settings).unwrap()));
+        agents.push(agent.clone());
         let client = {
             let _rt = rt.enter();
             kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse().unwrap())).unwrap()
@@ -372,6 +373,14 @@ fn an_invalid_policy_is_reported_once_for_the_whole_cluster() {
     assert_eq!(ev["metadata"]["name"], "bad.netpol-invalid.g3");
     assert_eq!(ev["regarding"]["resourceVersion"], "7");
     assert!(ev["note"].as_str().unwrap().contains("endPort"), "{ev}");
+    // Each node's policy status says it is rejected, naming the field.
+    for agent in &agents {
+        let status = agent.lock().unwrap().policy_status();
+        assert_eq!(status.len(), 1, "{status:?}");
+        assert_eq!((status[0].name.as_str(), status[0].state), ("bad", netpol_api::PolicyState::Rejected));
+        let message = status[0].message.as_deref().unwrap_or("");
+        assert!(message.starts_with("spec.ingress[0].ports[0].endPort"), "{message}");
+    }
 }
 
 /// CiliumNetworkPolicies come from their CRD's watch: while the CRD is installed but its kind
