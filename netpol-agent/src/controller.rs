@@ -349,11 +349,13 @@ impl<E: Enforcer> Agent<E> {
     ) -> Result<T, AgentError> {
         let state = self.dp.realized()?;
         let (endpoints, _) = self.registry.local_endpoints();
+        let directory = self.directory.get();
         let held = crate::trace::Held {
             model: &self.model,
             compiled: &self.compiled,
             state: &state,
             endpoints: &endpoints,
+            directory: &directory,
         };
         f(&held).map_err(AgentError::Invalid)
     }

@@ -19,7 +19,7 @@ use crate::{flows::Directory, trace::Held};
 
 pub fn explain(held: &Held, who: &str) -> Result<Explanation, String> {
     let ip = crate::trace::address(held.model, who)?;
-    let dir = Directory::new(held.model, held.compiled, held.endpoints);
+    let dir = held.directory;
     let pod = dir.peer(ip, None).to_string();
     let ep = held.endpoints.iter().find(|e| e.ip == ip).ok_or_else(|| {
         format!("{pod} is not on this node: ask the agent of its node (netpol explain --socket)")
@@ -28,7 +28,7 @@ pub fn explain(held: &Held, who: &str) -> Result<Explanation, String> {
     let own = identity.and_then(|id| held.compiled.identities.get(&id));
     let directions = [Direction::Ingress, Direction::Egress]
         .into_iter()
-        .map(|d| explained(held, &dir, ep.ep_id, own, d))
+        .map(|d| explained(held, dir, ep.ep_id, own, d))
         .collect();
     Ok(Explanation { pod, ip, directions })
 }

@@ -12,7 +12,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use netpol_api::flows::{Flow, FlowPeer, Verdict};
+use netpol_api::flows::{Flow, FlowPeer};
 use netpol_common::reason;
 use netpol_policy::{
     compiler::{Compiled, LocalEndpoint, RuleKey},
@@ -35,6 +35,8 @@ pub struct Directory {
     names: BTreeMap<Ipv4Addr, Vec<String>>,
     rules: BTreeMap<u32, RuleKey>,
     isolating: BTreeMap<(u32, Direction), BTreeSet<PolicyId>>,
+    /// Local endpoints (ep_id) held closed: their pods are not known yet.
+    held: BTreeSet<u32>,
 }
 
 impl Directory {
@@ -63,6 +65,11 @@ impl Directory {
             names,
             rules: compiled.rules.clone(),
             isolating: compiled.isolating.clone(),
+            held: endpoints
+                .iter()
+                .filter(|e| compiled.held_closed.contains(&e.ifindex))
+                .map(|e| e.ep_id)
+                .collect(),
         }
     }
 
@@ -80,11 +87,11 @@ impl Directory {
         let (source, destination) =
             (self.peer(ev.src, port(ev.src_port)), self.peer(ev.dst, port(ev.dst_port)));
         let pod = self.endpoints.get(&ev.endpoint).cloned();
-        let code = reason::NAMES.iter().position(|n| *n == ev.reason).map_or(u8::MAX, |c| c as u8);
+        let code = ev.code;
         let rule = (code == reason::ALLOW_POLICY).then(|| self.rules.get(&ev.rule_id)).flatten();
         let mut flow = Flow {
             time_ms,
-            verdict: if reason::is_drop(code) { Verdict::Dropped } else { Verdict::Allowed },
+            verdict: ev.verdict,
             direction: ev.direction.to_string(),
             pod,
             source,
@@ -121,7 +128,11 @@ impl Directory {
                         let list: Vec<String> = ps.iter().map(PolicyId::to_string).collect();
                         words += &format!(" (isolated for {dir} by {})", list.join(", "));
                     }
-                    None => words += " (held isolated: its pod is not known yet)",
+                    None if self.held.contains(&ev.endpoint) => {
+                        words += " (held isolated: its pod is not known yet)"
+                    }
+                    // Judged before the last compile, which no longer isolates the pod.
+                    None => words += &format!(" (no policy isolates it for {dir} since)"),
                 }
                 words
             }
@@ -164,6 +175,7 @@ impl DirectoryCell {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netpol_api::flows::Verdict;
     use netpol_common::{
         Event, DIR_EGRESS, DIR_INGRESS, IPPROTO_TCP, IPPROTO_UDP, VERDICT_ALLOW, VERDICT_DROP,
     };
@@ -214,7 +226,15 @@ mod tests {
             namespace: "x".into(),
             pod: "b".into(),
         };
-        let dir = Directory::new(&model, &compiled, &[ep]);
+        let held = LocalEndpoint {
+            ifindex: 10,
+            ep_id: 2,
+            ip: Ipv4Addr::new(10, 0, 0, 3),
+            namespace: "x".into(),
+            pod: "c".into(),
+        };
+        compiled.held_closed.insert(10);
+        let dir = Directory::new(&model, &compiled, &[ep, held]);
         let (a, b, world) = ([10, 0, 0, 1], [10, 0, 0, 2], [198, 51, 100, 10]);
 
         let f = dir.describe(&ev(reason::DROP_POLICY, DIR_INGRESS, a, b, 0), 0);
@@ -228,6 +248,9 @@ mod tests {
         assert_eq!(f.reason, "allowed by NetworkPolicy x/web ingress[0]");
         let f = dir.describe(&ev(reason::DROP_POLICY, DIR_EGRESS, b, world, 0), 0);
         assert_eq!(f.destination.to_string(), "songlaa.com (198.51.100.10):80");
+        assert!(f.reason.ends_with("(no policy isolates it for egress since)"), "{}", f.reason);
+        let f =
+            dir.describe(&EventView { endpoint: 2, ..ev(reason::DROP_POLICY, DIR_EGRESS, b, world, 0) }, 0);
         assert!(f.reason.ends_with("(held isolated: its pod is not known yet)"), "{}", f.reason);
         let f = dir.describe(&ev(reason::DROP_SPOOFED, DIR_EGRESS, [10, 0, 0, 66], world, 0), 0);
         assert_eq!(f.reason, "spoofed source: 10.0.0.66 is not the address of x/b");

@@ -27,6 +27,8 @@ pub struct Held<'a> {
     pub compiled: &'a Compiled,
     pub state: &'a MapState,
     pub endpoints: &'a [LocalEndpoint],
+    /// The names of the last compile ([`crate::controller::Agent::directory`]).
+    pub directory: &'a Directory,
 }
 
 /// `ns/pod`, `pod` (in default) or an address → its address.
@@ -53,11 +55,11 @@ fn protocol(p: &str) -> Result<u8, String> {
 pub fn trace(held: &Held, q: &TraceQuery) -> Result<Trace, String> {
     let proto = protocol(&q.protocol)?;
     let (from, to) = (address(held.model, &q.from)?, address(held.model, &q.to)?);
-    let dir = Directory::new(held.model, held.compiled, held.endpoints);
+    let dir = held.directory;
     let port = (proto != IPPROTO_ICMP).then_some(q.port);
     let sides = vec![
-        side(held, &dir, Direction::Egress, (from, to), proto, q),
-        side(held, &dir, Direction::Ingress, (to, from), proto, q),
+        side(held, dir, Direction::Egress, (from, to), proto, q),
+        side(held, dir, Direction::Ingress, (to, from), proto, q),
     ];
     let passes: Option<Vec<bool>> = sides.iter().map(|s| s.verdict.passes()).collect();
     let allowed = match passes {
@@ -134,9 +136,15 @@ fn side(
                     .map_or(String::new(), |n| format!(" ({n}: {})", if ok { "allowed" } else { "refused" }))
             );
         }
-        Outcome::Drop if out.isolated_by.is_empty() => {
+        Outcome::Drop if held.compiled.held_closed.contains(&ep.ifindex) => {
             out.verdict = SideVerdict::Denied;
             out.explanation = format!("{who} is held isolated: its pod is not known yet");
+        }
+        Outcome::Drop if out.isolated_by.is_empty() => {
+            out.verdict = SideVerdict::Denied;
+            out.explanation = format!(
+                "the datapath still isolates {who} for {direction}: the last compile is being written"
+            );
         }
         Outcome::Drop => {
             out.verdict = SideVerdict::Denied;

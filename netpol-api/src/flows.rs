@@ -11,6 +11,8 @@ pub const PATH_FLOWS: &str = "/v1/flows";
 pub enum Verdict {
     Allowed,
     Dropped,
+    /// Would have been dropped; passed because the pod's policies are audited, not enforced.
+    Audit,
 }
 
 impl fmt::Display for Verdict {
@@ -18,6 +20,7 @@ impl fmt::Display for Verdict {
         f.write_str(match self {
             Verdict::Allowed => "ALLOWED",
             Verdict::Dropped => "DROPPED",
+            Verdict::Audit => "AUDIT",
         })
     }
 }

@@ -110,7 +110,7 @@ impl<'a> Lab<'a> {
         let since_ms = netpol_api::flows::now_ms();
         let (code, text) = self.run(shown, args)?;
         if matches!(expect, Expect::TimedOut | Expect::Connected(false) | Expect::Refused) {
-            self.show_drop(since_ms);
+            self.show_drop(since_ms, args);
         }
         let (pass, observed) = match expect {
             Expect::Ok => {
@@ -161,8 +161,8 @@ impl<'a> Lab<'a> {
     }
 
     /// What `netpol monitor` showed for the drop that denied the last command: the
-    /// node's latest drop since `since_ms`.
-    fn show_drop(&self, since_ms: u64) {
+    /// node's latest drop since `since_ms` of a flow the command's pod sent.
+    fn show_drop(&self, since_ms: u64, args: &[&str]) {
         let socket = crate::local::Local::new(self.root).socket;
         let (get, t) = (netpol_api::client::Method::GET, std::time::Duration::from_secs(2));
         let Ok((_, body)) = netpol_api::client::call(&socket, get, netpol_api::flows::PATH_FLOWS, None, t)
@@ -170,7 +170,11 @@ impl<'a> Lab<'a> {
             return;
         };
         let flows: Vec<Flow> = serde_json::from_slice(&body).unwrap_or_default();
-        let last = flows.iter().rev().find(|f| f.verdict == Verdict::Dropped && f.time_ms + 50 >= since_ms);
+        let ours = |f: &Flow| f.source.pod.as_deref().is_some_and(|p| sent_by(args, p));
+        let last = flows
+            .iter()
+            .rev()
+            .find(|f| f.verdict == Verdict::Dropped && f.time_ms + 50 >= since_ms && ours(f));
         if let Some(flow) = last {
             println!("$ netpol monitor --verdict dropped   # what the node saw\n{flow}\n");
         }
@@ -455,5 +459,49 @@ impl<'a> Lab<'a> {
     pub fn down(&mut self) -> Result<()> {
         self.run("netpol local down", &["down"])?;
         Ok(())
+    }
+}
+
+/// Whether `pod` (`ns/name`) is the pod a command sends from: `probe FROM …`, or
+/// `exec [-ti] [-n NS] POD|deploy/NAME -- …` (a Deployment's pods are named `NAME-…`).
+fn sent_by(args: &[&str], pod: &str) -> bool {
+    let qualified =
+        |ns: &str, name: &str| if name.contains('/') { name.to_string() } else { format!("{ns}/{name}") };
+    match args {
+        ["probe", from, ..] => qualified("default", from) == pod,
+        ["exec", rest @ ..] => {
+            let (mut ns, mut target) = ("default", None);
+            let mut it = rest.iter().copied();
+            while let Some(a) = it.next() {
+                match a {
+                    "--" => break,
+                    "-n" => ns = it.next().unwrap_or(ns),
+                    flag if flag.starts_with('-') => {}
+                    name => target = Some(name),
+                }
+            }
+            match target.map(|t| (t, t.strip_prefix("deploy/"))) {
+                Some((_, Some(deploy))) => pod.starts_with(&format!("{ns}/{deploy}-")),
+                Some((name, None)) => qualified(ns, name) == pod,
+                None => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drop_is_shown_only_for_the_commands_own_pod() {
+        let exec = ["exec", "-ti", "deploy/curl-deployment", "--", "curl", "x"];
+        assert!(sent_by(&exec, "default/curl-deployment-7f9c"));
+        assert!(!sent_by(&exec, "default/backend-1"));
+        let exec = ["exec", "-n", "ns1", "web", "--", "getent", "hosts", "x"];
+        assert!(sent_by(&exec, "ns1/web") && !sent_by(&exec, "default/web"));
+        let probe = ["probe", "default/a", "default/b:80", "--timeout", "2s"];
+        assert!(sent_by(&probe, "default/a") && !sent_by(&probe, "default/b"));
     }
 }

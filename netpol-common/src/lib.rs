@@ -332,6 +332,9 @@ pub struct FragValue {
 /// `Event::verdict`
 pub const VERDICT_ALLOW: u8 = 0;
 pub const VERDICT_DROP: u8 = 1;
+/// A drop the endpoint's audit mode turned into a pass (`EP_AUDIT`): the event carries the
+/// drop reason the packet would have had.
+pub const VERDICT_AUDIT: u8 = 2;
 
 /// A verdict event from the `EVENTS` ring buffer: every drop, and every allowed new flow.
 #[repr(C)]

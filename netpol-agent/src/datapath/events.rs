@@ -4,7 +4,8 @@
 use std::{borrow::Cow, fmt, net::Ipv4Addr};
 
 use aya::maps::{MapData, RingBuf};
-use netpol_common::{identity, reason, Event, IPPROTO_ICMP, VERDICT_DROP};
+use netpol_api::flows::Verdict;
+use netpol_common::{identity, reason, Event, IPPROTO_ICMP, VERDICT_AUDIT, VERDICT_DROP};
 use serde::{Deserialize, Serialize};
 use tokio::io::{unix::AsyncFd, Interest};
 
@@ -59,8 +60,11 @@ impl EventStream {
 pub struct EventView {
     /// When the datapath judged the packet (CLOCK_MONOTONIC, coarse).
     pub ts_ns: u64,
-    pub verdict: Cow<'static, str>,
+    pub verdict: Verdict,
     pub reason: Cow<'static, str>,
+    /// The reason's code (`netpol_common::reason`).
+    #[serde(default)]
+    pub code: u8,
     pub direction: Direction,
     pub endpoint: u32,
     pub ifindex: u32,
@@ -82,8 +86,9 @@ impl From<&Event> for EventView {
         let ports = e.proto != IPPROTO_ICMP;
         EventView {
             ts_ns: e.ts_ns,
-            verdict: Cow::Borrowed(if e.verdict == VERDICT_DROP { "DROP" } else { "ALLOW" }),
+            verdict: verdict(e.verdict),
             reason: Cow::Borrowed(reason::name(e.reason)),
+            code: e.reason,
             direction: Direction::from_raw(e.dir),
             endpoint: e.ep_id,
             ifindex: e.ifindex,
@@ -96,6 +101,15 @@ impl From<&Event> for EventView {
             rule_id: e.rule_id,
             query: None,
         }
+    }
+}
+
+/// `Event::verdict` as the API names it.
+pub fn verdict(raw: u8) -> Verdict {
+    match raw {
+        VERDICT_DROP => Verdict::Dropped,
+        VERDICT_AUDIT => Verdict::Audit,
+        _ => Verdict::Allowed,
     }
 }
 
@@ -115,7 +129,7 @@ impl fmt::Display for EventView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:<5} {:<7} ep={} {} {}:{} -> {}:{} peer={} reason={}",
+            "{:<7} {:<7} ep={} {} {}:{} -> {}:{} peer={} reason={}",
             self.verdict,
             self.direction,
             self.endpoint,
