@@ -73,6 +73,7 @@ fn main() {
         identity: 300,
         isolated_ingress: true,
         isolated_egress: true,
+        audit: false,
     })
     .unwrap();
 

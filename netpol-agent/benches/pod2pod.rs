@@ -240,6 +240,7 @@ impl Bench {
                 identity,
                 isolated_ingress: ingress,
                 isolated_egress: egress,
+                audit: false,
             };
             dp.upsert_endpoint(&spec).unwrap();
             dp.upsert_ipcache(&ipc(ip, identity)).unwrap();

@@ -45,6 +45,7 @@ use netpol_policy::{
 use crate::{
     datapath::{state::SyncReport, Datapath, DatapathError, SOCKET_HOOKS},
     dnsproxy::{
+        forward::Permit,
         learned::{now_ms, Learned},
         message::Learning,
     },
@@ -97,6 +98,8 @@ pub struct Settings {
     /// Local mode: the local store is the source, and this machine the node.
     pub local: bool,
     pub budgets: Budgets,
+    /// Audit mode for the whole node: what policies would drop passes and is reported.
+    pub audit: bool,
     /// The cgroup2 directory the socket hooks for Services attach to (None: Services are
     /// not translated, as in tests of the policy path alone).
     pub cgroup: Option<PathBuf>,
@@ -120,6 +123,7 @@ impl Settings {
             node: NodeInfo { node_name: node_name.into(), pod_cidr: None, socket_lb_cgroup: None },
             local,
             budgets: Budgets::default(),
+            audit: false,
             cgroup: None,
             service_cidr: crate::sources::local::DEFAULT_SERVICE_CIDR,
             node_network: None,
@@ -153,6 +157,8 @@ pub struct Agent<E: Enforcer = Datapath> {
     /// What names the verdicts, as of the last compile.
     directory: std::sync::Arc<crate::flows::DirectoryCell>,
     budgets: Budgets,
+    /// The whole node's policies are audited, not enforced.
+    audit: bool,
     /// The kinds listed in full so far (all of them at once, in local mode).
     listed: BTreeSet<Kind>,
     state_dir: PathBuf,
@@ -258,6 +264,7 @@ impl<E: Enforcer> Agent<E> {
             events: Default::default(),
             directory: Default::default(),
             budgets: settings.budgets,
+            audit: settings.audit,
             listed: BTreeSet::new(),
             state_dir: state_dir.clone(),
             saved_alloc,
@@ -538,20 +545,15 @@ impl<E: Enforcer> Agent<E> {
         self.learned.save(&path).map_err(|msg| AgentError::State { path, msg })
     }
 
-    /// The names the pod at `from` may ask the DNS server `to` (over `proto`) through the
-    /// proxy, by the compiled state, with the pod's endpoint (None: no local pod has that
-    /// address).
-    pub fn dns_names(
-        &self,
-        from: Ipv4Addr,
-        to: SocketAddrV4,
-        proto: u8,
-    ) -> Option<(LocalEndpoint, BTreeSet<NameMatch>)> {
+    /// What the pod at `from` may ask the DNS server `to` (over `proto`) through the proxy,
+    /// by the compiled state, with the pod's endpoint (None: no local pod has that address).
+    pub fn dns_permit(&self, from: Ipv4Addr, to: SocketAddrV4, proto: u8) -> Option<(LocalEndpoint, Permit)> {
         let (endpoints, _) = self.registry.local_endpoints();
         let ep = endpoints.into_iter().find(|e| e.ip == from)?;
         let st = &self.compiled.state;
         let names = lookup::dns_names(st, &self.compiled.dns, ep.ifindex, *to.ip(), proto, to.port());
-        Some((ep, names))
+        let audit = self.compiled.state.audited(ep.ifindex);
+        Some((ep, Permit { names, audit }))
     }
 
     /// Tells the datapath where the DNS proxy listens (port 0: nowhere).
@@ -576,10 +578,15 @@ impl<E: Enforcer> Agent<E> {
         result
     }
 
-    /// The compile of the model for this node's endpoints, with this agent's budgets.
+    /// The compile of the model for this node's endpoints, with this agent's budgets (and
+    /// audit mode).
     fn compile(&self, alloc: &mut Allocators) -> Compiled {
         let (endpoints, _) = self.registry.local_endpoints();
-        compile_with(&self.model, &self.node.node_name, &endpoints, alloc, &self.budgets)
+        let mut compiled = compile_with(&self.model, &self.node.node_name, &endpoints, alloc, &self.budgets);
+        if self.audit {
+            compiled.audit_all();
+        }
+        compiled
     }
 
     fn enforce_model(&mut self) -> Result<SyncReport, AgentError> {

@@ -30,7 +30,7 @@ pub fn explain(held: &Held, who: &str) -> Result<Explanation, String> {
         .into_iter()
         .map(|d| explained(held, dir, ep.ep_id, own, d))
         .collect();
-    Ok(Explanation { pod, ip, directions })
+    Ok(Explanation { pod, ip, audit: held.state.audited(ep.ifindex), directions })
 }
 
 fn explained(

@@ -12,7 +12,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use netpol_api::flows::{Flow, FlowPeer};
+use netpol_api::flows::{Flow, FlowPeer, Verdict};
 use netpol_common::reason;
 use netpol_policy::{
     compiler::{Compiled, LocalEndpoint, RuleKey},
@@ -105,6 +105,9 @@ impl Directory {
             query: ev.query.clone(),
         };
         flow.reason = self.reason(&flow, code, ev);
+        if flow.verdict == Verdict::Audit {
+            flow.reason = format!("audit mode, passed: {}", flow.reason);
+        }
         flow
     }
 
@@ -144,7 +147,8 @@ impl Directory {
             reason::DROP_SPOOFED => format!("spoofed source: {} is not the address of {pod}", ev.src),
             reason::DROP_DNS_REFUSED => {
                 let name = flow.query.as_deref().unwrap_or("?");
-                format!("DNS query for {name} refused: no DNS rule of {pod} allows it")
+                let refused = if flow.verdict == Verdict::Audit { "would be refused" } else { "refused" };
+                format!("DNS query for {name} {refused}: no DNS rule of {pod} allows it")
             }
             _ => reason::words(code).to_string(),
         }
@@ -175,7 +179,6 @@ impl DirectoryCell {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netpol_api::flows::Verdict;
     use netpol_common::{
         Event, DIR_EGRESS, DIR_INGRESS, IPPROTO_TCP, IPPROTO_UDP, VERDICT_ALLOW, VERDICT_DROP,
     };

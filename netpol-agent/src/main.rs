@@ -103,6 +103,11 @@ struct RunArgs {
     /// Policy map entries the policies of one namespace may add together on this node.
     #[arg(long, default_value_t = Budgets::default().per_namespace)]
     namespace_budget: usize,
+    /// Policy audit mode for the whole node: what the policies would drop passes and is
+    /// reported as AUDIT (`netpol monitor --verdict audit`). One namespace alone: annotate
+    /// it `netpol.io/policy-audit-mode: "true"`.
+    #[arg(long)]
+    policy_audit_mode: bool,
     /// The cgroup2 directory whose processes get Services translated at the socket
     /// (default: the cgroup2 root with `--source kubernetes`; in local mode a directory
     /// below it named like the datapath (`--name`), created if missing and removed by
@@ -461,6 +466,7 @@ fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
         },
         local: run.source == Source::Local,
         budgets: Budgets { per_policy: run.policy_budget, per_namespace: run.namespace_budget },
+        audit: run.policy_audit_mode,
         cgroup,
         service_cidr: run.service_cidr,
         node_network: node_network(&run),

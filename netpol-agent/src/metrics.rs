@@ -18,6 +18,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use netpol_api::flows::Verdict;
 use netpol_common::counter;
 
 use crate::{datapath::Counters, monitor::EventCounts};
@@ -123,6 +124,7 @@ struct OutcomeLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerdictLabel {
     direction: &'static str,
+    verdict: &'static str,
     reason: &'static str,
 }
 
@@ -264,16 +266,21 @@ pub fn render(m: &Metrics, s: &Snapshot) -> String {
 /// Verdict events by direction and reason; new flows allowed per policy.
 fn render_verdicts(r: &mut Registry, s: &Snapshot) {
     let verdicts = Family::<VerdictLabel, Counter>::default();
-    for ((direction, reason), n) in &s.events.by_direction {
+    for ((direction, verdict, reason), n) in &s.events.by_direction {
         let direction = match direction {
             crate::datapath::Direction::Ingress => "ingress",
             crate::datapath::Direction::Egress => "egress",
         };
-        verdicts.get_or_create(&VerdictLabel { direction, reason }).inc_by(*n);
+        let verdict = match verdict {
+            Verdict::Allowed => "allowed",
+            Verdict::Dropped => "dropped",
+            Verdict::Audit => "audit",
+        };
+        verdicts.get_or_create(&VerdictLabel { direction, verdict, reason }).inc_by(*n);
     }
     r.register(
         "netpol_verdict_events",
-        "Verdict events (rate-limited for drops), by direction and reason",
+        "Verdict events (rate-limited for drops and audits), by direction, verdict and reason",
         verdicts,
     );
     let hits = Family::<PolicyLabel, Counter>::default();
@@ -316,7 +323,9 @@ mod tests {
             ..Default::default()
         };
         s.events.drops_by_endpoint.insert(7, 4);
-        s.events.by_direction.insert((crate::datapath::Direction::Ingress, "drop-policy"), 3);
+        s.events
+            .by_direction
+            .insert((crate::datapath::Direction::Ingress, Verdict::Dropped, "drop-policy"), 3);
         s.events.allows_by_rule.insert(9, 2);
         s.policies_of_rules.insert(9, "NetworkPolicy default/web".into());
         s.maps.push(("POLICY", 12, 262_144));
@@ -333,7 +342,7 @@ mod tests {
             "netpol_pods_announced_only 0",
             "netpol_dns_queries_total{outcome=\"refused\"} 1",
             "netpol_socket_lb_total{outcome=\"translated\"} 5",
-            "netpol_verdict_events_total{direction=\"ingress\",reason=\"drop-policy\"} 3",
+            "netpol_verdict_events_total{direction=\"ingress\",verdict=\"dropped\",reason=\"drop-policy\"} 3",
             "netpol_policy_hits_total{policy=\"NetworkPolicy default/web\"} 2",
             "netpol_map_entries{map=\"POLICY\"} 12",
             "netpol_map_capacity{map=\"POLICY\"} 262144",

@@ -12,6 +12,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use netpol_api::flows::Verdict;
 use netpol_common::reason;
 use tokio::sync::broadcast;
 use tracing::warn;
@@ -31,8 +32,8 @@ const FOLLOW_BACKLOG: usize = 16_384;
 pub struct EventCounts {
     pub received: u64,
     pub by_reason: BTreeMap<&'static str, u64>,
-    /// (direction, reason) → events.
-    pub by_direction: BTreeMap<(Direction, &'static str), u64>,
+    /// (direction, verdict, reason) → events.
+    pub by_direction: BTreeMap<(Direction, Verdict, &'static str), u64>,
     /// Rule id → new flows it allowed (`allow-policy` events).
     pub allows_by_rule: BTreeMap<u32, u64>,
     /// Endpoint id → drop events.
@@ -72,11 +73,11 @@ impl EventHub {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         counts.received += 1;
         *counts.by_reason.entry(reason::name(ev.reason)).or_default() += 1;
-        *counts.by_direction.entry((view.direction, reason::name(ev.reason))).or_default() += 1;
+        *counts.by_direction.entry((view.direction, view.verdict, reason::name(ev.reason))).or_default() += 1;
         if ev.reason == reason::ALLOW_POLICY && ev.rule_id != 0 {
             *counts.allows_by_rule.entry(ev.rule_id).or_default() += 1;
         }
-        if reason::is_drop(ev.reason) {
+        if view.verdict == Verdict::Dropped {
             *counts.drops_by_endpoint.entry(ev.ep_id).or_default() += 1;
         }
         drop(counts);

@@ -7,7 +7,7 @@
 
 use std::net::Ipv4Addr;
 
-use netpol_api::flows::{SideVerdict, Trace, TraceQuery, TraceSide};
+use netpol_api::flows::{FlowPeer, SideVerdict, Trace, TraceQuery, TraceSide};
 use netpol_common::{IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use netpol_policy::{
     compiler::{Compiled, LocalEndpoint},
@@ -108,8 +108,28 @@ fn side(
         return out;
     };
     out.isolated_by = isolating(held.compiled, ep.ep_id, direction);
-    let by = out.isolated_by.join(", ");
-    match lookup::outcome(held.state, ep.ifindex, direction.raw(), remote, proto, q.port) {
+    let outcome = lookup::outcome(held.state, ep.ifindex, direction.raw(), remote, proto, q.port);
+    denied(held, ep, &mut out, outcome, (toward, &other), proto, q);
+    if held.state.audited(ep.ifindex) && out.verdict == SideVerdict::Denied {
+        out.verdict = SideVerdict::Audited;
+        out.explanation = format!("audit mode, passes: {}", out.explanation);
+    }
+    out
+}
+
+/// The side's verdict from the datapath's lookup, and why.
+fn denied(
+    held: &Held,
+    ep: &LocalEndpoint,
+    out: &mut TraceSide,
+    outcome: Outcome,
+    (toward, other): (&str, &FlowPeer),
+    proto: u8,
+    q: &TraceQuery,
+) {
+    let (who, by) = (out.who.clone(), out.isolated_by.join(", "));
+    let direction = &out.direction;
+    match outcome {
         Outcome::Pass(0) => {
             out.verdict = SideVerdict::NotIsolated;
             out.explanation = format!("no policy isolates {who} for {direction}");
@@ -154,7 +174,6 @@ fn side(
             );
         }
     }
-    out
 }
 
 fn on(proto: u8, q: &TraceQuery) -> String {

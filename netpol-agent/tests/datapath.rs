@@ -61,6 +61,7 @@ fn pod_on_lo(isolated_ingress: bool, isolated_egress: bool) -> EndpointSpec {
         identity: POD_ID,
         isolated_ingress,
         isolated_egress,
+        audit: false,
     }
 }
 

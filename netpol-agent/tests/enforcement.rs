@@ -17,8 +17,8 @@ use std::{
 
 use aya::programs::links::{FdLink, PinnedLink};
 use lab::*;
-use netpol_agent::datapath::{AttachMode, Datapath, Direction, Protocol};
-use netpol_common::{identity, reason};
+use netpol_agent::datapath::{AttachMode, Datapath, Direction, EndpointSpec, Protocol};
+use netpol_common::{identity, reason, VERDICT_AUDIT, VERDICT_DROP};
 use netpol_tests::{
     packet::{Ip, SYN},
     traffic::{curl, inject_frame, tcp_probe, Conn},
@@ -175,6 +175,51 @@ fn a_withdrawn_rule_cuts_an_established_connection() {
     assert!(lab.counter(reason::DROP_POLICY_REVOKED) > 0);
     lab.dp().add_policy(&rule, 1).unwrap();
     lab.tcp("a", B, 80, true);
+}
+
+/// Audit mode passes what the policy would drop and reports it; what is refused for what it
+/// is stays dropped; ending audit mode cuts the flows it let through.
+#[test]
+fn audit_mode_passes_would_be_drops_reports_them_and_its_end_cuts_them() {
+    let Some(mut lab) = Lab::new("nfaudit", AttachMode::Auto) else { return };
+    lab.tcp_servers("b", &[80, 81]);
+    lab.isolate("b", EP_B, B, ID_B, true, false);
+    lab.dp().add_policy(&entry(EP_B, Direction::Ingress, ID_A, Protocol::Tcp, Some(80), None), 1).unwrap();
+    // Control: enforced, a reaches b:80 and nothing else does.
+    lab.tcp("a", B, 80, true);
+    lab.tcp("a", B, 81, false);
+    lab.tcp("c", B, 80, false);
+    let audited = EndpointSpec { audit: true, ..spec(&lab, "b", EP_B, B, ID_B, true, false) };
+    lab.dp().upsert_endpoint(&audited).unwrap();
+    lab.dp().drain_events();
+    let (dropped, passed) = (lab.counter(reason::DROP_POLICY), lab.dp().counters().unwrap().audited());
+    lab.tcp("a", B, 81, true);
+    let mut conn = Conn::open(&lab.ns("c"), SocketAddrV4::new(B, 80), ALLOWED).expect("audited c -> b");
+    assert!(conn.exchange("one", ALLOWED));
+    assert_eq!(lab.counter(reason::DROP_POLICY), dropped, "an audited packet was counted as dropped");
+    assert!(lab.dp().counters().unwrap().audited() >= passed + 2, "one per new flow at least");
+    let events = lab.dp().drain_events();
+    let audit = |port: u16, src: Ipv4Addr| {
+        events.iter().any(|e| {
+            e.verdict == VERDICT_AUDIT
+                && e.reason == reason::DROP_POLICY
+                && u16::from_be(e.dport) == port
+                && e.saddr == u32::from_ne_bytes(src.octets())
+        })
+    };
+    assert!(audit(81, A) && audit(80, C), "audit events missing: {events:?}");
+    assert!(events.iter().all(|e| e.verdict != VERDICT_DROP), "a drop while auditing: {events:?}");
+    // Spoofed packets are not the policy's to audit: still dropped.
+    let before = lab.counter(reason::DROP_SPOOFED_LOCAL);
+    let forged = Ip::tcp(A, 1234, B, 80, SYN).frame();
+    inject_frame(&lab.ns("c"), "eth0", forged);
+    assert_eq!(lab.counter(reason::DROP_SPOOFED_LOCAL) + lab.counter(reason::DROP_SPOOFED), before + 1);
+    // Enforcing again cuts what audit let through; what the policy allows stays.
+    lab.isolate("b", EP_B, B, ID_B, true, false);
+    assert!(!conn.exchange("two", Duration::from_secs(1)), "an audited flow outlived audit mode");
+    assert!(lab.counter(reason::DROP_POLICY_REVOKED) > 0);
+    lab.tcp("a", B, 80, true);
+    lab.tcp("a", B, 81, false);
 }
 
 /// The link id of the pinned TCX link of a pod's host-side veth.

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 pub const PATH_FLOWS: &str = "/v1/flows";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Verdict {
     Allowed,
@@ -175,6 +175,8 @@ pub enum SideVerdict {
     /// DNS that rules filter by name: passes for the names they allow.
     DnsFiltered,
     Denied,
+    /// Denied by the policies, passed: the pod's policies are audited, not enforced.
+    Audited,
     /// The pod is on another node, whose agent decides.
     Elsewhere,
     /// Not a pod: no policy of this side applies.
@@ -185,7 +187,9 @@ impl SideVerdict {
     /// Whether this side lets the connection through (None: another node decides).
     pub fn passes(self) -> Option<bool> {
         match self {
-            SideVerdict::Allowed | SideVerdict::NotIsolated | SideVerdict::NotAPod => Some(true),
+            SideVerdict::Allowed | SideVerdict::NotIsolated | SideVerdict::NotAPod | SideVerdict::Audited => {
+                Some(true)
+            }
             SideVerdict::Denied | SideVerdict::DnsFiltered => Some(false),
             SideVerdict::Elsewhere => None,
         }
@@ -264,6 +268,9 @@ impl ExplainQuery {
 pub struct Explanation {
     pub pod: String,
     pub ip: Ipv4Addr,
+    /// Its policies are audited, not enforced: what they would drop passes, reported AUDIT.
+    #[serde(default)]
+    pub audit: bool,
     pub directions: Vec<Explained>,
 }
 
@@ -303,6 +310,9 @@ pub struct AllowedBy {
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{} ({})", self.pod, self.ip)?;
+        if self.audit {
+            writeln!(f, "  audit mode: what these policies would drop passes, reported AUDIT")?;
+        }
         for d in &self.directions {
             if d.isolated_by.is_empty() {
                 writeln!(f, "  {}: not isolated (every peer, every port)", d.direction)?;

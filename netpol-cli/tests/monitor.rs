@@ -166,7 +166,11 @@ fn monitor_explains_drops_and_names_the_policy_of_allows() {
             .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"));
         line.rsplit(' ').next().unwrap().parse().unwrap()
     };
-    assert!(value("netpol_verdict_events_total{direction=\"ingress\",reason=\"drop-policy\"}") >= 1.0);
+    assert!(
+        value(
+            "netpol_verdict_events_total{direction=\"ingress\",verdict=\"dropped\",reason=\"drop-policy\"}"
+        ) >= 1.0
+    );
     assert!(
         value("netpol_policy_hits_total{policy=\"NetworkPolicy default/backend-allow-ingress-frontend\"}")
             >= 1.0
@@ -179,6 +183,79 @@ fn monitor_explains_drops_and_names_the_policy_of_allows() {
     assert!(seen.iter().all(|v| v["verdict"] == "DROPPED"), "--verdict dropped showed others: {seen:?}");
     drop(all);
     drop(dropped);
+    drop(node);
+    assert_eq!(leftovers(root), Vec::<String>::new());
+}
+
+/// Audit mode for a namespace (its annotation): the lab's denied probe passes and is shown
+/// as AUDIT with the reason it would have been dropped; trace and explain say so; the
+/// metrics count it; without the annotation it is denied again. A node cannot switch to
+/// audit mode while up.
+#[test]
+fn audit_mode_lets_denied_traffic_through_and_reports_it() {
+    if need_root() {
+        return;
+    }
+    let root = "test-aud";
+    let node = Node::up(root, "10.244.208.0/24");
+    node.ok(&["apply", "-f", "simple-app.yaml"]);
+    node.ok(&["apply", "-f", "backend-ingress-deny.yaml"]);
+    node.ok(&["apply", "-f", "backend-allow-ingress-frontend.yaml"]);
+    let pod = |sel: &str| {
+        let name = node.ok(&["get", "pods", "-l", sel, "-o", "jsonpath={.items[0].metadata.name}"]);
+        format!("default/{}", name.trim())
+    };
+    let (front, not_front, backend) = (pod("app=frontend"), pod("app=not-frontend"), pod("app=backend"));
+    let to = format!("{backend}:8080");
+    let probe = |from: &str| node.run(&["probe", from, &to, "--timeout", "500ms"]).status.code();
+    assert_eq!(probe(&not_front), Some(1), "control: enforced, not-frontend is denied");
+
+    let namespace = |annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n  annotations: {{{annotations}}}\n"
+        )
+    };
+    node.apply(&namespace("netpol.io/policy-audit-mode: \"true\""));
+    let audits = Monitor::start(root, &["--verdict", "audit"]);
+    let passed = netpol_tests::eventually(Duration::from_secs(5), || probe(&not_front) == Some(0));
+    assert!(passed, "audit mode did not let the denied probe through");
+    assert_eq!(probe(&front), Some(0), "control: the allowed flow still passes");
+    let is_audit = |v: &Value| v["source"]["pod"] == not_front.as_str();
+    let (shown, seen) = audits.find(Duration::from_secs(2), is_audit);
+    let v = shown.unwrap_or_else(|| panic!("no AUDIT verdict shown; seen {seen:?}"));
+    assert_eq!((v["verdict"].as_str(), v["code"].as_str()), (Some("AUDIT"), Some("drop-policy")));
+    let reason = v["reason"].as_str().unwrap();
+    let want = format!(
+        "audit mode, passed: no policy selecting {backend} allows ingress from {not_front} on 8080/TCP"
+    );
+    assert!(reason.starts_with(&want), "{reason}");
+
+    let out = Command::new(netpol()).args(["trace", "--root", root, &not_front, &to]).output().unwrap();
+    let text = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains(&format!("ingress {backend}: audit mode, passes: no policy selecting")), "{text}");
+    let out = Command::new(netpol()).args(["explain", "--root", root, &backend]).output().unwrap();
+    assert!(common::text(&out).contains("audit mode: what these policies would drop passes"));
+
+    let socket = std::path::PathBuf::from(format!("/run/netpol/{root}.sock"));
+    let (get, t) = (netpol_api::client::Method::GET, Duration::from_secs(5));
+    let (_, body) = netpol_api::client::call(&socket, get, netpol_api::PATH_METRICS, None, t).unwrap();
+    let metrics = String::from_utf8_lossy(&body);
+    let audited =
+        "netpol_verdict_events_total{direction=\"ingress\",verdict=\"audit\",reason=\"drop-policy\"}";
+    assert!(metrics.lines().any(|l| l.starts_with(audited)), "{metrics}");
+
+    // Enforced again without the annotation.
+    node.apply(&namespace(""));
+    let denied = netpol_tests::eventually(Duration::from_secs(5), || probe(&not_front) == Some(1));
+    assert!(denied, "the probe still passes after audit mode ended");
+    let out = node.run(&["up", "--audit"]);
+    assert!(
+        !out.status.success() && common::text(&out).contains("netpol local down` first"),
+        "{}",
+        common::text(&out)
+    );
+    drop(audits);
     drop(node);
     assert_eq!(leftovers(root), Vec::<String>::new());
 }

@@ -11,7 +11,7 @@
 /// Bumped whenever a key, value or map definition below changes. The pin directory is
 /// versioned with it, because the kernel would otherwise silently reuse an old pinned map with
 /// a different layout (aya does not compare key/value sizes when it reuses a pin).
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Program names in the object.
 pub mod programs {
@@ -129,6 +129,17 @@ pub const DIR_EGRESS: u8 = 1;
 /// `Endpoint::flags`
 pub const EP_ISOLATED_INGRESS: u32 = 1 << 0;
 pub const EP_ISOLATED_EGRESS: u32 = 1 << 1;
+/// Policy audit mode: a packet its policies would drop passes (`VERDICT_AUDIT`, counted as
+/// `counter::AUDITED`) — only for the reasons [`reason::auditable`] names; a packet refused
+/// for what it is (spoofed, malformed, VLAN, ...) is dropped all the same.
+pub const EP_AUDIT: u32 = 1 << 2;
+
+/// Whether going from endpoint flags `old` to `new` can only take traffic away (a new
+/// isolation, or audit mode ending): established flows must then be re-judged.
+pub const fn flags_tighten(old: u32, new: u32) -> bool {
+    let isolation = EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS;
+    new & !old & isolation != 0 || old & !new & EP_AUDIT != 0
+}
 
 /// `PolicyKey::proto` value meaning "any protocol" (the port must then be 0 too).
 pub const PROTO_ANY: u8 = 0;
@@ -482,6 +493,15 @@ pub mod reason {
     pub fn is_drop(r: u8) -> bool {
         r >= FIRST_DROP
     }
+
+    /// Drops a policy decides (of an isolated endpoint): what audit mode lets pass.
+    #[inline(always)]
+    pub const fn auditable(r: u8) -> bool {
+        matches!(
+            r,
+            DROP_POLICY | DROP_POLICY_REVOKED | DROP_FRAGMENT | DROP_IP_OPTIONS | DROP_SERVICE_UNTRANSLATED
+        )
+    }
 }
 
 /// `COUNTERS` slots after the per-reason ones.
@@ -500,7 +520,9 @@ pub mod counter {
     pub const SOCK_NO_BACKEND: u32 = SOCK_TRANSLATED + 1;
     /// A translation could not be remembered for the way back (`SOCK_REV_NAT` write failed).
     pub const SOCK_REV_NAT_FAILED: u32 = SOCK_NO_BACKEND + 1;
-    pub const COUNT: u32 = SOCK_REV_NAT_FAILED + 1;
+    /// A packet its policies would have dropped passed: its endpoint is in audit mode.
+    pub const AUDITED: u32 = SOCK_REV_NAT_FAILED + 1;
+    pub const COUNT: u32 = AUDITED + 1;
     /// The names of the slots after the reasons, in order.
     pub const NAMES: [&str; (COUNT - EVENTS_LOST) as usize] = [
         "events-lost",
@@ -510,6 +532,7 @@ pub mod counter {
         "sock-translated",
         "sock-no-backend",
         "sock-rev-nat-failed",
+        "audited",
     ];
 }
 

@@ -17,7 +17,7 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use netpol_common::{
     counter, ct_timeout_ns, CtKey, CtValue, Endpoint, CT_CLOSING, CT_DNS_PROXY, CT_REVOKED, CT_TOUCH_NS,
-    DIR_EGRESS, POLICY_DNS_PROXY,
+    DIR_EGRESS, EP_AUDIT, POLICY_DNS_PROXY,
 };
 
 use crate::{
@@ -86,8 +86,15 @@ pub fn check(ep: &Endpoint, dir: u8, key: &CtKey, now: u64, tcp_flags: u8) -> Ct
     if gen != ep.policy_gen || flags & CT_REVOKED != 0 {
         if let Err(peer) = rejudge(ep, key, ct, started) {
             unsafe {
-                (*ct).flags |= CT_REVOKED;
-                (*ct).last_seen = now;
+                if ep.flags & EP_AUDIT != 0 {
+                    // Audit mode lets this packet pass and reports it; the flow is then
+                    // verified for this generation (re-judged when audit mode ends).
+                    (*ct).policy_gen = ep.policy_gen;
+                    (*ct).flags &= !CT_REVOKED;
+                } else {
+                    (*ct).flags |= CT_REVOKED;
+                    (*ct).last_seen = now;
+                }
             }
             return CtHit::Revoked(peer);
         }

@@ -14,7 +14,7 @@ use crate::{
     maps::{ENDPOINT_IPS, FRAGMENTS, LOCAL_SLOTS},
     policy::{admits, isolated, resolve},
     proxy,
-    verdict::{count, finish, verdict, Decision, Flow, NO_FLOW},
+    verdict::{audit, count, finish, verdict, Decision, Flow, NO_FLOW},
 };
 
 /// What the L4 parse found.
@@ -92,7 +92,7 @@ pub fn enforce(ctx: &TcContext, ep: &Endpoint, dir: u8) -> i32 {
 
 #[inline(always)]
 fn refuse(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow, r: u8) -> i32 {
-    finish(ctx, ep.ep_id, dir, f, &verdict(true, r), true)
+    finish(ctx, ep.ep_id, dir, f, &audit(ep, verdict(true, r)), true)
 }
 
 /// From a pod: only its own address. To a pod: a local pod's address only from that pod's
@@ -133,10 +133,10 @@ fn later_fragment(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &mut Flow, key: &F
             f.dport = v.dport;
             verdict(false, reason::ALLOW_FRAGMENT)
         }
-        None if iso => verdict(true, reason::DROP_FRAGMENT),
+        None if iso => audit(ep, verdict(true, reason::DROP_FRAGMENT)),
         None => verdict(false, reason::ALLOW_NOT_ISOLATED),
     };
-    finish(ctx, ep.ep_id, dir, f, &d, d.drop)
+    finish(ctx, ep.ep_id, dir, f, &d, d.drop || d.audit)
 }
 
 #[inline(always)]
@@ -204,7 +204,7 @@ fn parse_l4(ctx: &TcContext, dir: u8, l4: usize, f: &mut Flow) -> L4 {
 fn to_proxy(ctx: &TcContext, f: &Flow, rule_id: u32) -> Decision {
     let dns_transport = f.proto == IPPROTO_TCP || f.proto == IPPROTO_UDP;
     if dns_transport && proxy::redirect(ctx, f) {
-        Decision { drop: false, reason: reason::ALLOW_DNS_PROXY, rule_id, peer: 0 }
+        Decision { rule_id, ..verdict(false, reason::ALLOW_DNS_PROXY) }
     } else {
         verdict(true, reason::DROP_DNS_PROXY_UNAVAILABLE)
     }
@@ -224,8 +224,8 @@ fn judge(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow, tracked: bool) -> (D
             }
             CtHit::Pass { forward: false, .. } => return (verdict(false, reason::ALLOW_REPLY), false),
             CtHit::Revoked(peer) => {
-                let d = Decision { drop: true, reason: reason::DROP_POLICY_REVOKED, rule_id: 0, peer };
-                return (d, true);
+                let d = Decision { peer, ..verdict(true, reason::DROP_POLICY_REVOKED) };
+                return (audit(ep, d), true);
             }
             CtHit::Miss => {}
         }
@@ -238,13 +238,8 @@ fn judge(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow, tracked: bool) -> (D
         // Bypassed the socket hooks (`admits` refuses it too, for re-judged flows): its
         // own reason when isolated, counted otherwise.
         if isolated(ep, dir) {
-            let d = Decision {
-                drop: true,
-                reason: reason::DROP_SERVICE_UNTRANSLATED,
-                rule_id: 0,
-                peer: peer.identity,
-            };
-            return (d, true);
+            let d = Decision { peer: peer.identity, ..verdict(true, reason::DROP_SERVICE_UNTRANSLATED) };
+            return (audit(ep, d), true);
         }
         count(counter::SERVICE_UNTRANSLATED);
     }
@@ -262,8 +257,8 @@ fn judge(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow, tracked: bool) -> (D
                     verdict(true, reason::DROP_DNS_PROXY_UNAVAILABLE)
                 }
             }
-            Some((reason, v)) => Decision { drop: false, reason, rule_id: v.rule_id, peer: 0 },
-            None => verdict(true, reason::DROP_POLICY),
+            Some((reason, v)) => Decision { rule_id: v.rule_id, ..verdict(false, reason) },
+            None => audit(ep, verdict(true, reason::DROP_POLICY)),
         }
     };
     d.peer = peer.identity;
@@ -273,7 +268,8 @@ fn judge(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow, tracked: bool) -> (D
         conntrack::create(ep, dir, &key, now, &allowed, f.tcp_flags);
     }
     // Untracked packets (ICMP errors, other protocols) are judged one by one; an event for
-    // each allowed one would flood the ring, so only their drops are reported.
-    let event = d.drop || track;
+    // each allowed one would flood the ring, so only their drops (and would-be drops) are
+    // reported.
+    let event = d.drop || d.audit || track;
     (d, event)
 }

@@ -34,6 +34,10 @@
 //! | ICMP error plausibly about a tracked flow          | pass         | pass     |
 //! | from the pod: new flow to a ClusterIP (untranslated) | pass, counted | drop    |
 //! | anything else                                      | pass         | policy   |
+//!
+//! An endpoint in audit mode (`EP_AUDIT`) passes what its policies would drop — the
+//! `policy` cells above, later fragments and IP options of an isolated endpoint, an
+//! untranslated ClusterIP — and reports it (`VERDICT_AUDIT`); every other drop stands.
 #![no_std]
 #![no_main]
 

@@ -6,8 +6,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netpol_common::{
-    counter, Event, EventBucket, EventBucketKey, DIR_INGRESS, DROP_EVENT_BURST, NS_PER_DROP_EVENT,
-    VERDICT_ALLOW, VERDICT_DROP,
+    counter, reason, Endpoint, Event, EventBucket, EventBucketKey, DIR_INGRESS, DROP_EVENT_BURST, EP_AUDIT,
+    NS_PER_DROP_EVENT, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DROP,
 };
 
 use crate::{
@@ -34,11 +34,23 @@ pub struct Decision {
     pub reason: u8,
     pub rule_id: u32,
     pub peer: u32,
+    /// A drop audit mode let pass (`drop` is then false, `reason` the drop's).
+    pub audit: bool,
 }
 
 #[inline(always)]
 pub fn verdict(drop: bool, reason: u8) -> Decision {
-    Decision { drop, reason, rule_id: 0, peer: 0 }
+    Decision { drop, reason, rule_id: 0, peer: 0, audit: false }
+}
+
+/// The decision for an endpoint in audit mode: a drop its policies decide passes, marked.
+#[inline(always)]
+pub fn audit(ep: &Endpoint, mut d: Decision) -> Decision {
+    if d.drop && ep.flags & EP_AUDIT != 0 && reason::auditable(d.reason) {
+        d.drop = false;
+        d.audit = true;
+    }
+    d
 }
 
 #[inline(always)]
@@ -76,7 +88,8 @@ fn emit(ctx: &TcContext, ep_id: u32, dir: u8, f: &Flow, d: &Decision) {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // Inbound drops per sending identity; outbound ones are the pod's own, whatever it forges.
     let key = EventBucketKey { ep_id, peer: if dir == DIR_INGRESS { d.peer } else { 0 } };
-    if d.drop && !drop_event_token(&key, now) {
+    // Audited packets are would-be drops: as many as a flood makes.
+    if (d.drop || d.audit) && !drop_event_token(&key, now) {
         count(counter::EVENTS_RATE_LIMITED);
         return;
     }
@@ -92,7 +105,13 @@ fn emit(ctx: &TcContext, ep_id: u32, dir: u8, f: &Flow, d: &Decision) {
         rule_id: d.rule_id,
         proto: f.proto,
         dir,
-        verdict: if d.drop { VERDICT_DROP } else { VERDICT_ALLOW },
+        verdict: if d.drop {
+            VERDICT_DROP
+        } else if d.audit {
+            VERDICT_AUDIT
+        } else {
+            VERDICT_ALLOW
+        },
         reason: d.reason,
     };
     if EVENTS.output::<Event>(&ev, 0).is_err() {
@@ -103,7 +122,7 @@ fn emit(ctx: &TcContext, ep_id: u32, dir: u8, f: &Flow, d: &Decision) {
 /// Counts the packet and returns its TC action; emits an event when asked.
 #[inline(always)]
 pub fn finish(ctx: &TcContext, ep_id: u32, dir: u8, f: &Flow, d: &Decision, event: bool) -> i32 {
-    count(d.reason as u32);
+    count(if d.audit { counter::AUDITED } else { d.reason as u32 });
     if event {
         emit(ctx, ep_id, dir, f, d);
     }

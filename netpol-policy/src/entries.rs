@@ -4,8 +4,8 @@ use std::{fmt, net::Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use netpol_common::{
-    PolicyKey, RangeKey, DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IPPROTO_SCTP,
-    IPPROTO_TCP, IPPROTO_UDP, PORT_ANY, PROTO_ANY, RANGE_FIXED_BITS,
+    PolicyKey, RangeKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS,
+    IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, PORT_ANY, PROTO_ANY, RANGE_FIXED_BITS,
 };
 use serde::{Deserialize, Serialize};
 
@@ -102,6 +102,9 @@ pub struct EndpointSpec {
     pub isolated_ingress: bool,
     #[serde(default)]
     pub isolated_egress: bool,
+    /// Policy audit mode (`EP_AUDIT`).
+    #[serde(default)]
+    pub audit: bool,
 }
 
 impl EndpointSpec {
@@ -112,6 +115,9 @@ impl EndpointSpec {
         }
         if self.isolated_egress {
             f |= EP_ISOLATED_EGRESS;
+        }
+        if self.audit {
+            f |= EP_AUDIT;
         }
         f
     }

@@ -27,6 +27,9 @@ pub type Key = (String, String);
 
 /// The label Kubernetes puts on every namespace.
 pub const NS_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// A namespace annotated with this set to `"true"` has its pods' policies audited, not
+/// enforced: what they would drop passes and is reported.
+pub const AUDIT_ANNOTATION: &str = "netpol.io/policy-audit-mode";
 
 /// One object from a source.
 #[derive(Clone, Debug)]
@@ -312,6 +315,12 @@ impl Model {
         let mut labels = self.namespaces.get(ns).and_then(|n| n.metadata.labels.clone()).unwrap_or_default();
         labels.insert(NS_NAME_LABEL.into(), ns.into());
         labels
+    }
+
+    /// Whether the namespace's policies are audited ([`AUDIT_ANNOTATION`]).
+    pub fn audited(&self, ns: &str) -> bool {
+        let annotations = self.namespaces.get(ns).and_then(|n| n.metadata.annotations.as_ref());
+        annotations.and_then(|a| a.get(AUDIT_ANNOTATION)).is_some_and(|v| v == "true")
     }
 
     /// Pods of the model that take part in policy: IPv4 address known ([`Model::pod_address`]),

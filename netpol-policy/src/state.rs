@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use ipnet::Ipv4Net;
-use netpol_common::{Endpoint, IpcacheEntry, PolicyValue, ServiceKey, ServiceValue};
+use netpol_common::{Endpoint, IpcacheEntry, PolicyValue, ServiceKey, ServiceValue, EP_AUDIT};
 
 use crate::entries::PolicyMapKey;
 
@@ -17,4 +17,11 @@ pub struct MapState {
     pub policy: BTreeMap<PolicyMapKey, PolicyValue>,
     /// Service frontends and backend slots (the socket hooks' `SERVICES`).
     pub services: BTreeMap<ServiceKey, ServiceValue>,
+}
+
+impl MapState {
+    /// Whether the endpoint on `ifindex` is in audit mode (`EP_AUDIT`).
+    pub fn audited(&self, ifindex: u32) -> bool {
+        self.endpoints.get(&ifindex).is_some_and(|e| e.flags & EP_AUDIT != 0)
+    }
 }

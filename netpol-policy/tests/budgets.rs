@@ -1,10 +1,11 @@
 //! Budgets and held-closed endpoints in the compiler: one namespace's oversized policy is
 //! rejected whole without costing the node its other policies, and an endpoint whose pod is
-//! not known yet is isolated both ways. No root needed.
+//! not known yet is isolated both ways; audit mode marks endpoints and changes nothing
+//! else. No root needed.
 
 use std::time::{Duration, Instant};
 
-use netpol_common::{identity, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
+use netpol_common::{identity, EP_AUDIT, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS};
 use netpol_policy::{
     compiler::{compile, compile_with, Allocators, BudgetError, Budgets, LocalEndpoint},
     entries::PolicyMapKey,
@@ -19,6 +20,7 @@ fn model(objects: Vec<Value>) -> Model {
         let obj = match o["kind"].as_str().unwrap() {
             "Pod" => Object::Pod(Box::new(serde_json::from_value(o).unwrap())),
             "NetworkPolicy" => Object::NetworkPolicy(Box::new(serde_json::from_value(o).unwrap())),
+            "Namespace" => Object::Namespace(Box::new(serde_json::from_value(o).unwrap())),
             k => panic!("{k}"),
         };
         m.upsert(obj).unwrap();
@@ -158,4 +160,41 @@ fn an_endpoint_whose_pod_is_unknown_is_held_closed() {
 
 fn np_id(ns: &str, name: &str) -> netpol_policy::policy::PolicyId {
     netpol_policy::policy::PolicyId::new(netpol_policy::policy::PolicyKind::NetworkPolicy, ns, name)
+}
+
+/// A namespace annotated for audit marks its endpoints (also one held closed) and nothing
+/// else: the same isolation, the same entries; another namespace stays enforced; a node
+/// audited whole marks every endpoint.
+#[test]
+fn audit_mode_marks_the_endpoints_of_an_annotated_namespace_and_changes_nothing_else() {
+    let deny = |ns: &str| {
+        json!({"kind": "NetworkPolicy", "metadata": {"name": "web", "namespace": ns},
+            "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}})
+    };
+    let annotated = |value: &str| json!({"kind": "Namespace", "metadata": {"name": "trial", "annotations": {"netpol.io/policy-audit-mode": value}}});
+    let objects = |value: &str| {
+        vec![
+            annotated(value),
+            pod("trial", "t", "10.0.0.2"),
+            pod("prod", "p", "10.0.0.3"),
+            deny("trial"),
+            deny("prod"),
+        ]
+    };
+    let eps = [
+        endpoint(1, "trial", "t", "10.0.0.2"),
+        endpoint(2, "prod", "p", "10.0.0.3"),
+        endpoint(3, "trial", "late", "10.0.0.4"),
+    ];
+    let enforced = compile(&model(objects("false")), "n1", &eps, &mut Allocators::default());
+    let mut audited = compile(&model(objects("true")), "n1", &eps, &mut Allocators::default());
+    let flags = |c: &netpol_policy::compiler::Compiled, ifindex| c.state.endpoints[&ifindex].flags;
+    assert_eq!(flags(&enforced, 1), EP_ISOLATED_INGRESS);
+    assert_eq!(flags(&audited, 1), EP_ISOLATED_INGRESS | EP_AUDIT);
+    assert_eq!(flags(&audited, 2), EP_ISOLATED_INGRESS, "another namespace stays enforced");
+    assert_eq!(flags(&audited, 3), EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS | EP_AUDIT);
+    assert_eq!(audited.state.policy, enforced.state.policy, "audit mode changes no entry");
+    assert!(audited.state.audited(1) && !audited.state.audited(2));
+    audited.audit_all();
+    assert!(audited.state.audited(2));
 }

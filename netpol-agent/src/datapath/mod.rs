@@ -152,6 +152,11 @@ impl Counters {
         self.0[counter::EVENTS_RATE_LIMITED as usize]
     }
 
+    /// Packets audit mode let pass that the policies would have dropped.
+    pub fn audited(&self) -> u64 {
+        self.0[counter::AUDITED as usize]
+    }
+
     pub fn ct_insert_failed(&self) -> u64 {
         self.0[counter::CT_INSERT_FAILED as usize]
     }
@@ -331,8 +336,8 @@ impl Datapath {
     }
 
     /// Writes an endpoint, keeping its policy generation; a change that can only take
-    /// traffic away (a new isolation, another id or address) bumps it so established flows
-    /// are re-checked.
+    /// traffic away (a new isolation, audit mode ending, another id or address) bumps it so
+    /// established flows are re-checked.
     /// The endpoint's address is bound to its interface first, so it is never enforced
     /// without its anti-spoofing binding.
     pub(crate) fn put_endpoint(&mut self, ifindex: u32, mut ep: Endpoint) -> Result<()> {
@@ -344,7 +349,7 @@ impl Datapath {
         }
         if let Some(old) = old {
             ep.policy_gen = old.policy_gen;
-            if ep.flags & !old.flags != 0 || ep.ep_id != old.ep_id || ep.ip != old.ip {
+            if netpol_common::flags_tighten(old.flags, ep.flags) || ep.ep_id != old.ep_id || ep.ip != old.ip {
                 ep.policy_gen = old.policy_gen.wrapping_add(1);
             }
             if old == ep {

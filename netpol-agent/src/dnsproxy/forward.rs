@@ -2,7 +2,8 @@
 //! pod's rules allow for that server; REFUSED (never forwarded) when none matches; else asked
 //! of the server the pod addressed, and what the answer teaches recorded — enforced — before
 //! the answer is released, so the pod's first connection after the lookup never races the
-//! ipcache. A query that is not one gets FORMERR; a server that does not answer, or an
+//! ipcache. In audit mode a name no rule allows is asked all the same (nothing is learned
+//! from its answer) and reported. A query that is not one gets FORMERR; a server that does not answer, or an
 //! answer that does not answer this query, gets SERVFAIL.
 
 use std::{
@@ -24,6 +25,8 @@ pub enum Outcome {
     Answered { name: Name, learned: Option<Learning> },
     /// A name no rule allows: REFUSED, never forwarded.
     Refused(Name),
+    /// A name no rule allows, from a pod in audit mode: asked and answered, learned nothing.
+    Audited(Name),
     /// Not a query the proxy can judge: FORMERR (nothing when not even a DNS header).
     Malformed(Malformed),
     /// No usable answer, or its lesson could not be enforced: SERVFAIL.
@@ -37,11 +40,18 @@ pub struct Exchange {
     pub outcome: Outcome,
 }
 
-/// Handles one query for a pod that may ask for `allowed` names: `ask` forwards it to the
-/// server, `learn` enforces what an answer teaches (both are the agent's in production).
+/// What a pod may ask: the names its rules allow; in audit mode, any name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Permit {
+    pub names: BTreeSet<NameMatch>,
+    pub audit: bool,
+}
+
+/// Handles one query for a pod with this permit: `ask` forwards it to the server, `learn`
+/// enforces what an answer teaches (both are the agent's in production).
 pub fn handle(
     query: &[u8],
-    allowed: &BTreeSet<NameMatch>,
+    permit: &Permit,
     ask: &dyn Fn(&[u8]) -> io::Result<Vec<u8>>,
     learn: &dyn Fn(&Learning) -> Result<(), String>,
 ) -> Exchange {
@@ -54,7 +64,8 @@ pub fn handle(
             }
         }
     };
-    if !allowed.iter().any(|m| m.matches(&q.name)) {
+    let allowed = permit.names.iter().any(|m| m.matches(&q.name));
+    if !allowed && !permit.audit {
         return Exchange {
             reply: message::reply(query, ResponseCode::Refused),
             outcome: Outcome::Refused(q.name),
@@ -70,6 +81,9 @@ pub fn handle(
     };
     if !answers(&answer, &q) {
         return failed("the server's reply does not answer the query".into());
+    }
+    if !allowed {
+        return Exchange { reply: Some(answer), outcome: Outcome::Audited(q.name) };
     }
     let learned = message::learning(&answer, &q.name);
     if let Some(l) = &learned {
@@ -164,8 +178,28 @@ mod tests {
         Message::from_vec(reply.as_ref().unwrap()).unwrap().response_code()
     }
 
-    fn only(pattern: &str) -> BTreeSet<NameMatch> {
-        BTreeSet::from([NameMatch::pattern(pattern).unwrap()])
+    fn only(pattern: &str) -> Permit {
+        Permit { names: BTreeSet::from([NameMatch::pattern(pattern).unwrap()]), audit: false }
+    }
+
+    /// Audit mode asks for a name no rule allows, learns nothing from it, and says so.
+    #[test]
+    fn audit_mode_answers_names_no_rule_allows_and_learns_nothing() {
+        let ask = |q: &[u8]| Ok(answer_to(q, [198, 51, 100, 9]));
+        let audit = Permit { audit: true, ..only("songlaa.com") };
+        let q = query(4, &["www.zhaw.ch."]);
+        let x = handle(&q, &audit, &ask, &|_| panic!("learned an audited name"));
+        assert_eq!(code(&x.reply), ResponseCode::NoError);
+        assert_eq!(x.outcome, Outcome::Audited(Name::parse("www.zhaw.ch").unwrap()));
+        let learned = std::cell::Cell::new(false);
+        let x = handle(&query(5, &["songlaa.com."]), &audit, &ask, &|_| {
+            learned.set(true);
+            Ok(())
+        });
+        assert!(matches!(x.outcome, Outcome::Answered { .. }) && learned.get());
+        // What the proxy cannot judge is refused whatever the mode.
+        let two = query(6, &["songlaa.com.", "x.evil.example."]);
+        assert_eq!(code(&handle(&two, &audit, &ask, &|_| Ok(())).reply), ResponseCode::FormErr);
     }
 
     #[test]

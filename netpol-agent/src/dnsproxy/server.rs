@@ -12,7 +12,6 @@
 //!   asked; one from an address that is no local pod is refused.
 
 use std::{
-    collections::BTreeSet,
     io,
     net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     sync::{
@@ -23,11 +22,13 @@ use std::{
     time::Duration,
 };
 
-use netpol_common::{reason, DnsProxy, Event, DIR_EGRESS, IPPROTO_TCP, IPPROTO_UDP, VERDICT_DROP};
+use netpol_common::{
+    reason, DnsProxy, Event, DIR_EGRESS, IPPROTO_TCP, IPPROTO_UDP, VERDICT_AUDIT, VERDICT_DROP,
+};
 use tracing::{info, warn};
 
 use super::{
-    forward::{self, Outcome},
+    forward::{self, Outcome, Permit},
     learned::now_ms,
     routing::{ProxyRouting, RoutingError},
     sockets,
@@ -236,10 +237,10 @@ fn answer<E: Enforcer>(
     to: SocketAddrV4,
     proto: u8,
 ) -> Option<Vec<u8>> {
-    let judged = ctx.agent().dns_names(*from.ip(), to, proto);
-    let (ep, allowed) = match judged {
-        Some((ep, names)) => ((ep.ep_id, ep.ifindex), names),
-        None => ((0, 0), BTreeSet::new()),
+    let judged = ctx.agent().dns_permit(*from.ip(), to, proto);
+    let (ep, permit) = match judged {
+        Some((ep, permit)) => ((ep.ep_id, ep.ifindex), permit),
+        None => ((0, 0), Permit::default()),
     };
     let ask = |q: &[u8]| match proto {
         IPPROTO_TCP => forward::ask_tcp(to, q, UPSTREAM_TIMEOUT),
@@ -248,10 +249,10 @@ fn answer<E: Enforcer>(
     let learn = |l: &super::message::Learning| {
         let asked = l.names.first();
         let patterns: Vec<_> =
-            allowed.iter().filter(|m| asked.is_some_and(|n| m.matches(n))).cloned().collect();
+            permit.names.iter().filter(|m| asked.is_some_and(|n| m.matches(n))).cloned().collect();
         ctx.agent().learn(l, &patterns).map_err(|e| e.to_string())
     };
-    let x = forward::handle(query, &allowed, &ask, &learn);
+    let x = forward::handle(query, &permit, &ask, &learn);
     report(ctx, &x.outcome, ep, from, to, proto);
     x.reply
 }
@@ -265,7 +266,7 @@ fn report<E: Enforcer>(
     to: SocketAddrV4,
     proto: u8,
 ) {
-    let event = |reason| Event {
+    let event = |reason, verdict| Event {
         ts_ns: monotonic_coarse_ns(),
         ep_id,
         ifindex,
@@ -277,18 +278,22 @@ fn report<E: Enforcer>(
         rule_id: 0,
         proto,
         dir: DIR_EGRESS,
-        verdict: VERDICT_DROP,
+        verdict,
         reason,
     };
     match outcome {
         Outcome::Answered { .. } => ctx.metrics.dns_query("answered"),
         Outcome::Refused(name) => {
             ctx.metrics.dns_query("refused");
-            ctx.hub.publish_query(&event(reason::DROP_DNS_REFUSED), Some(&name.to_string()));
+            ctx.hub.publish_query(&event(reason::DROP_DNS_REFUSED, VERDICT_DROP), Some(&name.to_string()));
+        }
+        Outcome::Audited(name) => {
+            ctx.metrics.dns_query("audited");
+            ctx.hub.publish_query(&event(reason::DROP_DNS_REFUSED, VERDICT_AUDIT), Some(&name.to_string()));
         }
         Outcome::Malformed(why) => {
             ctx.metrics.dns_query("malformed");
-            ctx.hub.publish_query(&event(reason::DROP_DNS_MALFORMED), None);
+            ctx.hub.publish_query(&event(reason::DROP_DNS_MALFORMED, VERDICT_DROP), None);
             info!(%from, %to, "DNS proxy: malformed query: {why:?}");
         }
         Outcome::Failed { name, why } => {

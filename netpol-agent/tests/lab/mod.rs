@@ -60,6 +60,7 @@ pub fn spec(
         identity,
         isolated_ingress: ingress,
         isolated_egress: egress,
+        audit: false,
     }
 }
 

@@ -11,6 +11,8 @@ use super::AgentArgs;
 pub enum VerdictFilter {
     Dropped,
     Allowed,
+    /// What audit mode let pass that the policies would have dropped.
+    Audit,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -45,6 +47,7 @@ impl Args {
         let verdict = match self.verdict {
             Some(VerdictFilter::Dropped) => f.verdict == Verdict::Dropped,
             Some(VerdictFilter::Allowed) => f.verdict == Verdict::Allowed,
+            Some(VerdictFilter::Audit) => f.verdict == Verdict::Audit,
             None => true,
         };
         verdict

@@ -67,6 +67,9 @@ pub struct Runtime {
     /// The cgroup of the pods' processes, as the agent last said.
     #[serde(default)]
     pub pod_cgroup: Option<String>,
+    /// The node's policies are audited, not enforced (`up --audit`).
+    #[serde(default)]
+    pub audit: bool,
 }
 
 pub const DEFAULT_ROOT: &str = "netpol-local";

@@ -61,8 +61,8 @@ fn cluster_dns_objects() -> Result<(Object, Object)> {
 }
 
 impl Local {
-    /// Starts the local node; idempotent.
-    pub fn up(&self, pod_cidr: Option<&str>) -> Result<String> {
+    /// Starts the local node (its policies audited, not enforced, with `audit`); idempotent.
+    pub fn up(&self, pod_cidr: Option<&str>, audit: bool) -> Result<String> {
         if unsafe { libc::geteuid() } != 0 {
             bail!(
                 "error: netpol local up needs root (it creates network namespaces and loads eBPF programs)"
@@ -71,6 +71,10 @@ impl Local {
         check_kernel()?;
         let _lock = self.lock()?;
         let mut rt = self.load();
+        if self.is_up() && rt.audit != audit {
+            let (now, asked) = if audit { ("enforcing", "audit") } else { ("auditing", "enforce") };
+            bail!("error: the local node is up and {now} its policies: `netpol local down` first to {asked} them");
+        }
         if self.is_up() {
             self.internet_up(&mut rt).context("starting the simulated internet")?;
             let revived = self.revive_responders(&mut rt)?;
@@ -92,6 +96,7 @@ impl Local {
                 std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").ok().map(|s| s.trim().to_string());
             rt.mounted_bpffs = !is_bpffs("/sys/fs/bpf");
         }
+        rt.audit = audit;
         let started = self.start_agent(&rt);
         rt.agent_pid = started.as_ref().ok().copied();
         self.save(&rt)?;
@@ -121,6 +126,7 @@ impl Local {
         let mut cmd = Command::new(self.bin.join("netpol-agent"));
         cmd.args(["--name", &self.root, "run", "--source", "local", "--pod-cidr", &rt.pod_cidr])
             .args(["--node-name", &rt.node])
+            .args(rt.audit.then_some("--policy-audit-mode"))
             .arg("--socket")
             .arg(&self.socket)
             .arg("--state-dir")

@@ -46,6 +46,22 @@ impl Node {
             .unwrap()
     }
 
+    /// `netpol local apply -f -` with `yaml` on its input; its output.
+    pub fn apply(&self, yaml: &str) -> String {
+        use std::io::Write;
+        let mut child = Command::new(netpol())
+            .args(["local", "--root", &self.root, "apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "apply: {}", text(&out));
+        text(&out)
+    }
+
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(out.status.success(), "{args:?}: {}", text(&out));

@@ -7,7 +7,10 @@
 //!
 //! Isolation comes from every stored policy that selects an endpoint; entries only from the
 //! policies the budgets admit. An endpoint held closed (`INIT`) is isolated both ways and
-//! gets no entries: only its node reaches it.
+//! gets no entries: only its node reaches it. An endpoint in a namespace annotated for
+//! audit ([`crate::model::AUDIT_ANNOTATION`]), or on a node audited whole
+//! ([`Compiled::audit_all`]), is isolated and gets its entries as usual, and carries
+//! `EP_AUDIT`: the datapath passes and reports what they would drop.
 
 mod alloc;
 mod budget;
@@ -21,7 +24,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
 use netpol_common::{
-    identity, Endpoint, IpcacheEntry, PolicyValue, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, POLICY_DNS_PROXY,
+    identity, Endpoint, IpcacheEntry, PolicyValue, EP_AUDIT, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS,
+    POLICY_DNS_PROXY,
 };
 
 pub use alloc::{Allocator, Allocators, RuleKey, FIRST_POD_IN_BLOCK};
@@ -69,6 +73,15 @@ pub struct Compiled {
     pub dns: BTreeMap<PolicyMapKey, BTreeSet<NameMatch>>,
     /// Service frontends written with fewer backends than their Service has.
     pub services_limited: BTreeMap<services::Frontend, services::FrontendLimit>,
+}
+
+impl Compiled {
+    /// Audit mode for the whole node: every endpoint's policies are audited, not enforced.
+    pub fn audit_all(&mut self) {
+        for ep in self.state.endpoints.values_mut() {
+            ep.flags |= EP_AUDIT;
+        }
+    }
 }
 
 /// Compiles with the default budgets.
@@ -176,11 +189,12 @@ fn selection<'e>(model: &Model, endpoints: &'e [LocalEndpoint], ids: &Identities
     let mut isolating: BTreeMap<(u32, Direction), BTreeSet<PolicyId>> = BTreeMap::new();
     for ep in endpoints {
         let id = ids.of_endpoint[&ep.ifindex];
+        let audit = if model.audited(&ep.namespace) { EP_AUDIT } else { 0 };
         let Some(own) = ids.info.get(&id) else {
-            flags.insert(ep.ifindex, EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS);
+            flags.insert(ep.ifindex, EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS | audit);
             continue;
         };
-        let mut f = 0;
+        let mut f = audit;
         for (key, stored) in model.policies_in(&ep.namespace) {
             for (part, policy) in stored.parts.iter().enumerate() {
                 if !policy.pod_selector.matches(&own.pod_labels) {
