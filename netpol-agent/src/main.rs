@@ -349,7 +349,8 @@ fn show(dp: &Datapath, output: Output) -> anyhow::Result<()> {
         .map(|(i, e)| {
             json!({"ifindex": i, "id": e.ep_id, "ip": std::net::Ipv4Addr::from(e.ip.to_ne_bytes()),
                    "identity": e.identity, "isolatedIngress": e.flags & netpol_common::EP_ISOLATED_INGRESS != 0,
-                   "isolatedEgress": e.flags & netpol_common::EP_ISOLATED_EGRESS != 0, "policyGeneration": e.policy_gen,
+                   "isolatedEgress": e.flags & netpol_common::EP_ISOLATED_EGRESS != 0,
+                   "audit": e.flags & netpol_common::EP_AUDIT != 0, "policyGeneration": e.policy_gen,
                    "attached": attached.contains(i)})
         })
         .collect();
