@@ -109,7 +109,7 @@ fn side(
     };
     out.isolated_by = isolating(held.compiled, ep.ep_id, direction);
     let outcome = lookup::outcome(held.state, ep.ifindex, direction.raw(), remote, proto, q.port);
-    denied(held, ep, &mut out, outcome, (toward, &other), proto, q);
+    decide(held, ep, &mut out, outcome, (toward, &other), proto, q);
     if held.state.audited(ep.ifindex) && out.verdict == SideVerdict::Denied {
         out.verdict = SideVerdict::Audited;
         out.explanation = format!("audit mode, passes: {}", out.explanation);
@@ -118,7 +118,7 @@ fn side(
 }
 
 /// The side's verdict from the datapath's lookup, and why.
-fn denied(
+fn decide(
     held: &Held,
     ep: &LocalEndpoint,
     out: &mut TraceSide,

@@ -68,6 +68,18 @@ impl Drop for Monitor {
     }
 }
 
+/// The lab's app with the backend's two ingress policies: its frontend, not-frontend and
+/// backend pods (`default/NAME`).
+fn backend_lab(node: &Node) -> [String; 3] {
+    node.ok(&["apply", "-f", "simple-app.yaml"]);
+    node.ok(&["apply", "-f", "backend-ingress-deny.yaml"]);
+    node.ok(&["apply", "-f", "backend-allow-ingress-frontend.yaml"]);
+    ["app=frontend", "app=not-frontend", "app=backend"].map(|sel| {
+        let name = node.ok(&["get", "pods", "-l", sel, "-o", "jsonpath={.items[0].metadata.name}"]);
+        format!("default/{}", name.trim())
+    })
+}
+
 #[test]
 fn monitor_explains_drops_and_names_the_policy_of_allows() {
     if need_root() {
@@ -75,14 +87,7 @@ fn monitor_explains_drops_and_names_the_policy_of_allows() {
     }
     let root = "test-mon";
     let node = Node::up(root, "10.244.207.0/24");
-    node.ok(&["apply", "-f", "simple-app.yaml"]);
-    node.ok(&["apply", "-f", "backend-ingress-deny.yaml"]);
-    node.ok(&["apply", "-f", "backend-allow-ingress-frontend.yaml"]);
-    let pod = |sel: &str| {
-        let name = node.ok(&["get", "pods", "-l", sel, "-o", "jsonpath={.items[0].metadata.name}"]);
-        format!("default/{}", name.trim())
-    };
-    let (front, not_front, backend) = (pod("app=frontend"), pod("app=not-frontend"), pod("app=backend"));
+    let [front, not_front, backend] = backend_lab(&node);
     let probe = |from: &str| node.run(&["probe", from, &format!("{backend}:8080"), "--timeout", "500ms"]);
 
     // (A pod without its namespace is in default, as kubectl takes it.)
@@ -198,14 +203,7 @@ fn audit_mode_lets_denied_traffic_through_and_reports_it() {
     }
     let root = "test-aud";
     let node = Node::up(root, "10.244.208.0/24");
-    node.ok(&["apply", "-f", "simple-app.yaml"]);
-    node.ok(&["apply", "-f", "backend-ingress-deny.yaml"]);
-    node.ok(&["apply", "-f", "backend-allow-ingress-frontend.yaml"]);
-    let pod = |sel: &str| {
-        let name = node.ok(&["get", "pods", "-l", sel, "-o", "jsonpath={.items[0].metadata.name}"]);
-        format!("default/{}", name.trim())
-    };
-    let (front, not_front, backend) = (pod("app=frontend"), pod("app=not-frontend"), pod("app=backend"));
+    let [front, not_front, backend] = backend_lab(&node);
     let to = format!("{backend}:8080");
     let probe = |from: &str| node.run(&["probe", from, &to, "--timeout", "500ms"]).status.code();
     assert_eq!(probe(&not_front), Some(1), "control: enforced, not-frontend is denied");

@@ -4,7 +4,8 @@
 //!
 //! Invariants:
 //! - an entry exists only for a flow its starting direction allowed (by policy, or because
-//!   that direction is not isolated);
+//!   that direction is not isolated) or audit mode let through; ending audit mode bumps the
+//!   endpoint's generation, so the latter are re-judged and cut;
 //! - an entry verified under an older policy generation is re-judged before it passes
 //!   anything, and a flow that is no longer allowed keeps a *revoked* tombstone, so its
 //!   packets stay dropped (both ways) and cannot be re-adopted from the other side until the
