@@ -426,7 +426,12 @@ fn cilium_policies_come_from_their_crd_once_it_is_served() {
     api.apply(objects::cilium_policy("default", "backend-ingress", spec).json());
     wait("the CiliumNetworkPolicy isolates", &|a| flags(a) == Some(netpol_common::EP_ISOLATED_INGRESS));
     let bad = json!({"endpointSelector": {}, "egress": [{"toCIDR": ["10.0.0.0/8"]}]});
-    api.apply(objects::cilium_policy("default", "bad", bad).json());
+    let version = |spec: Value, generation: i64| {
+        let mut obj = objects::cilium_policy("default", "bad", spec).json();
+        obj["metadata"]["generation"] = json!(generation);
+        obj
+    };
+    api.apply(version(bad, 1));
     let deadline = Instant::now() + Duration::from_secs(10);
     let event = loop {
         let found = api.events().into_iter().find(|e| e["reason"] == "InvalidCiliumNetworkPolicy");
@@ -440,6 +445,32 @@ fn cilium_policies_come_from_their_crd_once_it_is_served() {
     assert_eq!(event["regarding"]["kind"], "CiliumNetworkPolicy");
     assert!(event["metadata"]["name"].as_str().unwrap().starts_with("bad.cnp-invalid."), "{event}");
     assert_eq!(flags(&agent.lock().unwrap()), Some(netpol_common::EP_ISOLATED_INGRESS), "bad cost the rest");
+    // Its Valid condition says so, naming the field; a fixed version clears it, once.
+    let valid = |generation: i64, status: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let obj = api.get("CiliumNetworkPolicy", "default", "bad").unwrap();
+            let c = &obj["status"]["conditions"][0];
+            if c["type"] == "Valid" && c["status"] == status && c["observedGeneration"] == generation {
+                break obj;
+            }
+            assert!(Instant::now() < deadline, "no Valid={status} for generation {generation}: {obj}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let obj = valid(1, "False");
+    let message = obj["status"]["conditions"][0]["message"].as_str().unwrap();
+    assert!(message.contains("spec.egress[0].toCIDR"), "{message}");
+    let fixed =
+        json!({"endpointSelector": {"matchLabels": {"app": "none"}}, "egress": [{"toEndpoints": [{}]}]});
+    api.apply(version(fixed, 2));
+    let obj = valid(2, "True");
+    std::thread::sleep(Duration::from_secs(1));
+    let later = api.get("CiliumNetworkPolicy", "default", "bad").unwrap();
+    assert_eq!(
+        later["metadata"]["resourceVersion"], obj["metadata"]["resourceVersion"],
+        "status written again"
+    );
 
     assert!(api.delete("CiliumNetworkPolicy", "default", "backend-ingress"));
     wait("the deleted policy stops isolating", &|a| flags(a) == Some(0));

@@ -20,6 +20,9 @@ pub struct CiliumNetworkPolicy {
     /// ... and/or a list of them (`specs`).
     #[serde(default)]
     pub specs: Option<Vec<Value>>,
+    /// What the agents report (`conditions`: `Valid`, False while the spec is rejected).
+    #[serde(default)]
+    pub status: Option<Value>,
 }
 
 impl Resource for CiliumNetworkPolicy {
@@ -46,7 +49,7 @@ impl Metadata for CiliumNetworkPolicy {
 /// With `apiVersion` and `kind`, as k8s-openapi's objects serialize.
 impl Serialize for CiliumNetworkPolicy {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct(Self::KIND, 5)?;
+        let mut st = s.serialize_struct(Self::KIND, 6)?;
         st.serialize_field("apiVersion", Self::API_VERSION)?;
         st.serialize_field("kind", Self::KIND)?;
         st.serialize_field("metadata", &self.metadata)?;
@@ -55,6 +58,9 @@ impl Serialize for CiliumNetworkPolicy {
         }
         if let Some(specs) = &self.specs {
             st.serialize_field("specs", specs)?;
+        }
+        if let Some(status) = &self.status {
+            st.serialize_field("status", status)?;
         }
         st.end()
     }

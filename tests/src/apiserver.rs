@@ -3,7 +3,7 @@
 //! (a watch replays the changes after its resourceVersion, then streams new ones) over
 //! plain HTTP — enough for kube-runtime's watcher. Events are accepted and kept; clients
 //! may server-side apply (PATCH, the whole object) and delete single objects, as the agents
-//! do with their address announcements. The test changes the objects as a controller would
+//! do with their address announcements, and merge-patch an object's status. The test changes the objects as a controller would
 //! (`apply`, `delete`). A custom resource's kind may be left unserved, as on a cluster
 //! without its CRD or one whose API server has not started serving it yet
 //! ([`ApiServer::crd`]); a GET of the CRD answers whether it is installed.
@@ -167,8 +167,12 @@ fn object_path(path: &str) -> Option<(String, String, String)> {
     }
 }
 
-/// A server-side apply as this server knows it: the body is the whole object.
+/// A server-side apply as this server knows it: the body is the whole object. On the
+/// `status` subresource, a merge patch of the status (the rest of the object unchanged).
 async fn apply_object(State(s): State<Shared>, Path(path): Path<String>, body: Bytes) -> Response {
+    if let Some(object) = path.strip_suffix("/status") {
+        return patch_status(&s, object, &body);
+    }
     let Some((ns, plural, name)) = object_path(&path) else {
         return (axum::http::StatusCode::NOT_FOUND, "not an object path").into_response();
     };
@@ -179,6 +183,24 @@ async fn apply_object(State(s): State<Shared>, Path(path): Path<String>, body: B
         return (axum::http::StatusCode::BAD_REQUEST, "kind or name mismatch").into_response();
     }
     obj["metadata"]["namespace"] = json!(ns);
+    Json(s.put(obj)).into_response()
+}
+
+fn patch_status(s: &Shared, path: &str, body: &[u8]) -> Response {
+    let Some((ns, plural, name)) = object_path(path) else {
+        return (axum::http::StatusCode::NOT_FOUND, "not an object path").into_response();
+    };
+    let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+        return (axum::http::StatusCode::BAD_REQUEST, "not JSON").into_response();
+    };
+    let stored = s.store.lock().unwrap().objects.get(&(plural, ns, name.clone())).cloned();
+    let Some(mut obj) = stored else { return not_found(&name).into_response() };
+    if !obj["status"].is_object() {
+        obj["status"] = json!({});
+    }
+    for (k, v) in patch["status"].as_object().into_iter().flatten() {
+        obj["status"][k] = v.clone();
+    }
     Json(s.put(obj)).into_response()
 }
 
@@ -270,8 +292,17 @@ impl ApiServer {
     }
 
     /// Creates or replaces an object (as `kubectl apply` would end up), with a new
-    /// resourceVersion; watchers get ADDED or MODIFIED.
-    pub fn apply(&self, obj: Value) {
+    /// resourceVersion; watchers get ADDED or MODIFIED. Its status stays what the server
+    /// holds (a status subresource is written only through `/status`).
+    pub fn apply(&self, mut obj: Value) {
+        let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+        let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        if let Some(stored) = self.get(&kind, &ns, &name).filter(|o| o["status"].is_object()) {
+            if obj["status"].is_null() {
+                obj["status"] = stored["status"].clone();
+            }
+        }
         self.shared.put(obj);
     }
 

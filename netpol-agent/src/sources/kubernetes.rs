@@ -52,7 +52,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::{announce, Change};
+use super::{announce, validity, Change};
 use crate::{controller::Agent, enforcer::Enforcer};
 
 fn key_of<K: Resource>(o: &K) -> Key {
@@ -178,6 +178,9 @@ pub fn grants() -> Vec<Grant> {
     let (group, plural) = (NetpolEndpoint::group(&()).to_string(), NetpolEndpoint::plural(&()).to_string());
     out.push((group.clone(), plural.clone(), "patch"));
     out.push((group, plural, "delete"));
+    // The Valid condition of CiliumNetworkPolicies (`validity`).
+    let (group, plural) = (CiliumNetworkPolicy::group(&()).to_string(), CiliumNetworkPolicy::plural(&()));
+    out.push((group, format!("{plural}/status"), "patch"));
     type K8sEvent = k8s_openapi::api::events::v1::Event;
     let (group, plural) = (K8sEvent::group(&()).to_string(), K8sEvent::plural(&()).to_string());
     out.push((group.clone(), plural.clone(), "create"));
@@ -322,6 +325,13 @@ async fn handle_batch<E: Enforcer>(
             _ => None,
         })
         .collect();
+    let cnps: BTreeMap<PolicyId, CiliumNetworkPolicy> = batch
+        .iter()
+        .filter_map(|c| match c {
+            Change::Upsert(o @ Object::CiliumNetworkPolicy(cnp)) => Some((o.policy_id()?, (**cnp).clone())),
+            _ => None,
+        })
+        .collect();
     let a = Arc::clone(agent);
     let (rejected, over_budget) = tokio::task::spawn_blocking(move || {
         let mut a = a.lock().unwrap_or_else(|p| p.into_inner());
@@ -343,6 +353,12 @@ async fn handle_batch<E: Enforcer>(
     })
     .await
     .unwrap_or_default();
+    for (key, cnp) in &cnps {
+        let rejection = rejected.iter().find(|(k, _)| k == key).map(|(_, msg)| msg.as_str());
+        if let Some(condition) = validity::wanted(cnp, rejection) {
+            validity::publish(client, cnp, condition).await;
+        }
+    }
     let rejected =
         rejected.into_iter().filter_map(|(k, msg)| Some((k.kind, references.get(&k)?.clone(), msg)));
     for (kind, (reference, version), msg) in rejected {

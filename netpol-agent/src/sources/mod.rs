@@ -5,6 +5,7 @@
 pub mod announce;
 pub mod kubernetes;
 pub mod local;
+pub mod validity;
 
 use std::collections::BTreeSet;
 
