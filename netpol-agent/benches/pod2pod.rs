@@ -9,6 +9,11 @@
 //! - `netpol N`: the TC programs on both veths, the client egress-isolated and the server
 //!   ingress-isolated, with N policy entries (and N ipcache /32s) besides the two rules
 //!   that allow this traffic;
+//! - `netpol N, debug steps off` and `netpol N, debug steps dropped`: two more datapaths of
+//!   N entries, created after the others (a process's first datapath runs colder, see
+//!   BENCHMARKS.md), the first as an agent runs it (steps present, off for these endpoints
+//!   unless someone runs `netpol monitor --debug`), the second loaded with aya-log's level
+//!   at 0 so the verifier drops every step: what the steps cost while off;
 //! - `iptables`: the node's FORWARD chain with conntrack (established → accept), one accept
 //!   rule for the flow, drop;
 //! - `nftables`: a forward chain with conntrack and a 10k-element concatenated set
@@ -67,6 +72,9 @@ enum Filter {
     None,
     PassThrough,
     Netpol(u32),
+    /// A twin of `Netpol(n)` created after the others, with its debug steps (true: present
+    /// and off; false: dropped at load, `Config::debug_steps` false).
+    NetpolTwin(u32, bool),
     Iptables,
     Nftables,
 }
@@ -77,6 +85,8 @@ impl Filter {
             Filter::None => "none".into(),
             Filter::PassThrough => "pass-through program".into(),
             Filter::Netpol(n) => format!("netpol {n}"),
+            Filter::NetpolTwin(n, true) => format!("netpol {n}, debug steps off"),
+            Filter::NetpolTwin(n, false) => format!("netpol {n}, debug steps dropped"),
             Filter::Iptables => "iptables".into(),
             Filter::Nftables => format!("nftables set {NFT_SET}"),
         }
@@ -119,7 +129,8 @@ impl Opts {
 
 /// The node, its two pods, the servers, and one datapath per policy size; all removed on drop.
 struct Bench {
-    datapaths: BTreeMap<u32, Datapath>,
+    /// By the filter that attaches them.
+    datapaths: BTreeMap<Filter, Datapath>,
     /// The pass-through program and, while it is attached, its links.
     pass: (Ebpf, Vec<SchedClassifierLinkId>),
     pass_pins: PathBuf,
@@ -149,6 +160,8 @@ fn main() {
     let mut bench = Bench::new(&opts);
     let mut filters = vec![Filter::None, Filter::PassThrough];
     filters.extend(opts.sizes.iter().map(|&n| Filter::Netpol(n)));
+    let n = opts.sizes[0];
+    filters.splice(3..3, [Filter::NetpolTwin(n, true), Filter::NetpolTwin(n, false)]);
     filters.extend([Filter::Iptables, Filter::Nftables]);
     let workloads = [Workload::RequestResponse, Workload::NewConnections, Workload::Stream];
 
@@ -172,7 +185,9 @@ fn main() {
         }
     }
     let costs = bench.program_costs(&opts);
-    let report = report(&opts, &filters, &results, &ratios, &costs);
+    let steps = bench.step_costs(&opts);
+    let mut report = report(&opts, &filters, &results, &ratios, &costs);
+    report += &step_report(opts.sizes[0], &steps);
     println!("{report}");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out).unwrap();
@@ -212,10 +227,12 @@ impl Bench {
             entered,
             node,
         };
-        for &n in &opts.sizes {
-            eprintln!("filling a datapath with {n} policy entries");
-            let dp = bench.datapath(n);
-            bench.datapaths.insert(n, dp);
+        let n = opts.sizes[0];
+        let all = opts.sizes.iter().map(|&n| Filter::Netpol(n));
+        for f in all.chain([Filter::NetpolTwin(n, true), Filter::NetpolTwin(n, false)]) {
+            eprintln!("filling a datapath: {}", f.label());
+            let dp = bench.datapath(f);
+            bench.datapaths.insert(f, dp);
         }
         bench
     }
@@ -226,8 +243,13 @@ impl Bench {
 
     /// A datapath of its own (own pins) whose policy has `n` entries besides the two that
     /// allow the benchmark's traffic.
-    fn datapath(&self, n: u32) -> Datapath {
-        let cfg = Config { name: format!("bench-pod2pod-{n}"), ..Default::default() };
+    fn datapath(&self, f: Filter) -> Datapath {
+        let (n, debug_steps, name) = match f {
+            Filter::Netpol(n) => (n, true, format!("bench-pod2pod-{n}")),
+            Filter::NetpolTwin(n, steps) => (n, steps, format!("bench-pod2pod-{n}-steps-{steps}")),
+            _ => unreachable!("not a netpol filter"),
+        };
+        let cfg = Config { name, debug_steps, ..Default::default() };
         let _ = std::fs::remove_dir_all(cfg.root());
         let mut dp = Datapath::open(cfg).expect("open datapath");
         for (pod, id, ip, identity, ingress, egress) in
@@ -294,8 +316,8 @@ impl Bench {
                     }
                 }
             }
-            Filter::Netpol(n) => {
-                let dp = self.datapaths.get_mut(&n).unwrap();
+            Filter::Netpol(_) | Filter::NetpolTwin(..) => {
+                let dp = self.datapaths.get_mut(&f).unwrap();
                 dp.flush_conntrack(None).unwrap();
                 for i in &ifs {
                     dp.attach(i).unwrap();
@@ -375,20 +397,47 @@ impl Bench {
         }
         for n in opts.sizes.clone() {
             for w in [Workload::RequestResponse, Workload::NewConnections] {
-                self.set_filter(Filter::Netpol(n));
-                self.run(w, WARM_UP);
-                let dp = self.datapaths.get_mut(&n).unwrap();
-                let before =
-                    [dp.program_stats(Hook::FromPod).unwrap(), dp.program_stats(Hook::ToPod).unwrap()];
-                self.run(w, opts.duration);
-                let dp = self.datapaths.get_mut(&n).unwrap();
-                let after =
-                    [dp.program_stats(Hook::FromPod).unwrap(), dp.program_stats(Hook::ToPod).unwrap()];
-                let per = |i: usize| {
-                    (after[i].0 - before[i].0).as_nanos() as f64 / (after[i].1 - before[i].1).max(1) as f64
-                };
-                out.push((n, w, per(0), per(1)));
+                let (from, to) = self.hook_costs(Filter::Netpol(n), w, opts.duration);
+                out.push((n, w, from, to));
             }
+        }
+        self.set_filter(Filter::None);
+        out
+    }
+
+    /// ns per invocation of the from-pod and to-pod programs of a netpol filter on `w`.
+    fn hook_costs(&mut self, f: Filter, w: Workload, d: Duration) -> (f64, f64) {
+        self.set_filter(f);
+        self.run(w, WARM_UP);
+        let stats = |b: &mut Bench| {
+            let dp = b.datapaths.get_mut(&f).unwrap();
+            [dp.program_stats(Hook::FromPod).unwrap(), dp.program_stats(Hook::ToPod).unwrap()]
+        };
+        let before = stats(self);
+        self.run(w, d);
+        let after = stats(self);
+        let per = |i: usize| {
+            (after[i].0 - before[i].0).as_nanos() as f64 / (after[i].1 - before[i].1).max(1) as f64
+        };
+        (per(0), per(1))
+    }
+
+    /// What the debug steps cost while off: the programs with them (off for these
+    /// endpoints) against the same programs with them compiled out, per invocation,
+    /// interleaved round by round. Per workload: (with, without) ns of both hooks together.
+    fn step_costs(&mut self, opts: &Opts) -> Vec<(Workload, Vec<f64>, Vec<f64>)> {
+        let _stats = enable_stats(Stats::RunTime).expect("enable BPF run-time statistics");
+        let n = opts.sizes[0];
+        let mut out = Vec::new();
+        for w in [Workload::RequestResponse, Workload::NewConnections] {
+            let (mut with, mut without) = (Vec::new(), Vec::new());
+            for _ in 0..opts.rounds.max(3) {
+                let (a, b) = self.hook_costs(Filter::NetpolTwin(n, true), w, opts.duration);
+                with.push(a + b);
+                let (a, b) = self.hook_costs(Filter::NetpolTwin(n, false), w, opts.duration);
+                without.push(a + b);
+            }
+            out.push((w, with, without));
         }
         self.set_filter(Filter::None);
         out
@@ -546,6 +595,27 @@ fn report(
     r
 }
 
+/// The debug steps' cost while off: medians (min–max) with and without them, and the ratio.
+fn step_report(n: u32, steps: &[(Workload, Vec<f64>, Vec<f64>)]) -> String {
+    let mut r = String::new();
+    let _ = writeln!(
+        r,
+        "\nThe debug steps while off (twin datapaths of {n} entries; from-pod + to-pod ns per packet, rounds interleaved):\n"
+    );
+    let _ = writeln!(r, "| traffic | steps present, off | steps dropped at load | ratio |");
+    let _ = writeln!(r, "|---|---:|---:|---:|");
+    for (w, with, without) in steps {
+        let what = if *w == Workload::RequestResponse { "request/response" } else { "new connections" };
+        let ((a, a_lo, a_hi), (b, b_lo, b_hi)) = (spread(with), spread(without));
+        let _ = writeln!(
+            r,
+            "| {what} | {a:.0} ({a_lo:.0}–{a_hi:.0}) | {b:.0} ({b_lo:.0}–{b_hi:.0}) | {:.3} |",
+            a / b
+        );
+    }
+    r
+}
+
 /// A bar chart (SVG) of the median ratios to `none`, one group per workload.
 fn plot(filters: &[Filter], ratios: &BTreeMap<(Workload, Filter), Vec<f64>>) -> String {
     let workloads = [
@@ -553,7 +623,8 @@ fn plot(filters: &[Filter], ratios: &BTreeMap<(Workload, Filter), Vec<f64>>) -> 
         (Workload::NewConnections, "new connections"),
         (Workload::Stream, "stream"),
     ];
-    let colors = ["#888888", "#1f77b4", "#2ca02c", "#17becf", "#9467bd", "#d62728", "#ff7f0e"];
+    let colors =
+        ["#888888", "#1f77b4", "#2ca02c", "#bcbd22", "#8c564b", "#17becf", "#9467bd", "#d62728", "#ff7f0e"];
     let (w, h, top, left, bottom) = (760.0, 390.0, 30.0, 50.0, 300.0);
     let group = (w - left - 20.0) / workloads.len() as f64;
     let bar = group / (filters.len() as f64 + 1.0);

@@ -22,7 +22,6 @@ use serde_json::Value;
 
 use crate::{
     controller::{Agent, AgentError},
-    datapath::events::EventView,
     endpoints::EndpointError,
     sources::local::StoreError,
 };
@@ -84,6 +83,7 @@ pub fn router(state: Shared) -> Router {
         .route(netpol_api::flows::PATH_FLOWS, get(flows))
         .route(netpol_api::flows::PATH_TRACE, get(trace))
         .route(netpol_api::flows::PATH_EXPLAIN, get(explain))
+        .route(netpol_api::flows::PATH_DEBUG, get(debug))
         .route(netpol_api::PATH_POLICIES, get(policies))
         .route(PATH_NAMES, get(names))
         .with_state(state)
@@ -120,7 +120,7 @@ async fn events(State(st): State<Shared>, Query(q): Query<EventsQuery>) -> Respo
     if !q.follow {
         return Json(hub.recent()).into_response();
     }
-    ndjson(hub.follow(), |ev| serde_json::to_vec(&ev))
+    ndjson(hub.follow(), |ev| Some(serde_json::to_vec(&ev)))
 }
 
 /// The same as `events`, each verdict with names ([`netpol_api::flows::Flow`]).
@@ -133,13 +133,13 @@ async fn flows(State(st): State<Shared>, Query(q): Query<EventsQuery>) -> Respon
         let described: Vec<_> = hub.recent().iter().map(|ev| dir.describe(ev)).collect();
         return Json(described).into_response();
     }
-    ndjson(hub.follow(), move |ev| serde_json::to_vec(&dir.describe(&ev)))
+    ndjson(hub.follow(), move |ev| Some(serde_json::to_vec(&dir.describe(&ev))))
 }
 
-/// Streams what `rx` receives, each as `line` makes it, one per line.
-fn ndjson(
-    rx: tokio::sync::broadcast::Receiver<EventView>,
-    line: impl Fn(EventView) -> serde_json::Result<Vec<u8>> + Send + Sync + 'static,
+/// Streams what `rx` receives, each as `line` makes it (None: skipped), one per line.
+fn ndjson<T: Clone + Send + 'static>(
+    rx: tokio::sync::broadcast::Receiver<T>,
+    line: impl Fn(T) -> Option<serde_json::Result<Vec<u8>>> + Send + Sync + 'static,
 ) -> Response {
     let line = std::sync::Arc::new(line);
     let lines = futures::stream::unfold(rx, move |mut rx| {
@@ -147,8 +147,9 @@ fn ndjson(
         async move {
             loop {
                 match rx.recv().await {
-                    Ok(ev) => {
-                        let mut bytes = line(ev).unwrap_or_default();
+                    Ok(item) => {
+                        let Some(bytes) = line(item) else { continue };
+                        let mut bytes = bytes.unwrap_or_default();
                         bytes.push(b'\n');
                         return Some((Ok::<_, std::convert::Infallible>(bytes), rx));
                     }
@@ -159,6 +160,47 @@ fn ndjson(
         }
     });
     ([("content-type", "application/x-ndjson")], axum::body::Body::from_stream(lines)).into_response()
+}
+
+/// A pod's decision steps for as long as the request is open: its endpoint logs them
+/// until the follower goes ([`Following`]).
+async fn debug(State(st): State<Shared>, Query(q): Query<netpol_api::flows::DebugQuery>) -> Response {
+    let pod = q.pod.clone();
+    let ep_id = match blocking(st.clone(), move |a| a.debug(&pod, true)).await {
+        Ok(id) => id,
+        Err(f) => return f.into_response(),
+    };
+    let following = Following { st: st.clone(), pod: q.pod };
+    let (hub, dir) = {
+        let a = st.lock().unwrap_or_else(|p| p.into_inner());
+        (a.events(), a.directory())
+    };
+    ndjson(hub.follow_steps(), move |step| {
+        let _keep = &following;
+        let now = netpol_api::flows::now_ms();
+        (step.ep_id == ep_id).then(|| serde_json::to_vec(&dir.get().describe_step(&step, now)))
+    })
+}
+
+/// One follower of a pod's decision steps: when it goes, so does its share in the logging.
+struct Following {
+    st: Shared,
+    pod: String,
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let (st, pod) = (self.st.clone(), std::mem::take(&mut self.pod));
+        let end = move || {
+            if let Err(e) = st.lock().unwrap_or_else(|p| p.into_inner()).debug(&pod, false) {
+                tracing::warn!("ending the debug steps of {pod}: {e}");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(end)),
+            Err(_) => end(),
+        }
+    }
 }
 
 async fn trace(State(st): State<Shared>, Query(q): Query<netpol_api::flows::TraceQuery>) -> Response {

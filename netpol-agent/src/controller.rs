@@ -159,6 +159,8 @@ pub struct Agent<E: Enforcer = Datapath> {
     budgets: Budgets,
     /// The whole node's policies are audited, not enforced.
     audit: bool,
+    /// Endpoints (ifindex) whose decision steps are logged, with how many follow them.
+    debugging: BTreeMap<u32, usize>,
     /// The kinds listed in full so far (all of them at once, in local mode).
     listed: BTreeSet<Kind>,
     state_dir: PathBuf,
@@ -265,6 +267,7 @@ impl<E: Enforcer> Agent<E> {
             directory: Default::default(),
             budgets: settings.budgets,
             audit: settings.audit,
+            debugging: BTreeMap::new(),
             listed: BTreeSet::new(),
             state_dir: state_dir.clone(),
             saved_alloc,
@@ -586,7 +589,34 @@ impl<E: Enforcer> Agent<E> {
         if self.audit {
             compiled.audit_all();
         }
+        for (ifindex, ep) in &mut compiled.state.endpoints {
+            if self.debugging.contains_key(ifindex) {
+                ep.flags |= netpol_common::EP_DEBUG;
+            }
+        }
         compiled
+    }
+
+    /// Starts (or, with `on` false, ends) one follower of a local pod's decision steps
+    /// (`ns/pod`, or `pod` in default): its endpoint logs them while anyone follows. The
+    /// endpoint's id.
+    pub fn debug(&mut self, pod: &str, on: bool) -> Result<u32, AgentError> {
+        let (ns, name) = pod.split_once('/').unwrap_or(("default", pod));
+        let (endpoints, _) = self.registry.local_endpoints();
+        let ep = endpoints.iter().find(|e| e.namespace == ns && e.pod == name).ok_or_else(|| {
+            AgentError::Invalid(format!("pod {ns}/{name} is not on this node: ask the agent of its node"))
+        })?;
+        let followers = self.debugging.entry(ep.ifindex).or_default();
+        if on {
+            *followers += 1;
+        } else {
+            *followers = followers.saturating_sub(1);
+        }
+        if *followers == 0 {
+            self.debugging.remove(&ep.ifindex);
+        }
+        self.reconcile()?;
+        Ok(ep.ep_id)
     }
 
     fn enforce_model(&mut self) -> Result<SyncReport, AgentError> {

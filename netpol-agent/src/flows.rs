@@ -12,8 +12,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use netpol_api::flows::{Flow, FlowPeer, Verdict};
-use netpol_common::reason;
+use netpol_api::flows::{DebugStep, Flow, FlowPeer, Verdict};
+use netpol_common::{debug, reason};
 use netpol_policy::{
     compiler::{Compiled, LocalEndpoint, RuleKey},
     entries::Direction,
@@ -22,7 +22,11 @@ use netpol_policy::{
     services,
 };
 
-use crate::datapath::{events::EventView, monotonic_coarse_ns};
+use crate::datapath::{
+    debuglog::Step,
+    events::{identity_name, EventView},
+    monotonic_coarse_ns, proto_name,
+};
 
 /// What names a verdict's numbers.
 #[derive(Debug, Default)]
@@ -155,6 +159,51 @@ impl Directory {
     }
 }
 
+impl Directory {
+    /// A debug step in words (`time_ms`: when it was read).
+    pub fn describe_step(&self, step: &Step, time_ms: u64) -> DebugStep {
+        let pod =
+            self.endpoints.get(&step.ep_id).cloned().unwrap_or_else(|| format!("endpoint {}", step.ep_id));
+        let [a, b, c, d] = step.values;
+        let words = match step.step {
+            debug::STEP_PARSE => {
+                let ports = (a as u8 != netpol_common::IPPROTO_ICMP).then_some((d >> 16, d & 0xffff));
+                let (src, dst) = (step.address(1), step.address(2));
+                let (src, dst) = match ports {
+                    Some((s, t)) => (self.peer(src, Some(s as u16)), self.peer(dst, Some(t as u16))),
+                    None => (self.peer(src, None), self.peer(dst, None)),
+                };
+                format!("{} {src} -> {dst}", proto_name(a as u8).to_uppercase())
+            }
+            debug::STEP_CONNTRACK => debug::CT_NAMES.get(a as usize).copied().unwrap_or("?").to_string(),
+            debug::STEP_IPCACHE => format!(
+                "{} is identity {}, CIDR identity {}",
+                self.peer(step.address(0), None),
+                identity_name(b),
+                identity_name(c)
+            ),
+            debug::STEP_POLICY if a == 0 => format!("not isolated for {}", step.direction),
+            debug::STEP_POLICY => self.verdict_words(c as u8, b),
+            debug::STEP_VERDICT => {
+                let v = match (a, b) {
+                    (1, _) => Verdict::Dropped,
+                    (_, 1) => Verdict::Audit,
+                    _ => Verdict::Allowed,
+                };
+                format!("{v} ({}): {}", reason::name(c as u8), self.verdict_words(c as u8, d))
+            }
+            _ => format!("{:?}", step.values),
+        };
+        DebugStep { time_ms, pod, direction: step.direction.to_string(), step: step.name().into(), words }
+    }
+
+    fn verdict_words(&self, code: u8, rule: u32) -> String {
+        match (code, self.rules.get(&rule)) {
+            (reason::ALLOW_POLICY, Some(rule)) => format!("allowed by {rule}"),
+            _ => reason::words(code).to_string(),
+        }
+    }
+}
 /// The current directory, swapped whole after each compile.
 #[derive(Debug, Default)]
 pub struct DirectoryCell(Mutex<Arc<Directory>>);

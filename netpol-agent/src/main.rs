@@ -254,7 +254,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let cfg = Config { bpffs: cli.bpffs, name: cli.name, attach: cli.attach };
+    let cfg = Config { bpffs: cli.bpffs, name: cli.name, attach: cli.attach, debug_steps: true };
     let cmd = match cli.cmd {
         Cmd::Run(run) => return run_agent(cfg, run),
         Cmd::Health { socket, live } => return health(&socket, live),
@@ -350,7 +350,8 @@ fn show(dp: &Datapath, output: Output) -> anyhow::Result<()> {
             json!({"ifindex": i, "id": e.ep_id, "ip": std::net::Ipv4Addr::from(e.ip.to_ne_bytes()),
                    "identity": e.identity, "isolatedIngress": e.flags & netpol_common::EP_ISOLATED_INGRESS != 0,
                    "isolatedEgress": e.flags & netpol_common::EP_ISOLATED_EGRESS != 0,
-                   "audit": e.flags & netpol_common::EP_AUDIT != 0, "policyGeneration": e.policy_gen,
+                   "audit": e.flags & netpol_common::EP_AUDIT != 0, "debug": e.flags & netpol_common::EP_DEBUG != 0,
+                   "policyGeneration": e.policy_gen,
                    "attached": attached.contains(i)})
         })
         .collect();
@@ -457,6 +458,7 @@ fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
     let proxy_routing = ProxyRouting::of_agent(&cfg.name);
     let mut dp = Datapath::open(cfg).context("opening the datapath")?;
     let ring = dp.take_events();
+    let debug_log = dp.take_debug_log();
     let node_name = run.node_name.clone().unwrap_or_else(hostname);
     let settings = Settings {
         state_dir: run.state_dir.clone(),
@@ -485,6 +487,9 @@ fn run_agent(cfg: Config, run: RunArgs) -> anyhow::Result<()> {
         let agent = Agent::start(dp, &settings).context("starting the agent")?;
         if let Some(ring) = ring {
             tokio::spawn(netpol_agent::monitor::consume(ring, agent.events()));
+        }
+        if let Some(log) = debug_log {
+            tokio::spawn(netpol_agent::monitor::consume_debug(log, agent.events()));
         }
         let state = Arc::new(Mutex::new(agent));
         tokio::spawn(retry_failed_syncs(state.clone()));

@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 use tracing::warn;
 
 use crate::datapath::{
+    debuglog::{DebugLog, Step},
     events::{EventStream, EventView},
     Direction,
 };
@@ -44,6 +45,8 @@ pub struct EventHub {
     recent: Mutex<VecDeque<EventView>>,
     counts: Mutex<EventCounts>,
     followers: broadcast::Sender<EventView>,
+    /// The debug steps of the endpoints being debugged.
+    steps: broadcast::Sender<Step>,
 }
 
 impl Default for EventHub {
@@ -52,6 +55,7 @@ impl Default for EventHub {
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
             counts: Mutex::default(),
             followers: broadcast::channel(FOLLOW_BACKLOG).0,
+            steps: broadcast::channel(FOLLOW_BACKLOG).0,
         }
     }
 }
@@ -100,6 +104,11 @@ impl EventHub {
         self.followers.subscribe()
     }
 
+    /// Every debug step from now on.
+    pub fn follow_steps(&self) -> broadcast::Receiver<Step> {
+        self.steps.subscribe()
+    }
+
     pub fn counts(&self) -> EventCounts {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -116,6 +125,28 @@ pub async fn consume(ring: RingBuf<MapData>, hub: Arc<EventHub>) {
             Ok(batch) => hub.publish(&batch),
             Err(e) => return warn!("reading the event ring failed: {e}"),
         }
+    }
+}
+
+/// Reads the programs' debug steps into the hub for as long as the agent runs.
+pub async fn consume_debug(log: DebugLog, hub: Arc<EventHub>) {
+    // SAFETY: the DebugLog owns its ring's fd for as long as the AsyncFd owns the DebugLog.
+    let registered =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(log, tokio::io::Interest::READABLE) };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => return warn!("the debug log cannot be read: {}", e.into_parts().1),
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => return warn!("reading the debug log failed: {e}"),
+        };
+        for step in guard.get_inner_mut().drain() {
+            // No follower is fine.
+            let _ = hub.steps.send(step);
+        }
+        guard.clear_ready();
     }
 }
 

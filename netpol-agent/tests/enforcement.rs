@@ -353,7 +353,8 @@ fn agent_restarts_keep_enforcing_without_a_gap() {
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(500));
+    // (Loading and verifying the programs takes the monitor about 0.8 s.)
+    std::thread::sleep(Duration::from_millis(2000));
     monitor.kill().unwrap();
     let monitor_out = monitor.wait_with_output().unwrap();
     let seen = String::from_utf8_lossy(&monitor_out.stdout);

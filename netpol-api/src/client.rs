@@ -94,10 +94,15 @@ pub fn follow(
         let resp = tokio::time::timeout(connect, send(socket, Method::GET, path, Vec::new()))
             .await
             .map_err(|_| unreachable(&format!("no answer in {connect:?}")))??;
-        if !resp.status().is_success() {
-            return Err(ClientError::Other(format!("{path}: {}", resp.status())));
-        }
+        let status = resp.status();
         let mut body = resp.into_body();
+        if !status.is_success() {
+            let mut text = Vec::new();
+            while let Some(Ok(frame)) = body.frame().await {
+                text.extend_from_slice(frame.data_ref().map_or(&[][..], |d| &d[..]));
+            }
+            return Err(ClientError::Other(format!("{status}: {}", error_message(&text))));
+        }
         let mut pending = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ClientError::Other(e.to_string()))?;

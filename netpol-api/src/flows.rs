@@ -390,3 +390,43 @@ mod tests {
         assert_eq!(world.to_string(), "songlaa.com (198.51.100.10):443");
     }
 }
+
+pub const PATH_DEBUG: &str = "/v1/debug";
+
+/// `GET /v1/debug?pod=NS/POD`: the pod's packets' decision steps, live (ndjson), for as
+/// long as the request is open; the pod's endpoint logs them only meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugQuery {
+    pub pod: String,
+}
+
+impl DebugQuery {
+    /// The request's path, the pod percent-encoded.
+    pub fn path(&self) -> String {
+        use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+        format!("{PATH_DEBUG}?pod={}", utf8_percent_encode(&self.pod, NON_ALPHANUMERIC))
+    }
+}
+
+/// One decision step the datapath took for a debugged pod's packet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DebugStep {
+    /// When the agent read it (wall clock, ms since the epoch).
+    pub time_ms: u64,
+    /// `ns/pod`.
+    pub pod: String,
+    /// `ingress` (to the pod) or `egress` (from it).
+    pub direction: String,
+    /// `parse`, `conntrack`, `ipcache`, `policy`, `verdict`.
+    pub step: String,
+    /// What the step found, in words.
+    pub words: String,
+}
+
+impl fmt::Display for DebugStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (time, pod, dir) = (clock(self.time_ms), &self.pod, &self.direction);
+        write!(f, "{time} {pod} {dir:<7} {:<9} {}", self.step, self.words)
+    }
+}

@@ -257,3 +257,68 @@ fn audit_mode_lets_denied_traffic_through_and_reports_it() {
     drop(node);
     assert_eq!(leftovers(root), Vec::<String>::new());
 }
+
+/// `netpol monitor --debug --pod`: each decision step the datapath takes for the pod's
+/// packets (parse, conntrack, ipcache, policy, verdict), in words, for that pod alone and
+/// only while someone follows it.
+#[test]
+fn debug_steps_show_each_decision_for_one_pod_while_followed() {
+    if need_root() {
+        return;
+    }
+    let root = "test-dbg";
+    let node = Node::up(root, "10.244.209.0/24");
+    let [front, not_front, backend] = backend_lab(&node);
+    let to = format!("{backend}:8080");
+    let probe = |from: &str| node.run(&["probe", from, &to, "--timeout", "500ms"]).status.code();
+    let debug_flag = || {
+        let out = Command::new(common::netpol().with_file_name("netpol-agent"))
+            .args(["--name", root, "datapath", "show", "-o", "json"])
+            .output()
+            .unwrap();
+        let shown: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let eps = shown["endpoints"].as_array().cloned().unwrap_or_default();
+        eps.iter().filter(|e| e["debug"] == true).count()
+    };
+    assert_eq!(debug_flag(), 0, "control: no endpoint logs before anyone follows");
+
+    let steps = Monitor::start(root, &["--debug", "--pod", &backend]);
+    assert_eq!(debug_flag(), 1, "following the backend switches its endpoint's steps on");
+    assert_eq!(probe(&not_front), Some(1));
+    let mut seen = Vec::new();
+    let mut step = |name: &str, want: &dyn Fn(&str) -> bool| {
+        let (found, before) = steps
+            .find(Duration::from_secs(2), |v| v["step"] == name && want(v["words"].as_str().unwrap_or("")));
+        seen.extend(before);
+        let v = found.unwrap_or_else(|| panic!("no {name} step as expected; seen {seen:?}"));
+        seen.push(v.clone());
+        v["words"].as_str().unwrap().to_string()
+    };
+    let parse = step("parse", &|w| w.contains(&not_front));
+    assert!(parse.starts_with("TCP ") && parse.contains(&format!("-> {backend}:8080")), "{parse}");
+    step("conntrack", &|w| w == "no entry: a new flow");
+    step("ipcache", &|w| w.contains(&not_front));
+    step("policy", &|w| w == "no policy allows it");
+    step("verdict", &|w| w.starts_with("DROPPED (drop-policy)"));
+    assert_eq!(probe(&front), Some(0));
+    step("policy", &|w| w == "allowed by NetworkPolicy default/backend-allow-ingress-frontend ingress[0]");
+    step("conntrack", &|w| w == "a reply" || w == "established");
+    assert!(seen.iter().all(|v| v["pod"] == backend.as_str() && v["direction"].is_string()), "{seen:?}");
+
+    drop(steps);
+    assert!(
+        netpol_tests::eventually(Duration::from_secs(5), || debug_flag() == 0),
+        "still logging after the follower left"
+    );
+    let out = Command::new(netpol())
+        .args(["monitor", "--root", root, "--debug", "--pod", "default/nope"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && common::text(&out).contains("pod default/nope is not on this node"),
+        "{}",
+        common::text(&out)
+    );
+    drop(node);
+    assert_eq!(leftovers(root), Vec::<String>::new());
+}

@@ -133,6 +133,40 @@ pub const EP_ISOLATED_EGRESS: u32 = 1 << 1;
 /// `counter::AUDITED`) — only for the reasons [`reason::auditable`] names; a packet refused
 /// for what it is (spoofed, malformed, VLAN, ...) is dropped all the same.
 pub const EP_AUDIT: u32 = 1 << 2;
+/// The endpoint's decision steps are logged through aya-log (`netpol monitor --debug`); it
+/// changes no verdict.
+pub const EP_DEBUG: u32 = 1 << 3;
+
+/// The decision steps the programs log for an endpoint with `EP_DEBUG`, one aya-log record
+/// each: `ep=ID dir=DIR step=CODE a=A b=B c=C d=D`, the four numbers per step as below
+/// (addresses and ports in network order, reasons as [`reason`] codes).
+pub mod debug {
+    /// a: protocol, b: source address, c: destination address, d: source port << 16 |
+    /// destination port.
+    pub const STEP_PARSE: u8 = 0;
+    /// a: what the flow's conntrack entry said (`CT_*`).
+    pub const STEP_CONNTRACK: u8 = 1;
+    /// a: the remote address, b: its identity, c: its CIDR identity.
+    pub const STEP_IPCACHE: u8 = 2;
+    /// a: isolated in this direction (0/1), b: the rule that allowed it, c: the reason.
+    pub const STEP_POLICY: u8 = 3;
+    /// a: dropped (0/1), b: audited (0/1), c: the reason, d: the rule.
+    pub const STEP_VERDICT: u8 = 4;
+    pub const STEP_NAMES: [&str; 5] = ["parse", "conntrack", "ipcache", "policy", "verdict"];
+
+    pub const CT_MISS: u8 = 0;
+    pub const CT_FORWARD: u8 = 1;
+    pub const CT_REPLY: u8 = 2;
+    pub const CT_REVOKED: u8 = 3;
+    pub const CT_PROXY: u8 = 4;
+    pub const CT_NAMES: [&str; 5] = [
+        "no entry: a new flow",
+        "established",
+        "a reply",
+        "revoked: re-judged",
+        "established, to the DNS proxy",
+    ];
+}
 
 /// Whether going from endpoint flags `old` to `new` can only take traffic away (a new
 /// isolation, or audit mode ending): established flows must then be re-judged.

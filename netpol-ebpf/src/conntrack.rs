@@ -17,8 +17,8 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use netpol_common::{
-    counter, ct_timeout_ns, CtKey, CtValue, Endpoint, CT_CLOSING, CT_DNS_PROXY, CT_REVOKED, CT_TOUCH_NS,
-    DIR_EGRESS, EP_AUDIT, POLICY_DNS_PROXY,
+    counter, ct_timeout_ns, debug, CtKey, CtValue, Endpoint, CT_CLOSING, CT_DNS_PROXY, CT_REVOKED,
+    CT_TOUCH_NS, DIR_EGRESS, EP_AUDIT, POLICY_DNS_PROXY,
 };
 
 use crate::{
@@ -68,6 +68,20 @@ pub enum CtHit {
         proxy: bool,
     },
     Revoked(u32),
+}
+
+impl CtHit {
+    /// Its `netpol_common::debug` code.
+    #[inline(always)]
+    pub fn code(&self) -> u8 {
+        match self {
+            CtHit::Miss => debug::CT_MISS,
+            CtHit::Pass { forward: true, proxy: true } => debug::CT_PROXY,
+            CtHit::Pass { forward: true, proxy: false } => debug::CT_FORWARD,
+            CtHit::Pass { forward: false, .. } => debug::CT_REPLY,
+            CtHit::Revoked(_) => debug::CT_REVOKED,
+        }
+    }
 }
 
 /// Looks the packet's flow up. An entry verified under an older policy generation, or

@@ -3,18 +3,19 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use netpol_common::{
-    counter, identity, local_slot, reason, Endpoint, FragKey, FragValue, DIR_EGRESS, IPPROTO_ICMP,
+    counter, debug, identity, local_slot, reason, Endpoint, FragKey, FragValue, DIR_EGRESS, IPPROTO_ICMP,
     IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, LOCAL_SLOT_SHARED, POLICY_DNS_PROXY,
 };
 
 use crate::{
     conntrack::{self, Allowed, CtHit},
+    debug::step,
     headers::*,
     icmp::{self, IcmpError},
     maps::{ENDPOINT_IPS, FRAGMENTS, LOCAL_SLOTS},
     policy::{admits, isolated, resolve},
     proxy,
-    verdict::{audit, count, finish, verdict, Decision, Flow, NO_FLOW},
+    verdict::{audit, conclude, count, verdict, Decision, Flow, NO_FLOW},
 };
 
 /// What the L4 parse found.
@@ -87,12 +88,12 @@ pub fn enforce(ctx: &TcContext, ep: &Endpoint, dir: u8) -> i32 {
     if frag_off & IP_MF != 0 && !d.drop {
         let _ = FRAGMENTS.insert(&frag_key, &FragValue { sport: f.sport, dport: f.dport }, 0);
     }
-    finish(ctx, ep.ep_id, dir, &f, &d, event)
+    conclude(ctx, ep, dir, &f, &d, event)
 }
 
 #[inline(always)]
 fn refuse(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow, r: u8) -> i32 {
-    finish(ctx, ep.ep_id, dir, f, &audit(ep, verdict(true, r)), true)
+    conclude(ctx, ep, dir, f, &audit(ep, verdict(true, r)), true)
 }
 
 /// From a pod: only its own address. To a pod: a local pod's address only from that pod's
@@ -136,7 +137,7 @@ fn later_fragment(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &mut Flow, key: &F
         None if iso => audit(ep, verdict(true, reason::DROP_FRAGMENT)),
         None => verdict(false, reason::ALLOW_NOT_ISOLATED),
     };
-    finish(ctx, ep.ep_id, dir, f, &d, d.drop || d.audit)
+    conclude(ctx, ep, dir, f, &d, d.drop || d.audit)
 }
 
 #[inline(always)]
@@ -213,10 +214,14 @@ fn to_proxy(ctx: &TcContext, f: &Flow, rule_id: u32) -> Decision {
 /// The verdict for a parsed IPv4 packet, and whether it is worth an event.
 #[inline(always)]
 fn judge(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow, tracked: bool) -> (Decision, bool) {
+    let ports = (u16::from_be(f.sport) as u32) << 16 | u16::from_be(f.dport) as u32;
+    step(ctx, ep, dir, debug::STEP_PARSE, [f.proto as u32, f.saddr, f.daddr, ports]);
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let key = conntrack::key(ep.ep_id, dir, f);
     if tracked {
-        match conntrack::check(ep, dir, &key, now, f.tcp_flags) {
+        let hit = conntrack::check(ep, dir, &key, now, f.tcp_flags);
+        step(ctx, ep, dir, debug::STEP_CONNTRACK, [hit.code() as u32, 0, 0, 0]);
+        match hit {
             // Every packet the pod sends on a proxied flow goes to the proxy.
             CtHit::Pass { forward: true, proxy: true } => return (to_proxy(ctx, f, 0), false),
             CtHit::Pass { forward: true, proxy: false } => {
@@ -234,6 +239,7 @@ fn judge(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow, tracked: bool) -> (D
     // A new flow, or a tracked one whose entry is gone (evicted, or older than the agent):
     // judged in its own direction and, when allowed, tracked from here on.
     let peer = resolve(key.remote_addr);
+    step(ctx, ep, dir, debug::STEP_IPCACHE, [key.remote_addr, peer.identity, peer.cidr_identity, 0]);
     if dir == DIR_EGRESS && peer.identity == identity::SERVICE {
         // Bypassed the socket hooks (`admits` refuses it too, for re-judged flows): its
         // own reason when isolated, counted otherwise.
@@ -262,6 +268,8 @@ fn judge(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow, tracked: bool) -> (D
         }
     };
     d.peer = peer.identity;
+    let iso = isolated(ep, dir) as u32;
+    step(ctx, ep, dir, debug::STEP_POLICY, [iso, d.rule_id, d.reason as u32, 0]);
     let track = tracked && !d.drop;
     if track {
         let allowed = Allowed { rule_id: d.rule_id, peer: peer.identity, proxy };

@@ -42,6 +42,7 @@
 #![no_main]
 
 mod conntrack;
+mod debug;
 mod headers;
 mod icmp;
 mod ipv4;
@@ -58,7 +59,7 @@ use netpol_common::{reason, DIR_EGRESS, DIR_INGRESS};
 use crate::{
     headers::{ensure_linear, ifindex, ptr_at, vlan_tagged, BASE_HEADERS, ETH_P_IP},
     maps::ENDPOINTS,
-    verdict::{finish, verdict, NO_FLOW},
+    verdict::{conclude, finish, verdict, NO_FLOW},
 };
 
 #[inline(always)]
@@ -71,14 +72,14 @@ fn enforce(ctx: &TcContext, dir: u8) -> i32 {
     ensure_linear(ctx, BASE_HEADERS);
     let eth_proto = match ptr_at::<u16>(ctx, 12) {
         Some(p) => u16::from_be(unsafe { *p }),
-        None => return finish(ctx, ep.ep_id, dir, &NO_FLOW, &verdict(true, reason::DROP_MALFORMED), true),
+        None => return conclude(ctx, &ep, dir, &NO_FLOW, &verdict(true, reason::DROP_MALFORMED), true),
     };
     if vlan_tagged(ctx) {
-        return finish(ctx, ep.ep_id, dir, &NO_FLOW, &verdict(true, reason::DROP_VLAN), true);
+        return conclude(ctx, &ep, dir, &NO_FLOW, &verdict(true, reason::DROP_VLAN), true);
     }
     if eth_proto != ETH_P_IP {
         let d = l2::non_ipv4(ctx, &ep, dir, eth_proto);
-        return finish(ctx, ep.ep_id, dir, &NO_FLOW, &d, d.drop);
+        return conclude(ctx, &ep, dir, &NO_FLOW, &d, d.drop);
     }
     ipv4::enforce(ctx, &ep, dir)
 }

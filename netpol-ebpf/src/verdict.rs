@@ -6,11 +6,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netpol_common::{
-    counter, reason, Endpoint, Event, EventBucket, EventBucketKey, DIR_INGRESS, DROP_EVENT_BURST, EP_AUDIT,
-    NS_PER_DROP_EVENT, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DROP,
+    counter, debug, reason, Endpoint, Event, EventBucket, EventBucketKey, DIR_INGRESS, DROP_EVENT_BURST,
+    EP_AUDIT, NS_PER_DROP_EVENT, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DROP,
 };
 
 use crate::{
+    debug::step,
     headers::ifindex,
     maps::{COUNTERS, EVENTS, EVENT_BUCKETS},
 };
@@ -131,4 +132,12 @@ pub fn finish(ctx: &TcContext, ep_id: u32, dir: u8, f: &Flow, d: &Decision, even
     } else {
         TC_ACT_OK
     }
+}
+
+/// The packet's verdict: counted, reported when asked, logged when the endpoint is debugged.
+#[inline(always)]
+pub fn conclude(ctx: &TcContext, ep: &Endpoint, dir: u8, f: &Flow, d: &Decision, event: bool) -> i32 {
+    let fields = [d.drop as u32, d.audit as u32, d.reason as u32, d.rule_id];
+    step(ctx, ep, dir, debug::STEP_VERDICT, fields);
+    finish(ctx, ep.ep_id, dir, f, d, event)
 }

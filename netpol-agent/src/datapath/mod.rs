@@ -7,6 +7,7 @@
 
 mod attach;
 mod bpffs;
+pub mod debuglog;
 pub mod events;
 mod services;
 pub mod state;
@@ -88,11 +89,20 @@ pub struct Config {
     /// Directory under `bpffs` for this node's datapath (tests use their own).
     pub name: String,
     pub attach: AttachMode,
+    /// Whether the programs may log debug steps (for endpoints switched to `EP_DEBUG`).
+    /// False loads them with `AYA_LOG_LEVEL` 0: the verifier drops every step (the
+    /// benchmark's baseline for what the steps cost while off).
+    pub debug_steps: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { bpffs: PathBuf::from("/sys/fs/bpf"), name: "netpol".into(), attach: AttachMode::Auto }
+        Config {
+            bpffs: PathBuf::from("/sys/fs/bpf"),
+            name: "netpol".into(),
+            attach: AttachMode::Auto,
+            debug_steps: true,
+        }
     }
 }
 
@@ -186,6 +196,8 @@ pub struct Datapath {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     rev_nat: HashMap<MapData, RevNatKey, RevNatValue>,
     dns_proxy: Array<MapData, netpol_common::DnsProxy>,
+    /// The programs' debug steps (aya-log), until the agent takes them.
+    debug_log: Option<debuglog::DebugLog>,
     /// The cgroup2 directory the socket hooks were attached to by this process.
     cgroup: Option<PathBuf>,
 }
@@ -231,7 +243,12 @@ impl Datapath {
                 }
             }
         }
-        let mut bpf = EbpfLoader::new().default_map_pin_directory(&pin_dir).load(OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&pin_dir);
+        if !cfg.debug_steps {
+            loader.override_global(debuglog::LEVEL_GLOBAL, &0u8, true);
+        }
+        let mut bpf = loader.load(OBJECT)?;
         for name in [programs::FROM_POD, programs::TO_POD, programs::PASS] {
             classifier(&mut bpf, name)?
                 .load()
@@ -260,6 +277,7 @@ impl Datapath {
         let services = HashMap::try_from(take(maps::SERVICES)?).map_err(map_err(maps::SERVICES))?;
         let rev_nat = HashMap::try_from(take(maps::SOCK_REV_NAT)?).map_err(map_err(maps::SOCK_REV_NAT))?;
         let dns_proxy = Array::try_from(take(maps::DNS_PROXY)?).map_err(map_err(maps::DNS_PROXY))?;
+        let debug_log = debuglog::DebugLog::take(&mut bpf);
         Ok(Datapath {
             cfg,
             pin_dir,
@@ -277,6 +295,7 @@ impl Datapath {
             services,
             rev_nat,
             dns_proxy,
+            debug_log,
             cgroup: None,
         })
     }
@@ -616,6 +635,11 @@ impl Datapath {
     /// Hands the event ring buffer to a consumer (see [`events::EventStream`]).
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
+    }
+
+    /// The programs' debug steps, for the agent's reader ([`crate::monitor::consume_debug`]).
+    pub fn take_debug_log(&mut self) -> Option<debuglog::DebugLog> {
+        self.debug_log.take()
     }
 
     /// Reads every event waiting in the ring buffer, without blocking.

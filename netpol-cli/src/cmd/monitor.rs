@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, Result};
 use clap::ValueEnum;
-use netpol_api::flows::{Flow, Verdict, PATH_FLOWS};
+use netpol_api::flows::{DebugQuery, DebugStep, Flow, Verdict, PATH_FLOWS};
 
 use super::AgentArgs;
 
@@ -37,9 +37,14 @@ pub struct Args {
     namespace: Option<String>,
     #[arg(short, long, default_value = "text")]
     output: Output,
-    /// Stop after this many verdicts.
+    /// Stop after this many verdicts (or steps).
     #[arg(long)]
     count: Option<usize>,
+    /// The decision steps the datapath takes for each of the pod's packets (parse,
+    /// conntrack, ipcache, policy, verdict) instead of verdicts: the pod's endpoint logs
+    /// them (aya-log) while this runs. Needs --pod.
+    #[arg(long, requires = "pod")]
+    debug: bool,
 }
 
 impl Args {
@@ -60,6 +65,9 @@ impl Args {
 }
 
 pub fn run(args: Args) -> Result<u8> {
+    if args.debug {
+        return debug(args);
+    }
     let socket = args.agent.socket();
     let path = format!("{PATH_FLOWS}?follow=true");
     let mut seen = 0usize;
@@ -72,6 +80,26 @@ pub fn run(args: Args) -> Result<u8> {
             }
             seen += 1;
         }
+        args.count.is_none_or(|c| seen < c)
+    })
+    .map_err(|e| anyhow!("following the agent at {}: {e}", socket.display()))?;
+    Ok(0)
+}
+
+/// `--debug`: the pod's decision steps as they happen.
+fn debug(args: Args) -> Result<u8> {
+    let socket = args.agent.socket();
+    let pod = args.pod.clone().unwrap_or_default();
+    let pod = if pod.contains('/') { pod } else { format!("default/{pod}") };
+    let path = DebugQuery { pod }.path();
+    let mut seen = 0usize;
+    netpol_api::client::follow(&socket, &path, std::time::Duration::from_secs(2), |line| {
+        let Ok(step) = serde_json::from_slice::<DebugStep>(line) else { return true };
+        match args.output {
+            Output::Json => println!("{}", serde_json::to_string(&step).unwrap_or_default()),
+            Output::Text => println!("{step}"),
+        }
+        seen += 1;
         args.count.is_none_or(|c| seen < c)
     })
     .map_err(|e| anyhow!("following the agent at {}: {e}", socket.display()))?;
