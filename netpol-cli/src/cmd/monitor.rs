@@ -4,6 +4,7 @@
 use anyhow::{anyhow, Result};
 use clap::ValueEnum;
 use netpol_api::flows::{DebugQuery, DebugStep, Flow, Verdict, PATH_FLOWS};
+use serde::{de::DeserializeOwned, Serialize};
 
 use super::AgentArgs;
 
@@ -66,40 +67,32 @@ impl Args {
 
 pub fn run(args: Args) -> Result<u8> {
     if args.debug {
-        return debug(args);
+        // The pod's decision steps as they happen.
+        let pod = args.pod.clone().unwrap_or_default();
+        let pod = if pod.contains('/') { pod } else { format!("default/{pod}") };
+        return follow::<DebugStep>(&args, &DebugQuery { pod }.path(), |_| true);
     }
+    follow::<Flow>(&args, &format!("{PATH_FLOWS}?follow=true"), |f| args.wants(f))
+}
+
+/// Prints what the agent streams at `path` (each line a `T`) that `wants` keeps, until
+/// `--count` of them.
+fn follow<T: DeserializeOwned + Serialize + std::fmt::Display>(
+    args: &Args,
+    path: &str,
+    wants: impl Fn(&T) -> bool,
+) -> Result<u8> {
     let socket = args.agent.socket();
-    let path = format!("{PATH_FLOWS}?follow=true");
     let mut seen = 0usize;
-    netpol_api::client::follow(&socket, &path, std::time::Duration::from_secs(2), |line| {
-        let Ok(flow) = serde_json::from_slice::<Flow>(line) else { return true };
-        if args.wants(&flow) {
+    netpol_api::client::follow(&socket, path, std::time::Duration::from_secs(2), |line| {
+        let Ok(item) = serde_json::from_slice::<T>(line) else { return true };
+        if wants(&item) {
             match args.output {
-                Output::Json => println!("{}", serde_json::to_string(&flow).unwrap_or_default()),
-                Output::Text => println!("{flow}"),
+                Output::Json => println!("{}", serde_json::to_string(&item).unwrap_or_default()),
+                Output::Text => println!("{item}"),
             }
             seen += 1;
         }
-        args.count.is_none_or(|c| seen < c)
-    })
-    .map_err(|e| anyhow!("following the agent at {}: {e}", socket.display()))?;
-    Ok(0)
-}
-
-/// `--debug`: the pod's decision steps as they happen.
-fn debug(args: Args) -> Result<u8> {
-    let socket = args.agent.socket();
-    let pod = args.pod.clone().unwrap_or_default();
-    let pod = if pod.contains('/') { pod } else { format!("default/{pod}") };
-    let path = DebugQuery { pod }.path();
-    let mut seen = 0usize;
-    netpol_api::client::follow(&socket, &path, std::time::Duration::from_secs(2), |line| {
-        let Ok(step) = serde_json::from_slice::<DebugStep>(line) else { return true };
-        match args.output {
-            Output::Json => println!("{}", serde_json::to_string(&step).unwrap_or_default()),
-            Output::Text => println!("{step}"),
-        }
-        seen += 1;
         args.count.is_none_or(|c| seen < c)
     })
     .map_err(|e| anyhow!("following the agent at {}: {e}", socket.display()))?;
